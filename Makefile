@@ -1,0 +1,31 @@
+# keyreid: `make demo` runs the main job, `make test` runs the test suite.
+# Both create or reuse .venv and install pinned dependencies.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: venv demo test bench clean
+
+$(STAMP): pyproject.toml requirements-lock.txt requirements-test.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements-lock.txt
+	$(BIN)/pip install -q -e '.[test]'
+	# Peers used only as references in tests and benchmarks; their pinned deps are ancient.
+	$(BIN)/pip install -q --no-deps -r requirements-test.txt
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/keyreid demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python bench/eval_speed.py
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info

@@ -1,0 +1,1 @@
+"""Sub-commands of the `keyreid` CLI, one module per group."""
