@@ -1,0 +1,124 @@
+"""Dataset registry and the container every adapter returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from keyreid.data.keypoints import read_sidecar
+from keyreid.data.records import Sample
+from keyreid.errors import DataError
+
+_REGISTRY: dict[str, Callable[..., "Dataset"]] = {}
+
+
+def register_dataset(name: str):
+    """Class or function decorator: make an adapter buildable by name (users can add their own)."""
+
+    def wrap(fn):
+        if name in _REGISTRY:
+            raise ValueError(f"dataset {name!r} is already registered")
+        _REGISTRY[name] = fn
+        return fn
+
+    return wrap
+
+
+def dataset_names() -> list[str]:
+    _import_builtin_adapters()
+    return sorted(_REGISTRY)
+
+
+def build_dataset(name: str, root: str | Path, **kwargs) -> "Dataset":
+    """Parse the dataset `name` under `root` (adapter keyword arguments pass through)."""
+    _import_builtin_adapters()
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown dataset {name!r}; known: {sorted(_REGISTRY)}")
+    return _REGISTRY[name](root, **kwargs)
+
+
+def _import_builtin_adapters() -> None:
+    import importlib
+
+    for module in ("market1501", "dukemtmc", "msmt17", "veri776", "cub200", "cars196", "folder"):
+        try:
+            importlib.import_module(f"keyreid.data.datasets.{module}")
+        except ModuleNotFoundError as e:
+            if e.name != f"keyreid.data.datasets.{module}":
+                raise
+
+
+@dataclass
+class Dataset:
+    """Parsed dataset: train / query / gallery lists of Samples plus what they share.
+
+    For retrieval datasets (CUB, Cars196) `query` and `gallery` are both the test images and
+    `protocol` is "retrieval"; re-ID datasets use "reid".
+    """
+
+    name: str
+    root: Path
+    train: list[Sample]
+    query: list[Sample]
+    gallery: list[Sample]
+    skeleton: Optional[str] = None
+    protocol: str = "reid"
+    problems: list[str] = field(default_factory=list)  # skipped items, when skipping is enabled
+
+    def summary(self) -> dict[str, dict[str, int]]:
+        """Identities, images and cameras per split (the numbers adapters document)."""
+        out = {}
+        for split in ("train", "query", "gallery"):
+            items = getattr(self, split)
+            out[split] = {
+                "ids": len({s.pid for s in items}),
+                "images": len(items),
+                "cameras": len({s.camid for s in items}),
+            }
+        return out
+
+    def attach_keypoints(self, sidecar: str | Path, min_confidence: float = 0.0,
+                         require_all: bool = True) -> int:
+        """Attach keypoints from a sidecar to every sample; returns how many got keypoints.
+
+        Keypoints with visibility below `min_confidence` are marked invisible (v = 0).
+        With require_all, a sample missing from the sidecar is an error naming both files.
+        """
+        skel_name, entries = read_sidecar(sidecar)
+        if self.skeleton is not None and skel_name != self.skeleton:
+            raise DataError(sidecar, f"sidecar skeleton {skel_name!r} does not match dataset "
+                                     f"{self.name!r} ({self.skeleton!r})")
+        count = 0
+        missing = []
+        for s in (*self.train, *self.query, *self.gallery):
+            rel = relative_key(self.root, s.path)
+            kp = entries.get(rel)
+            if kp is None:
+                missing.append(rel)
+                continue
+            kp = kp.copy()
+            kp[kp[:, 2] < min_confidence, 2] = 0.0
+            s.keypoints = kp
+            count += 1
+        if missing and require_all:
+            raise DataError(sidecar, f"no keypoints for {len(missing)} image(s), first: {missing[0]}")
+        self.skeleton = skel_name
+        return count
+
+
+def relative_key(root: str | Path, path: str | Path) -> str:
+    """Sidecar key of an image: its path relative to the dataset root, with forward slashes."""
+    return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
+
+
+def require_dir(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise DataError(path, f"missing folder ({what}); is the dataset root right?")
+    return path
+
+
+def keypoints_array(rows) -> np.ndarray:
+    return np.asarray(rows, dtype=np.float32)
