@@ -7,13 +7,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: venv demo test bench clean
 
-$(STAMP): pyproject.toml requirements-lock.txt requirements-test.txt
+$(STAMP): pyproject.toml requirements-lock.txt requirements-nodeps.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements-lock.txt
 	$(BIN)/pip install -q -e '.[test]'
-	# Peers used only as references in tests and benchmarks; their pinned deps are ancient.
-	$(BIN)/pip install -q --no-deps -r requirements-test.txt
+	# Packages whose declared dependencies we must not pull (see the file).
+	$(BIN)/pip install -q --no-deps -r requirements-nodeps.txt
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -9,7 +9,6 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset as TorchDataset
 
-from keyreid.data.keypoints import render_heatmaps
 from keyreid.data.records import Sample
 from keyreid.data.transforms import KeypointTransform
 from keyreid.errors import DataError
@@ -35,29 +34,37 @@ def relabel(pids: Sequence[int]) -> dict[int, int]:
 
 
 class ImageDataset(TorchDataset):
-    """Items: dict(image [3,H,W], label, pid, camid, index, and with keypoints: keypoints [K,3],
-    heatmaps [K,h,w] at `heatmap_stride`, heatmap_weights [K])."""
+    """Items: dict(image [3,H,W], label, pid, camid, index, and keypoints [K,3] when the
+    dataset has a skeleton; images without keypoints get all-invisible ones).
+
+    An item may be requested as `index` or as `(index, seed)`: with a seed, the random
+    augmentation of that item is a pure function of the seed (see PKBatchSampler(item_seeds=True)),
+    so a resumed run, or a run with another number of workers, sees exactly the same batches.
+    """
 
     def __init__(self, samples: Sequence[Sample], transform: KeypointTransform,
-                 num_keypoints: int = 0, heatmap_stride: Optional[int] = None,
-                 heatmap_sigma: float = 2.0, label_map: Optional[dict[int, int]] = None):
+                 num_keypoints: int = 0, label_map: Optional[dict[int, int]] = None):
         self.samples = list(samples)
         self.transform = transform
         self.num_keypoints = num_keypoints
-        self.heatmap_stride = heatmap_stride
-        self.heatmap_sigma = heatmap_sigma
         self.label_map = label_map
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, request) -> dict:
+        index, seed = request if isinstance(request, tuple) else (request, None)
         s = self.samples[index]
         image = read_image(s.path)
         kp = s.keypoints
         if kp is None and self.num_keypoints:
             kp = np.zeros((self.num_keypoints, 3), np.float32)  # unknown: all invisible
-        tensor, kp = self.transform(image, kp)
+        if seed is None:
+            tensor, kp = self.transform(image, kp)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                tensor, kp = self.transform(image, kp)
         item = {
             "image": tensor,
             "label": self.label_map[s.pid] if self.label_map is not None else s.pid,
@@ -67,9 +74,4 @@ class ImageDataset(TorchDataset):
         }
         if kp is not None:
             item["keypoints"] = torch.from_numpy(kp)
-            if self.heatmap_stride:
-                h, w = tensor.shape[-2:]
-                maps, weights = render_heatmaps(kp, (h, w), self.heatmap_stride, self.heatmap_sigma)
-                item["heatmaps"] = torch.from_numpy(maps)
-                item["heatmap_weights"] = torch.from_numpy(weights)
         return item

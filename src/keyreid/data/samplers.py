@@ -21,7 +21,7 @@ class PKBatchSampler(Sampler[list[int]]):
     """
 
     def __init__(self, pids: Sequence[int], p: int, k: int, seed: int = 0,
-                 num_replicas: int = 1, rank: int = 0):
+                 num_replicas: int = 1, rank: int = 0, item_seeds: bool = False):
         if p < 2 or k < 1:
             raise ValueError(f"PK sampling needs P >= 2 and K >= 1, got P={p}, K={k}")
         if not 0 <= rank < num_replicas:
@@ -33,6 +33,7 @@ class PKBatchSampler(Sampler[list[int]]):
             raise ValueError(f"PK sampling with P={p} needs at least {p} identities, "
                              f"the training set has {len(self.index_by_pid)}")
         self.p, self.k, self.seed = p, k, seed
+        self.item_seeds = item_seeds  # yield (index, seed) pairs: augmentation fixed by position
         self.num_replicas, self.rank = num_replicas, rank
         self.epoch = 0
         self.start_batch = 0
@@ -67,7 +68,14 @@ class PKBatchSampler(Sampler[list[int]]):
         batches = self._epoch_batches(self.epoch)
         usable = len(batches) - len(batches) % self.num_replicas
         mine = batches[self.rank:usable:self.num_replicas]
-        yield from mine[self.start_batch:]
+        for b in range(self.start_batch, len(mine)):
+            if self.item_seeds:
+                # one seed per (seed, epoch, global batch, position): identical on resume
+                global_batch = self.rank + b * self.num_replicas
+                base = (self.seed * 1_000_003 + self.epoch) * 1_000_003 + global_batch
+                yield [(i, (base * 1024 + pos) % 2**63) for pos, i in enumerate(mine[b])]
+            else:
+                yield mine[b]
 
     def __len__(self) -> int:
         # Batches stop when fewer than P identities have groups left, which depends on the

@@ -122,3 +122,53 @@ def require_dir(path: Path, what: str) -> Path:
 
 def keypoints_array(rows) -> np.ndarray:
     return np.asarray(rows, dtype=np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers shared by the adapters (added with the adapters; additions only).
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+ON_ERROR_CHOICES = ("raise", "skip")
+
+
+class ProblemLog:
+    """Where an adapter sends a bad item: raise a DataError (default) or record it and skip.
+
+    With on_error="skip" the offending sample is dropped and "path: problem" is appended to
+    `problems`, which the adapter stores in Dataset.problems (check_dataset relies on this to
+    list every problem of a tree at once).
+    """
+
+    def __init__(self, on_error: str = "raise"):
+        if on_error not in ON_ERROR_CHOICES:
+            raise ValueError(f"on_error must be one of {ON_ERROR_CHOICES}, got {on_error!r}")
+        self.on_error = on_error
+        self.problems: list[str] = []
+
+    def report(self, path: str | Path | None, problem: str) -> None:
+        err = DataError(path, problem)
+        if self.on_error == "raise":
+            raise err
+        self.problems.append(str(err))
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files directly inside `folder`, sorted by name (other files such as Thumbs.db are
+    ignored: the official releases ship them)."""
+    return sorted(p for p in folder.iterdir()
+                  if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+def relabel(samples: list[Sample]) -> tuple[list[Sample], dict[int, int]]:
+    """Map the pids of `samples` to 0..N-1 (in ascending order of the original pid).
+
+    Adapters keep the original pids in Sample.pid (so results can be traced back to file names
+    and query/gallery pids stay comparable); a trainer that needs class indices calls this on
+    the training split. Returns new Sample objects (the originals are left untouched, the old
+    pid is kept in meta["orig_pid"]) and the mapping {original pid: new label}.
+    """
+    from dataclasses import replace
+
+    mapping = {pid: i for i, pid in enumerate(sorted({s.pid for s in samples}))}
+    out = [replace(s, pid=mapping[s.pid], meta={**s.meta, "orig_pid": s.pid}) for s in samples]
+    return out, mapping

@@ -1,0 +1,149 @@
+"""Check a dataset tree and list every problem at once.
+
+`check_dataset` parses the tree with the adapter in skip mode (so one bad file does not hide
+the next), then opens every image with PIL (a header check and a full decode, which is what
+catches truncated files), checks keypoints and boxes against the image sizes, and compares the
+counts with the official numbers the adapter module documents in OFFICIAL_COUNTS.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from keyreid.data.datasets.base import _REGISTRY, Dataset, build_dataset, dataset_names
+from keyreid.data.keypoints import get_skeleton, validate_keypoints
+from keyreid.errors import DataError
+
+
+@dataclass
+class CheckReport:
+    """What check_dataset found. `ok` is True when there is no problem."""
+
+    name: str
+    root: str
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    official: Optional[dict[str, dict[str, int]]] = None
+    problems: list[str] = field(default_factory=list)
+    images_checked: int = 0
+    dataset: Optional[Dataset] = field(default=None, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def mismatches(self) -> list[tuple[str, str, int, int]]:
+        """(split, key, found, official) for every count that differs from the official one."""
+        out = []
+        for split, keys in (self.official or {}).items():
+            for key, want in keys.items():
+                got = self.counts.get(split, {}).get(key)
+                if got != want:
+                    out.append((split, key, got, want))
+        return out
+
+
+def official_counts(name: str) -> Optional[dict[str, dict[str, int]]]:
+    """The OFFICIAL_COUNTS of the module that registered `name` (None when it has none)."""
+    dataset_names()  # imports the built-in adapters
+    fn = _REGISTRY.get(name)
+    if fn is None:
+        return None
+    module = importlib.import_module(fn.__module__)
+    return getattr(module, "OFFICIAL_COUNTS", None)
+
+
+def _verify_image(path: str) -> tuple[Optional[tuple[int, int]], Optional[str]]:
+    """(width, height) of a readable image, or (None, problem)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.verify()  # structure / checksum errors
+        with Image.open(path) as im:
+            im.load()  # a full decode: verify() does not notice a truncated file
+            return im.size, None
+    except FileNotFoundError:
+        return None, "image file missing"
+    except UnidentifiedImageError:
+        return None, "not a readable image (unknown or corrupt format)"
+    except (OSError, SyntaxError, ValueError) as e:
+        return None, f"unreadable or truncated image ({e})"
+
+
+def _counts(ds: Dataset) -> dict[str, dict[str, int]]:
+    counts = ds.summary()
+    val = getattr(ds, "val", None)
+    if val:  # MSMT17 with its validation list kept apart: official train includes it
+        train = [*ds.train, *val]
+        counts["train"] = {"ids": len({s.pid for s in train}), "images": len(train),
+                           "cameras": len({s.camid for s in train})}
+    return counts
+
+
+def check_dataset(root: str | Path, name: str, expect_official: Optional[bool] = None,
+                  verify_images: bool = True, workers: Optional[int] = None,
+                  **options) -> CheckReport:
+    """Check the tree at `root` as dataset `name` and report all its problems.
+
+    expect_official: compare the counts with the adapter's OFFICIAL_COUNTS and report every
+    difference as a problem (default: True when the adapter documents official counts; pass
+    False for synthetic or partial trees). verify_images: decode every image with PIL.
+    `options` go to the adapter (its on_error is forced to "skip").
+    """
+    report = CheckReport(name=name, root=str(root))
+    official = official_counts(name)
+    if expect_official is None:
+        expect_official = official is not None
+    options = {k: v for k, v in options.items() if k != "on_error"}
+    try:
+        ds = build_dataset(name, root, on_error="skip", **options)
+    except DataError as e:
+        report.problems.append(str(e))  # the layout itself is wrong: nothing more to check
+        return report
+    report.dataset = ds
+    report.problems.extend(ds.problems)
+    report.counts = _counts(ds)
+
+    if verify_images:
+        samples = [*ds.train, *ds.query, *ds.gallery, *getattr(ds, "val", [])]
+        paths = list(dict.fromkeys(s.path for s in samples))
+        workers = workers or min(8, os.cpu_count() or 1)
+        with ThreadPoolExecutor(max_workers=workers) as pool:  # PIL decodes without the GIL
+            results = dict(zip(paths, pool.map(_verify_image, paths)))
+        report.images_checked = len(paths)
+        for path in paths:
+            if results[path][1] is not None:
+                report.problems.append(f"{path}: {results[path][1]}")
+        skeleton = get_skeleton(ds.skeleton) if ds.skeleton else None
+        checked_kp: set[str] = set()
+        for s in samples:
+            size = results[s.path][0]
+            if size is None or s.path in checked_kp:
+                continue
+            checked_kp.add(s.path)
+            if s.keypoints is not None:
+                k = skeleton.num_keypoints if skeleton else s.keypoints.shape[0]
+                try:
+                    validate_keypoints(s.keypoints, k, f"{s.path} (keypoints)", image_size=size)
+                except DataError as e:
+                    report.problems.append(str(e))
+            if s.bbox is not None:
+                x, y, w, h = s.bbox
+                if x < 0 or y < 0 or x + w > size[0] + 0.5 or y + h > size[1] + 0.5:
+                    report.problems.append(f"{s.path}: bounding box {tuple(s.bbox)} exceeds the "
+                                           f"{size[0]}x{size[1]} image")
+
+    if official is not None:
+        report.official = official
+        if expect_official:
+            for split, key, got, want in report.mismatches():
+                report.problems.append(f"{split}: {got} {key}, the official release has {want}")
+    return report
+
+
+__all__ = ["CheckReport", "check_dataset", "official_counts"]

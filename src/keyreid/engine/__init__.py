@@ -1,0 +1,1 @@
+"""Training engine: schedules, checkpoints, logs, the trainer, feature extraction."""

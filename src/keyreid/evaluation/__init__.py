@@ -1,0 +1,1 @@
+"""Evaluation metrics: re-id ranking (CMC, mAP, mINP) and retrieval (Recall@K, MAP@R, NMI)."""

@@ -1,0 +1,51 @@
+"""name -> model: a backbone and a head, one forward returning ModelOutput."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from keyreid.config import ModelConfig
+from keyreid.data.keypoints import Skeleton
+from keyreid.models.backbones import build_backbone
+from keyreid.models.heads import build_head
+from keyreid.models.output import ModelOutput
+
+KEYPOINT_HEADS = ("kae", "aacn", "pabr")
+
+
+class ReIDModel(nn.Module):
+    def __init__(self, backbone: nn.Module, head: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.head.dim
+
+    @property
+    def uses_keypoints(self) -> bool:
+        return hasattr(self.head, "keypoint_losses")
+
+    def forward(self, images: torch.Tensor) -> ModelOutput:
+        return self.head(self.backbone(images))
+
+    def keypoint_losses(self, out: ModelOutput, keypoints: torch.Tensor, image_hw: tuple[int, int],
+                        sigma: float, epoch: int = 0) -> dict[str, torch.Tensor]:
+        if not self.uses_keypoints:
+            return {}
+        return self.head.keypoint_losses(out, keypoints, image_hw, sigma, epoch=epoch)
+
+
+def build_model(cfg: ModelConfig, num_classes: int, skeleton: Optional[Skeleton] = None) -> ReIDModel:
+    if cfg.head in KEYPOINT_HEADS and skeleton is None:
+        raise ValueError(f"head {cfg.head!r} learns from keypoints, but the training data has none: "
+                         "give data.sidecar (see `keyreid keypoints estimate`) or use head bnneck")
+    backbone = build_backbone(cfg.backbone, pretrained=cfg.pretrained, last_stride=cfg.last_stride,
+                              channels_last=cfg.channels_last)
+    head = build_head(cfg.head, in_channels=backbone.out_channels, num_classes=num_classes,
+                      skeleton=skeleton, **cfg.head_options)
+    return ReIDModel(backbone, head)

@@ -1,0 +1,108 @@
+"""AACN: attention-aware compositional network (Xu et al., CVPR 2018), as the slides describe it.
+
+Pose-guided part attention: from the backbone map the head predicts keypoint confidence maps K,
+non-rigid part maps N (bands joining the two keypoints of each limb) and rigid part maps R (boxes
+tightly containing sets of keypoints), each trained with MSE against targets rendered from the
+keypoints. Attention-aware alignment: each part map M_p, normalised by its maximum, masks the
+(reduced) feature map, F_p = F * M_p, and f_p = GAP(F_p). Visibility score v_p = mean over pixels of
+|M_p|. Weighted composition: f = concat_p(w_p * f_p) with w_p = P * v_p / sum_q v_q (mean weight 1),
+concatenated after a global feature.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from keyreid.data.keypoints import Skeleton
+from keyreid.losses.heatmap import HeatmapMSELoss
+from keyreid.models.heads import register_head
+from keyreid.models.heads.common import BNNeck, init_conv
+from keyreid.models.output import ModelOutput
+from keyreid.models.targets import box_maps, keypoint_heatmaps, limb_maps
+
+# Rigid parts: sets of keypoints whose tight box is one part, per skeleton.
+RIGID_PARTS: dict[str, list[tuple[str, ...]]] = {
+    "coco17": [
+        ("nose", "left_eye", "right_eye", "left_ear", "right_ear"),                    # head
+        ("left_shoulder", "right_shoulder", "left_hip", "right_hip"),                  # torso
+        ("left_hip", "right_hip", "left_knee", "right_knee"),                          # thighs
+        ("left_knee", "right_knee", "left_ankle", "right_ankle"),                      # shins
+        ("left_shoulder", "left_elbow", "left_wrist"),                                 # left arm
+        ("right_shoulder", "right_elbow", "right_wrist"),                              # right arm
+    ],
+    "cub15": [
+        ("beak", "crown", "forehead", "left_eye", "right_eye", "nape", "throat"),      # head
+        ("back", "breast", "belly", "nape", "throat"),                                 # body
+        ("left_wing", "right_wing", "back"),                                           # wings
+        ("tail", "left_leg", "right_leg", "belly"),                                    # lower body
+    ],
+    "veri20": [
+        ("right_fog_lamp", "left_fog_lamp", "right_headlight", "left_headlight", "front_logo",
+         "front_plate"),                                                               # front
+        ("left_rear_lamp", "right_rear_lamp", "rear_logo", "rear_plate"),              # rear
+        ("right_front_roof", "left_front_roof", "left_back_roof", "right_back_roof"),  # roof
+        ("left_front_wheel", "left_back_wheel", "left_mirror", "left_front_roof",
+         "left_back_roof"),                                                            # left side
+        ("right_front_wheel", "right_back_wheel", "right_mirror", "right_front_roof",
+         "right_back_roof"),                                                           # right side
+    ],
+}
+
+
+@register_head("aacn")
+class AACNHead(nn.Module):
+    def __init__(self, in_channels: int, num_classes: int, skeleton: Skeleton,
+                 part_channels: int = 64, global_channels: int = 256, hidden: int = 128,
+                 limb_sigma: float = 1.0):
+        super().__init__()
+        if skeleton is None:
+            raise ValueError("the aacn head needs a keypoint skeleton (dataset with keypoints)")
+        if skeleton.name not in RIGID_PARTS or not skeleton.limbs:
+            raise ValueError(f"aacn has no part definition for skeleton {skeleton.name!r}")
+        self.skeleton = skeleton
+        self.limbs = list(skeleton.limbs)
+        self.rigid = [tuple(skeleton.index(n) for n in g) for g in RIGID_PARTS[skeleton.name]]
+        k, n, r = skeleton.num_keypoints, len(self.limbs), len(self.rigid)
+        self.num_keypoints, self.num_limbs, self.num_rigid = k, n, r
+        self.limb_sigma = limb_sigma
+        self.attention = nn.Sequential(nn.Conv2d(in_channels, hidden, 3, padding=1, bias=False),
+                                       nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
+                                       nn.Conv2d(hidden, k + n + r, 1))
+        self.reduce = nn.Sequential(nn.Conv2d(in_channels, part_channels, 1, bias=False),
+                                    nn.BatchNorm2d(part_channels), nn.ReLU(inplace=True))
+        self.global_reduce = nn.Sequential(nn.Conv2d(in_channels, global_channels, 1, bias=False),
+                                           nn.BatchNorm2d(global_channels), nn.ReLU(inplace=True))
+        self.dim = global_channels + (n + r) * part_channels
+        self.neck = BNNeck(self.dim, num_classes)
+        self.heatmap_loss = HeatmapMSELoss()
+        init_conv(self)
+
+    def forward(self, fmap: torch.Tensor) -> ModelOutput:
+        k, n = self.num_keypoints, self.num_limbs
+        maps = self.attention(fmap)
+        heatmaps, nonrigid, rigid = maps[:, :k], maps[:, k:k + n], maps[:, k + n:]
+        parts_maps = torch.cat([nonrigid, rigid], 1).abs()                     # [B, P, h, w]
+        m = parts_maps / parts_maps.amax(dim=(-2, -1), keepdim=True).clamp_min(1e-6)
+        f = self.reduce(fmap)                                                  # [B, c, h, w]
+        parts = torch.einsum("bphw,bchw->bpc", m, f) / (f.shape[-1] * f.shape[-2])
+        visibility = parts_maps.mean(dim=(-2, -1))                             # [B, P]
+        weights = visibility.shape[1] * visibility / visibility.sum(1, keepdim=True).clamp_min(1e-6)
+        global_feature = self.global_reduce(fmap).mean(dim=(-2, -1))
+        feature = torch.cat([global_feature, (parts * weights.unsqueeze(-1)).flatten(1)], 1)
+        embedding, logits = self.neck(feature)
+        return ModelOutput(embedding=embedding, feature=feature, logits=logits, heatmaps=heatmaps,
+                           part_features=parts, part_weights=weights,
+                           maps={"nonrigid": nonrigid, "rigid": rigid})
+
+    def keypoint_losses(self, out: ModelOutput, keypoints: torch.Tensor, image_hw: tuple[int, int],
+                        sigma: float, epoch: int = 0) -> dict[str, torch.Tensor]:
+        size = tuple(out.heatmaps.shape[-2:])
+        kt, kw = keypoint_heatmaps(keypoints, image_hw, size, sigma)
+        nt, nw = limb_maps(keypoints, self.limbs, image_hw, size, self.limb_sigma)
+        rt, rw = box_maps(keypoints, self.rigid, image_hw, size)
+        return {
+            "heatmap": self.heatmap_loss(out.heatmaps, kt, kw),
+            "nonrigid": self.heatmap_loss(out.maps["nonrigid"], nt, nw),
+            "rigid": self.heatmap_loss(out.maps["rigid"], rt, rw),
+        }

@@ -1,0 +1,67 @@
+"""PABR: part-aligned bilinear representations (Suh et al., ECCV 2018).
+
+Two streams on the backbone map: an appearance map A (C_a channels) and a part map P (one channel
+per keypoint). The part stream is a keypoint-heatmap predictor: it is trained with the heatmap loss
+first (our stand-in for the COCO-pretrained pose network) and then fine-tuned by the re-ID loss
+alone once `pose_epochs` have passed. The descriptor is the bilinear pooling
+f = sum_xy a_xy (outer) p_xy, with signed square root and L2 normalisation, so <f_I, f_J> compares
+the appearance of part k in I with the appearance of part k in J. Compact form: C_a is small
+(default 64) and P has K channels, so the descriptor has C_a * K dimensions.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from keyreid.data.keypoints import Skeleton
+from keyreid.losses.heatmap import HeatmapMSELoss
+from keyreid.models.heads import register_head
+from keyreid.models.heads.common import BNNeck, init_conv
+from keyreid.models.output import ModelOutput
+from keyreid.models.targets import keypoint_heatmaps
+
+
+@register_head("pabr")
+class PABRHead(nn.Module):
+    def __init__(self, in_channels: int, num_classes: int, skeleton: Skeleton,
+                 appearance_channels: int = 64, part_hidden: int = 128,
+                 pose_epochs: Optional[int] = None):
+        super().__init__()
+        if skeleton is None:
+            raise ValueError("the pabr head needs a keypoint skeleton (dataset with keypoints)")
+        k = skeleton.num_keypoints
+        self.num_keypoints = k
+        self.pose_epochs = pose_epochs
+        self.appearance = nn.Sequential(nn.Conv2d(in_channels, appearance_channels, 1, bias=False),
+                                        nn.BatchNorm2d(appearance_channels), nn.ReLU(inplace=True))
+        self.part = nn.Sequential(nn.Conv2d(in_channels, part_hidden, 3, padding=1, bias=False),
+                                  nn.BatchNorm2d(part_hidden), nn.ReLU(inplace=True),
+                                  nn.Conv2d(part_hidden, k, 1))
+        self.dim = appearance_channels * k
+        self.neck = BNNeck(self.dim, num_classes)
+        self.heatmap_loss = HeatmapMSELoss()
+        init_conv(self)
+
+    def forward(self, fmap: torch.Tensor) -> ModelOutput:
+        a = self.appearance(fmap)                                        # [B, Ca, h, w]
+        heatmaps = self.part(fmap)                                       # [B, K, h, w]
+        p = heatmaps.relu()
+        bilinear = torch.einsum("bchw,bkhw->bkc", a, p) / (a.shape[-1] * a.shape[-2])
+        parts = bilinear
+        f = bilinear.flatten(1)
+        f = torch.sign(f) * torch.sqrt(f.abs() + 1e-8)
+        feature = F.normalize(f, dim=1)
+        embedding, logits = self.neck(feature)
+        return ModelOutput(embedding=embedding, feature=feature, logits=logits, heatmaps=heatmaps,
+                           part_features=parts)
+
+    def keypoint_losses(self, out: ModelOutput, keypoints: torch.Tensor, image_hw: tuple[int, int],
+                        sigma: float, epoch: int = 0) -> dict[str, torch.Tensor]:
+        if self.pose_epochs is not None and epoch >= self.pose_epochs:
+            return {}  # fine-tuned by the re-ID loss alone from here on
+        target, weights = keypoint_heatmaps(keypoints, image_hw, tuple(out.heatmaps.shape[-2:]), sigma)
+        return {"heatmap": self.heatmap_loss(out.heatmaps, target, weights)}

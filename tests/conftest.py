@@ -1,0 +1,27 @@
+"""Shared fixtures: a tiny synthetic dataset generated once per test session."""
+
+import pytest
+
+from keyreid.data.synthetic import SynthConfig, generate
+
+
+@pytest.fixture(scope="session")
+def tiny_synth(tmp_path_factory):
+    """Market-layout synthetic set with keypoints: 10 train / 6 test identities, 3 cameras."""
+    root = tmp_path_factory.mktemp("tiny_synth")
+    generate(root, SynthConfig(train_identities=10, test_identities=6, cameras=3, distractors=6,
+                               junk=2, train_images=(4, 6), train_cameras=(2, 3), test_cameras=(2, 3),
+                               seed=7), workers=1)
+    return root
+
+
+def tiny_overrides(root, out, head="bnneck", **extra):
+    """Config overrides for a seconds-long CPU training run on the tiny set."""
+    values = {
+        "data.root": str(root), "data.height": 64, "data.width": 32, "data.p": 4, "data.k": 2,
+        "data.workers": 0, "model.backbone": "resnet18", "model.pretrained": "null",
+        "model.head": head, "optim.epochs": 2, "optim.warmup_epochs": 1, "optim.milestones": "[1]",
+        "eval.every": 0, "output_dir": str(out), "device": "cpu",
+    }
+    values.update(extra)
+    return [f"{k}={v}" for k, v in values.items()]

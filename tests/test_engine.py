@@ -1,0 +1,147 @@
+"""Trainer: exact resume after a kill, checkpoints, logs, lambdas, validation split, DDP gradients."""
+
+import csv
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from keyreid.config import load_config
+from keyreid.engine.checkpoint import load_checkpoint
+from keyreid.engine.data import split_validation
+from keyreid.engine.schedules import lr_factor
+from keyreid.engine.trainer import Trainer
+from keyreid.config import OptimConfig
+from tests.conftest import tiny_overrides
+
+
+def _params(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+class Killed(Exception):
+    pass
+
+
+def test_resume_after_kill_mid_epoch_is_exact(tiny_synth, tmp_path, monkeypatch):
+    over = tiny_overrides(tiny_synth, tmp_path / "a", head="kae", **{"regularizer.adaptive_l2": "true"})
+    ref = Trainer(load_config(None, over), resume=False, show_progress=False)
+    ref.fit()
+    expected = _params(ref.model)
+    steps_per_epoch = ref.state.global_step // 2
+
+    over_b = tiny_overrides(tiny_synth, tmp_path / "b", head="kae", **{"regularizer.adaptive_l2": "true"})
+    victim = Trainer(load_config(None, over_b), resume=False, show_progress=False, checkpoint_every_steps=1)
+    original = Trainer.train_step
+    calls = {"n": 0}
+
+    def dying_step(self, batch, epoch):
+        if calls["n"] == steps_per_epoch + 1:  # killed during the second epoch
+            raise Killed()
+        calls["n"] += 1
+        return original(self, batch, epoch)
+
+    monkeypatch.setattr(Trainer, "train_step", dying_step)
+    with pytest.raises(Killed):
+        victim.fit()
+    monkeypatch.setattr(Trainer, "train_step", original)
+
+    resumed = Trainer(load_config(None, over_b), resume=True, show_progress=False)
+    assert resumed.state.epoch == 1 and resumed.state.step_in_epoch == 1
+    resumed.fit()
+    got = _params(resumed.model)
+    for k in expected:
+        assert torch.equal(expected[k], got[k]), k
+    # the logs hold each epoch once, even though the killed run was interrupted
+    rows = list(csv.DictReader(open(tmp_path / "b" / "metrics.csv")))
+    assert [r["epoch"] for r in rows] == ["0", "1"]
+
+
+def test_checkpoints_logs_and_lambdas(tiny_synth, tmp_path):
+    over = tiny_overrides(tiny_synth, tmp_path, head="bnneck",
+                          **{"regularizer.adaptive_l2": "true", "data.val_identities": 0.3, "eval.every": 1})
+    tr = Trainer(load_config(None, over), resume=False, show_progress=False)
+    result = tr.fit()
+    for name in ("best.pt", "last.pt", "config.yaml", "metrics.csv", "lambdas.csv"):
+        assert (tmp_path / name).is_file(), name
+    assert not list(tmp_path.glob("*.tmp"))
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    assert len(rows) == 2 and 0 <= float(rows[-1]["val_mAP"]) <= 1
+    assert result["best_val_mAP"] == max(float(r["val_mAP"]) for r in rows)
+    lam = list(csv.DictReader(open(tmp_path / "lambdas.csv")))
+    names = {r["parameter"] for r in lam}
+    assert any("conv1" in n for n in names) and any("bn" in n for n in names)
+    # theta only appears in the penalty, so every lambda can only go down from A/2
+    assert all(0 <= float(r["lambda"]) <= 0.0025 + 1e-9 for r in lam)
+    assert float(rows[0]["lambda_max"]) == pytest.approx(0.0025, abs=1e-5)
+    ck = load_checkpoint(tmp_path / "last.pt")
+    assert ck["state"]["epoch"] == 2 and ck["skeleton"] == "coco17"
+    # no weight decay of its own when adaptive L2 is on
+    assert all(g["weight_decay"] == 0 for g in tr.optimizer.param_groups)
+
+
+def test_validation_split_uses_only_training_identities(tiny_synth):
+    from keyreid.data.datasets import build_dataset
+
+    ds = build_dataset("market1501", tiny_synth)
+    kept, q, g = split_validation(ds.train, 0.3, seed=0)
+    val_ids = {s.pid for s in q}
+    assert val_ids == {s.pid for s in g} and len(q) == len(val_ids) == 3
+    assert not val_ids & {s.pid for s in kept}
+    assert val_ids <= {s.pid for s in ds.train}
+    assert len(kept) + len(q) + len(g) == len(ds.train)
+
+
+def test_lr_schedule_warmup_steps_and_cosine():
+    cfg = OptimConfig(lr=1.0, warmup_epochs=10, warmup_factor=0.01, milestones=[40, 70], gamma=0.1)
+    assert lr_factor(0, cfg) == pytest.approx(0.01)
+    assert lr_factor(5, cfg) == pytest.approx(0.505)
+    assert lr_factor(10, cfg) == 1.0 and lr_factor(39.9, cfg) == 1.0
+    assert lr_factor(40, cfg) == pytest.approx(0.1) and lr_factor(70, cfg) == pytest.approx(0.01)
+    cfg.schedule, cfg.epochs = "cosine", 110
+    assert lr_factor(60, cfg) == pytest.approx(0.5) and lr_factor(110, cfg) == pytest.approx(0.0)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, world, port, overrides, batch, out):
+    os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    tr = Trainer(load_config(None, overrides), resume=False, show_progress=False)
+    half = {k: v[rank::world] for k, v in batch.items()}
+    tr.optimizer.param_groups[0]["lr"] = 0.0
+    tr.train_step(half, epoch=0)
+    grads = {n: p.grad.detach().clone() for n, p in tr.model.named_parameters() if p.grad is not None}
+    torch.save(grads, out / f"grads{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def test_ddp_gradients_match_single_process(tiny_synth, tmp_path):
+    over = tiny_overrides(tiny_synth, tmp_path / "ddp", head="kae")
+    single = Trainer(load_config(None, over), resume=False, show_progress=False)
+    loader = torch.utils.data.DataLoader(single.train_set, batch_sampler=single.sampler)
+    batch = next(iter(loader))
+    batch = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
+    # Single process, same batch: DDP averages the gradients of the two shards (rank r takes
+    # items r::2), each computed with its own BN statistics and triplet mining.
+    state = _params(single.model)
+    expected = None
+    for r in range(2):
+        single.model.load_state_dict(state)
+        single.train_step({k: v[r::2] for k, v in batch.items()}, epoch=0)
+        g = {n: p.grad.detach().clone() for n, p in single.model.named_parameters() if p.grad is not None}
+        expected = g if expected is None else {n: (expected[n] + g[n]) / 2 for n in g}
+    mp.spawn(_ddp_worker, args=(2, _free_port(), over, batch, tmp_path), nprocs=2, join=True)
+    for rank in range(2):
+        got = torch.load(tmp_path / f"grads{rank}.pt")
+        assert set(got) == set(expected)
+        for n in expected:
+            torch.testing.assert_close(got[n], expected[n], rtol=1e-4, atol=1e-5)  # all-reduce sums in another order
