@@ -145,3 +145,17 @@ def test_ddp_gradients_match_single_process(tiny_synth, tmp_path):
         assert set(got) == set(expected)
         for n in expected:
             torch.testing.assert_close(got[n], expected[n], rtol=1e-4, atol=1e-5)  # all-reduce sums in another order
+
+
+def test_csv_log_widens_for_late_columns_and_truncates(tmp_path):
+    from keyreid.engine.logs import CSVLog
+
+    log = CSVLog(tmp_path / "m.csv")
+    log.write({"epoch": 0, "loss": 1.5})
+    log.write({"epoch": 1, "loss": 1.0, "val_mAP": 0.25})
+    log = CSVLog(tmp_path / "m.csv")  # reopened, as on resume
+    log.write({"epoch": 2, "loss": 0.5, "val_mAP": 0.5})
+    rows = log.read()
+    assert [r["val_mAP"] for r in rows] == ["", "0.25", "0.5"]
+    log.truncate_after("epoch", 1)
+    assert [r["epoch"] for r in log.read()] == ["0", "1"]

@@ -69,12 +69,13 @@ def fastreid_rank():
 
 
 @pytest.fixture(scope="module")
-def fastreid_cy(request):
+def fastreid_cy(request, tmp_path_factory):
     """fast-reid's Cython evaluator, compiled once into pytest's cache directory."""
     pyx = _site_file("fastreid", "evaluation", "rank_cylib", "rank_cy.pyx")
     if pyx is None:
         pytest.skip("fastreid is not installed")
-    build = Path(request.config.cache.mkdir("fastreid_rank_cy"))
+    cache = getattr(request.config, "cache", None)  # absent under -p no:cacheprovider
+    build = Path(cache.mkdir("fastreid_rank_cy") if cache else tmp_path_factory.mktemp("rank_cy"))
     if not list(build.glob("rank_cy*.so")):
         (build / "rank_cy.pyx").write_text(pyx.read_text())
         setup = (
@@ -104,10 +105,11 @@ def _random_case(seed, nq=40, ng=300, n_ids=25, n_cams=4, levels=12):
     return d, q_pids, g_pids, q_cams, g_cams
 
 
-def _fast(d, qp, gp, qc, gc, max_rank=50, dense_max=reid._DENSE_MAX_POSITIVES, ap_mode="standard"):
-    """evaluate() with a chosen kernel path (dense passes or one pass with binary search)."""
+def _fast(d, qp, gp, qc, gc, max_rank=50, dense_max=reid._DENSE_MAX_POSITIVES, ap_mode="standard",
+          junk_pids=None):
+    """evaluate() with a chosen kernel path (fused counting passes or one pass with binary search)."""
     d, (qp, gp, qc, gc), max_rank = reid._check_inputs(d, qp, gp, qc, gc, max_rank, ap_mode)
-    codes = reid._encode(qp, gp, qc, gc, None)
+    codes = reid._encode(qp, gp, qc, gc, junk_pids)
     fr, ap, inp, _, nan_row = reid._per_query(d, *codes, trapezoid=ap_mode == "trapezoid",
                                               dense_max=dense_max)
     assert not nan_row.any()
@@ -199,29 +201,42 @@ def test_fast_equals_reference_with_ties(seed, dense_max, ap_mode):
     _assert_same(_fast(*case, max_rank=20, dense_max=dense_max, ap_mode=ap_mode), ref)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(
     data=st.data(),
     nq=st.integers(1, 6),
     ng=st.integers(1, 30),
     dense_max=st.sampled_from([0, 128]),
     ap_mode=st.sampled_from(["standard", "trapezoid"]),
+    junk_pids=st.sampled_from([None, (0,), (1, 3)]),
 )
-def test_property_random_small_matrices_match_reference(data, nq, ng, dense_max, ap_mode):
-    d = np.array(data.draw(st.lists(st.integers(0, 3), min_size=nq * ng, max_size=nq * ng)),
+def test_property_random_small_matrices_match_reference(data, nq, ng, dense_max, ap_mode, junk_pids):
+    # few distinct values (ties everywhere), +inf included: it takes the exact path
+    values = st.sampled_from([0.0, 0.5, 1.0, 2.0, np.inf])
+    d = np.array(data.draw(st.lists(values, min_size=nq * ng, max_size=nq * ng)),
                  np.float32).reshape(nq, ng)
     ids = st.lists(st.integers(0, 3), min_size=nq, max_size=nq)
     gids = st.lists(st.integers(0, 3), min_size=ng, max_size=ng)
     qp, qc = np.array(data.draw(ids)), np.array(data.draw(ids))
     gp, gc = np.array(data.draw(gids)), np.array(data.draw(gids))
     max_rank = data.draw(st.integers(1, 10))
+    kw = dict(ap_mode=ap_mode, junk_pids=junk_pids)
     try:
-        ref = evaluate_reference(d, qp, gp, qc, gc, max_rank, ap_mode=ap_mode)
+        ref = evaluate_reference(d, qp, gp, qc, gc, max_rank, **kw)
     except EvaluationError:
         with pytest.raises(EvaluationError, match="no valid query"):
-            _fast(d, qp, gp, qc, gc, max_rank, dense_max=dense_max, ap_mode=ap_mode)
+            _fast(d, qp, gp, qc, gc, max_rank, dense_max=dense_max, **kw)
         return
-    _assert_same(_fast(d, qp, gp, qc, gc, max_rank, dense_max=dense_max, ap_mode=ap_mode), ref)
+    _assert_same(_fast(d, qp, gp, qc, gc, max_rank, dense_max=dense_max, **kw), ref)
+
+
+def test_many_positives_and_long_rows_match_reference():
+    # > 4 positives per query exercise several fused passes; > 128 the binary-search path
+    for n_ids, levels in ((3, 7), (40, 1000)):
+        case = _random_case(12, nq=20, ng=3000, n_ids=n_ids, n_cams=5, levels=levels)
+        ref = evaluate_reference(*case)
+        _assert_same(evaluate(*case), ref)
+        _assert_same(_fast(*case, dense_max=0), ref)
 
 
 def test_input_types_give_the_same_result():

@@ -3,15 +3,19 @@
 import typer
 
 from keyreid.commands import datasets as datasets_cmd
+from keyreid.commands import demo as demo_cmd
+from keyreid.commands import keypoints as keypoints_cmd
 from keyreid.commands import synth as synth_cmd
 from keyreid.commands import train as train_cmd
 
 app = typer.Typer(help="keyreid: keypoint-aligned embeddings for re-identification and retrieval.",
                   no_args_is_help=True, pretty_exceptions_show_locals=False)
 app.add_typer(datasets_cmd.app, name="datasets")
+app.add_typer(keypoints_cmd.app, name="keypoints")
 app.command("synth")(synth_cmd.synth)
 app.command("train")(train_cmd.train)
 app.command("eval")(train_cmd.evaluate)
+app.command("demo")(demo_cmd.demo)
 
 
 @app.command()

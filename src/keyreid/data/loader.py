@@ -28,11 +28,6 @@ def read_image(path: str) -> Image.Image:
         raise DataError(path, f"cannot decode image ({e})") from None
 
 
-def relabel(pids: Sequence[int]) -> dict[int, int]:
-    """Map the training identities to 0..N-1 in sorted order (classifier labels)."""
-    return {pid: i for i, pid in enumerate(sorted(set(int(p) for p in pids)))}
-
-
 class ImageDataset(TorchDataset):
     """Items: dict(image [3,H,W], label, pid, camid, index, and keypoints [K,3] when the
     dataset has a skeleton; images without keypoints get all-invisible ones).

@@ -388,7 +388,8 @@ class _Painter:
             shapes.append(("ellipse", [p[0] - r, p[1] - r, p[0] + r, p[1] + r]))
         return shapes
 
-    def _draw_shapes(self, draw: ImageDraw.ImageDraw, shapes, fill, offset=(0.0, 0.0)):
+    @staticmethod
+    def draw_shapes(draw: ImageDraw.ImageDraw, shapes, fill, offset=(0.0, 0.0)):
         ox, oy = offset
         for kind, geom in shapes:
             if kind == "polygon":
@@ -400,7 +401,7 @@ class _Painter:
 
     def fill(self, shapes, colour, texture="solid", colour2=None, origin=None, axis=None):
         """Fill shapes with colour; overlay colour2 in a pattern fixed to the part's own frame."""
-        self._draw_shapes(self.draw, shapes, colour)
+        self.draw_shapes(self.draw, shapes, colour)
         if texture == "solid" or colour2 is None:
             return
         xs, ys = [], []
@@ -416,7 +417,7 @@ class _Painter:
         if x1 <= x0 or y1 <= y0:
             return
         mask = Image.new("L", (x1 - x0, y1 - y0), 0)
-        self._draw_shapes(ImageDraw.Draw(mask), shapes, 255, offset=(x0, y0))
+        self.draw_shapes(ImageDraw.Draw(mask), shapes, 255, offset=(x0, y0))
         gx, gy = np.meshgrid(np.arange(x0, x1, dtype=np.float32), np.arange(y0, y1, dtype=np.float32))
         a = axis / max(np.linalg.norm(axis), 1e-6)
         rel_x, rel_y = gx - origin[0], gy - origin[1]
@@ -611,7 +612,7 @@ def _keypoints(pose: dict, cam: _Camera, width: int, height: int, occluder) -> n
     kp = np.zeros((COCO17.num_keypoints, 3), dtype=np.float64)
     head_depth = cam.view(pose["head"])[2]
     for i, name in enumerate(COCO17.keypoints):
-        x, y = cam.px(pose[name])
+        x, y = (round(float(c), 3) for c in cam.px(pose[name]))  # decide on what the sidecar stores
         vis = -0.5 <= x <= width - 0.5 and -0.5 <= y <= height - 0.5
         rel_depth = cam.view(pose[name])[2] - head_depth
         if name in ("nose", "left_eye", "right_eye") and rel_depth < 0.0:
@@ -641,7 +642,7 @@ def render_image(item: dict, cam_info: dict, cfg: SynthConfig) -> tuple[bytes, n
             a = rng.uniform([0, 0], [W * ss, H * ss])
             b = a + rng.normal(0, 14 * ss, 2)
             r = rng.uniform(2.5, 7) * ss
-            _Painter(canvas, 1.0)._draw_shapes(d, _Painter.capsule_shapes(a, b, r, r), c)
+            _Painter.draw_shapes(d, _Painter.capsule_shapes(a, b, r, r), c)
     else:
         pose = sample_pose(rng)
         if rng.random() < cfg.path_fraction:  # along the camera's path, either direction

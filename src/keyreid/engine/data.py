@@ -10,8 +10,8 @@ import numpy as np
 
 from keyreid.config import Config
 from keyreid.data.datasets import Dataset, build_dataset
+from keyreid.data.datasets.base import relabel
 from keyreid.data.keypoints import Skeleton, get_skeleton
-from keyreid.data.loader import relabel
 from keyreid.data.records import Sample
 from keyreid.data.transforms import KeypointTransform, TransformConfig, build_transforms
 
@@ -67,7 +67,7 @@ def prepare_data(cfg: Config, need_keypoints: bool) -> PreparedData:
         raise ValueError(f"head {cfg.model.head!r} needs keypoints but no training image of "
                          f"{cfg.data.root} has any: give data.sidecar (`keyreid keypoints estimate`)")
     train, val_q, val_g = split_validation(dataset.train, cfg.data.val_identities, cfg.seed)
-    return PreparedData(dataset, train, val_q, val_g, relabel([s.pid for s in train]), skeleton)
+    return PreparedData(dataset, train, val_q, val_g, relabel(train)[1], skeleton)
 
 
 def make_transforms(cfg: Config, skeleton: Optional[Skeleton], mean=None, std=None

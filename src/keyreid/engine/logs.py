@@ -6,6 +6,8 @@ import csv
 from pathlib import Path
 from typing import Optional
 
+from keyreid.utils.io import atomic_write
+
 
 class CSVLog:
     """Rows of dicts appended to a CSV; columns fixed by the first row written."""
@@ -18,6 +20,11 @@ class CSVLog:
                 self.fields = next(csv.reader(f), None)
 
     def write(self, row: dict) -> None:
+        if self.fields is not None and set(row) - set(self.fields):
+            # a column that first appears now (validation runs every N epochs): widen the file
+            rows = self.read()
+            self.fields = self.fields + [k for k in row if k not in self.fields]
+            self._rewrite(rows)
         new = self.fields is None
         if new:
             self.fields = list(row)
@@ -27,16 +34,20 @@ class CSVLog:
                 w.writeheader()
             w.writerow(row)
 
+    def _rewrite(self, rows: list[dict]) -> None:
+        def write(tmp: str) -> None:
+            with open(tmp, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=self.fields)
+                w.writeheader()
+                w.writerows(rows)
+
+        atomic_write(self.path, write)
+
     def truncate_after(self, key: str, value: float) -> None:
         """Drop rows with row[key] > value (a resumed run rewrites what came after its checkpoint)."""
         if not self.path.exists() or self.fields is None:
             return
-        with open(self.path, newline="") as f:
-            rows = [r for r in csv.DictReader(f) if float(r[key]) <= value]
-        with open(self.path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=self.fields)
-            w.writeheader()
-            w.writerows(rows)
+        self._rewrite([r for r in self.read() if float(r[key]) <= value])
 
     def read(self) -> list[dict]:
         if not self.path.exists():

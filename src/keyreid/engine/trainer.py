@@ -329,9 +329,9 @@ class Trainer:
 
 
 @torch.no_grad()
-def evaluate_model(model: torch.nn.Module, query, gallery, transform, cfg: Config,
-                   device: torch.device, show_progress: bool = False) -> dict:
-    """Features -> distances -> re-ID metrics (R1, R5, R10, mAP, mINP)."""
+def test_distances(model: torch.nn.Module, query, gallery, transform, cfg: Config,
+                   device: torch.device, show_progress: bool = False) -> np.ndarray:
+    """Features -> query x gallery distance matrix (flip averaging and re-ranking per config)."""
     ec = cfg.eval
     qf = extract_features(model, query, transform, cfg.data.test_batch_size, 0, device, ec.flip,
                           show_progress=show_progress, description="query features")
@@ -342,10 +342,22 @@ def evaluate_model(model: torch.nn.Module, query, gallery, transform, cfg: Confi
         from keyreid.evaluation.rerank import re_ranking  # arrives with the re-ranking issue
 
         dist_qg = re_ranking(qf, gf, dist_qg, ec.distance)
-    m = evaluate(dist_qg, np.array([s.pid for s in query]), np.array([s.pid for s in gallery]),
+    return dist_qg
+
+
+def reid_metrics(distmat: np.ndarray, query, gallery, max_rank: int = 50) -> dict:
+    """R1, R5, R10, mAP, mINP and the number of valid queries of a query x gallery matrix."""
+    m = evaluate(distmat, np.array([s.pid for s in query]), np.array([s.pid for s in gallery]),
                  np.array([s.camid for s in query]), np.array([s.camid for s in gallery]),
-                 max_rank=min(ec.max_rank, len(gallery)))
+                 max_rank=min(max_rank, len(gallery)))
     cmc = m.cmc
     return {"R1": float(cmc[0]), "R5": float(cmc[min(4, len(cmc) - 1)]),
             "R10": float(cmc[min(9, len(cmc) - 1)]), "mAP": float(m.mAP), "mINP": float(m.mINP),
             "valid_queries": int(m.num_valid_queries)}
+
+
+def evaluate_model(model: torch.nn.Module, query, gallery, transform, cfg: Config,
+                   device: torch.device, show_progress: bool = False) -> dict:
+    """Features -> distances -> re-ID metrics."""
+    distmat = test_distances(model, query, gallery, transform, cfg, device, show_progress)
+    return reid_metrics(distmat, query, gallery, cfg.eval.max_rank)

@@ -150,16 +150,14 @@ def evaluate(
 
     # Own "camera" per image: the same-pid-same-camera rule then removes only the query.
     own = np.arange(n)
-    qg, qc, gg, gc, members, offsets = reid._encode(y, y, own, own, None)
+    qg, qc, *shared = reid._encode(y, y, own, own, None)
     first_rank = np.zeros(n, np.int64)
     apr = np.zeros(n)
     step = max(1, _BLOCK_BYTES // (n * x.dtype.itemsize))
     for s in range(0, n, step):
         e = min(s + step, n)
         block = _distance_block(x[s:e], x, sq, None if sq is None else sq[s:e])
-        fr, _, _, ar, nan_row = reid._per_query(
-            block, qg[s:e], qc[s:e], gg, gc, members, offsets, trapezoid=False
-        )
+        fr, _, _, ar, nan_row = reid._per_query(block, qg[s:e], qc[s:e], *shared, trapezoid=False)
         if nan_row.any():  # overflow in the dot products
             raise EvaluationError(f"distances are NaN for {int(nan_row.sum())} queries")
         first_rank[s:e] = fr

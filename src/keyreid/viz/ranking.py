@@ -1,0 +1,220 @@
+"""Ranked lists: a few queries, each followed by its top-k gallery images by distance.
+
+Ranking follows the evaluation protocol (keyreid.evaluation.reid): a stable ascending sort of
+the query's distance row, with gallery items of the same pid *and* the same camera as the query
+dropped by default (junk="exclude"); junk="grey" shows them instead, with a grey border and a
+"junk" label, still in their place in the order. A correct match (same pid) has a green border,
+a wrong one a red border, the query a blue one.
+
+The picture is composed as one pixel array with a fixed layout (see `grid_layout`) and placed
+unscaled into the figure, so each cell's position in the PNG is known exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+from PIL import Image
+
+from keyreid.viz.report import save_figure
+
+__all__ = ["RankedItem", "rank_gallery", "grid_layout", "plot_ranked_lists",
+           "MATCH_RGB", "MISMATCH_RGB", "JUNK_RGB", "QUERY_RGB"]
+
+MATCH_RGB = (0, 190, 0)
+MISMATCH_RGB = (220, 0, 0)
+JUNK_RGB = (150, 150, 150)
+QUERY_RGB = (30, 90, 230)
+_BACKGROUND = 255
+_LETTERBOX = 235
+
+BORDER = 4      # border width around each image, pixels
+PAD = 6         # space between neighbouring cells
+QUERY_GAP = 18  # extra space separating the query from its ranked list
+LABEL_H = 28    # band above each cell for its two text lines
+MARGIN = 6
+DPI = 100
+
+
+@dataclass(frozen=True)
+class RankedItem:
+    index: int        # gallery index
+    distance: float
+    match: bool       # same pid as the query
+    junk: bool        # same pid and same camera (excluded by the protocol)
+
+
+def _np(x) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def rank_gallery(dist_row, query_pid: int, query_camid: int, gallery_pids, gallery_camids,
+                 top_k: int, junk: str = "exclude") -> list[RankedItem]:
+    """The query's top-k gallery items by ascending distance (stable: ties keep gallery order).
+
+    junk="exclude" drops same-pid-same-camera items as the protocol does; "grey" keeps them
+    marked junk=True (they still take a place in the top k).
+    """
+    if junk not in ("exclude", "grey"):
+        raise ValueError(f"junk must be 'exclude' or 'grey', got {junk!r}")
+    d = _np(dist_row).astype(np.float64)
+    g_pids, g_cams = _np(gallery_pids), _np(gallery_camids)
+    order = np.argsort(d, kind="stable")
+    is_junk = (g_pids == query_pid) & (g_cams == query_camid)
+    if junk == "exclude":
+        order = order[~is_junk[order]]
+    return [RankedItem(int(j), float(d[j]), bool(g_pids[j] == query_pid), bool(is_junk[j]))
+            for j in order[:top_k]]
+
+
+@dataclass(frozen=True)
+class GridLayout:
+    width: int
+    height: int
+    boxes: dict  # (row, col) -> (x0, y0, x1, y1) of the bordered cell, end-exclusive, PNG pixels
+    labels: dict  # (row, col) -> (x centre, y top) of the label band
+
+
+def grid_layout(rows: int, top_k: int, cell_hw: tuple[int, int] = (128, 64)) -> GridLayout:
+    """Pixel layout of the ranked-list picture: column 0 is the query, columns 1..top_k its ranks.
+
+    Boxes include the BORDER-pixel frame; pixel (x, y) of the PNG is row y, column x.
+    """
+    ch, cw = cell_hw
+    bw, bh = cw + 2 * BORDER, ch + 2 * BORDER
+    boxes, labels = {}, {}
+    for r in range(rows):
+        y0 = MARGIN + r * (LABEL_H + bh + PAD) + LABEL_H
+        for c in range(top_k + 1):
+            x0 = MARGIN + c * (bw + PAD) + (QUERY_GAP if c > 0 else 0)
+            boxes[(r, c)] = (x0, y0, x0 + bw, y0 + bh)
+            labels[(r, c)] = (x0 + bw / 2, y0 - LABEL_H)
+    width = MARGIN * 2 + (top_k + 1) * bw + top_k * PAD + QUERY_GAP
+    height = MARGIN * 2 + rows * (LABEL_H + bh) + (rows - 1) * PAD
+    return GridLayout(width, height, boxes, labels)
+
+
+def _open(sample, root: Optional[Path]) -> Image.Image:
+    path = Path(sample.path)
+    if root is not None and not path.is_absolute():
+        path = Path(root) / path
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
+def _placeholder(h: int, w: int) -> np.ndarray:
+    # an unreadable image should not sink the whole report: draw a crossed grey box instead
+    a = np.full((h, w, 3), 200, dtype=np.uint8)
+    for t in np.linspace(0, 1, 2 * max(h, w)):
+        a[int(t * (h - 1)), int(t * (w - 1))] = 90
+        a[int(t * (h - 1)), int((1 - t) * (w - 1))] = 90
+    return a
+
+
+def _letterbox(img: Image.Image, h: int, w: int) -> np.ndarray:
+    """Resize keeping the aspect ratio, centred on a light grey cell of size h x w."""
+    scale = min(h / img.height, w / img.width)
+    nh, nw = max(1, round(img.height * scale)), max(1, round(img.width * scale))
+    small = np.asarray(img.resize((nw, nh), Image.BILINEAR), dtype=np.uint8)
+    cell = np.full((h, w, 3), _LETTERBOX, dtype=np.uint8)
+    y, x = (h - nh) // 2, (w - nw) // 2
+    cell[y:y + nh, x:x + nw] = small
+    return cell
+
+
+def _paste(canvas: np.ndarray, box, picture: np.ndarray, colour, faded: bool = False) -> None:
+    x0, y0, x1, y1 = box
+    canvas[y0:y1, x0:x1] = colour
+    if faded:
+        picture = (0.45 * picture + 0.55 * 255).astype(np.uint8)
+    canvas[y0 + BORDER:y1 - BORDER, x0 + BORDER:x1 - BORDER] = picture
+
+
+def _choose_queries(q_pids, q_cams, g_pids, g_cams, num: int, seed: int) -> list[int]:
+    # prefer queries with a positive left after junk removal (those the protocol evaluates),
+    # then fill up with the others
+    valid = np.array([np.any((g_pids == q_pids[i]) & (g_cams != q_cams[i]))
+                      for i in range(len(q_pids))], dtype=bool)
+    rng = np.random.default_rng(seed)
+    picked: list[int] = []
+    for pool in (np.flatnonzero(valid), np.flatnonzero(~valid)):
+        take = min(num - len(picked), len(pool))
+        if take > 0:
+            picked += [int(i) for i in rng.choice(pool, size=take, replace=False)]
+    return sorted(picked)
+
+
+def plot_ranked_lists(query_samples: Sequence, gallery_samples: Sequence, distmat,
+                      out_png: str | Path, num_queries: int = 4, top_k: int = 8, seed: int = 0,
+                      root: Optional[str | Path] = None, cell_hw: tuple[int, int] = (128, 64),
+                      junk: str = "exclude", query_indices: Optional[Sequence[int]] = None,
+                      load_image: Optional[Callable[[object], Image.Image]] = None) -> Path:
+    """Draw `num_queries` queries (chosen with `seed`, or exactly `query_indices`) and their
+    top-k gallery images, one row per query. Random queries are drawn first among those with a
+    valid positive (same pid, other camera), then among the rest.
+
+    Samples need .path, .pid and .camid (keyreid.data.records.Sample); images are read from
+    .path (relative paths under `root`) unless `load_image(sample)` is given. distmat is
+    [num_query, num_gallery] (numpy or torch). Labels: "pid/cam" and the distance, "junk" for
+    greyed same-camera matches.
+    """
+    from matplotlib.figure import Figure
+
+    d = _np(distmat)
+    if d.shape != (len(query_samples), len(gallery_samples)):
+        raise ValueError(f"distmat shape {d.shape} does not match "
+                         f"{len(query_samples)} queries x {len(gallery_samples)} gallery samples")
+    if top_k < 1:
+        raise ValueError("top_k must be at least 1")
+    q_pids = np.array([s.pid for s in query_samples])
+    q_cams = np.array([s.camid for s in query_samples])
+    g_pids = np.array([s.pid for s in gallery_samples])
+    g_cams = np.array([s.camid for s in gallery_samples])
+    if query_indices is None:
+        query_indices = _choose_queries(q_pids, q_cams, g_pids, g_cams, num_queries, seed)
+    query_indices = [int(i) for i in query_indices]
+    if not query_indices:
+        raise ValueError("no query to show")
+
+    root_path = Path(root) if root is not None else None
+    ch, cw = cell_hw
+    cache: dict[int, np.ndarray] = {}
+
+    def picture(sample) -> np.ndarray:
+        key = id(sample)
+        if key not in cache:
+            try:
+                img = load_image(sample) if load_image is not None else _open(sample, root_path)
+                cache[key] = _letterbox(img.convert("RGB"), ch, cw)
+            except (OSError, ValueError):
+                cache[key] = _placeholder(ch, cw)
+        return cache[key]
+
+    layout = grid_layout(len(query_indices), top_k, cell_hw)
+    canvas = np.full((layout.height, layout.width, 3), _BACKGROUND, dtype=np.uint8)
+    texts = []
+    for r, qi in enumerate(query_indices):
+        q = query_samples[qi]
+        _paste(canvas, layout.boxes[(r, 0)], picture(q), QUERY_RGB)
+        texts.append((layout.labels[(r, 0)], f"query\n{q.pid}/c{q.camid}", "black"))
+        ranked = rank_gallery(d[qi], q.pid, q.camid, g_pids, g_cams, top_k, junk)
+        for c, item in enumerate(ranked, start=1):
+            g = gallery_samples[item.index]
+            colour = JUNK_RGB if item.junk else MATCH_RGB if item.match else MISMATCH_RGB
+            _paste(canvas, layout.boxes[(r, c)], picture(g), colour, faded=item.junk)
+            tag = "junk" if item.junk else f"#{c}"
+            texts.append((layout.labels[(r, c)], f"{tag} {item.distance:.3g}\n{g.pid}/c{g.camid}",
+                          "0.45" if item.junk else "black"))
+
+    # the figure is exactly the canvas size and figimage places it unscaled at the origin
+    fig = Figure(figsize=(layout.width / DPI, layout.height / DPI), dpi=DPI)
+    fig.figimage(canvas, xo=0, yo=0, origin="upper", resize=False)
+    for (x, y), text, colour in texts:
+        fig.text(x / layout.width, 1 - (y + 2) / layout.height, text, ha="center", va="top",
+                 fontsize=6.5, color=colour, linespacing=1.1)
+    return save_figure(fig, out_png, dpi=DPI)

@@ -1,0 +1,126 @@
+"""Markdown reports with relative image links, and atomic file output shared by the plots."""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+from urllib.parse import quote
+
+__all__ = ["write_markdown_report", "markdown_table", "save_figure", "relative_link"]
+
+
+def _atomic_target(path: Path) -> tuple[int, str]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # same directory as the target so os.replace is a rename, not a copy across file systems
+    return tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    fd, tmp = _atomic_target(path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_figure(fig, out_png: str | Path, dpi: float = 100) -> Path:
+    """Render a matplotlib Figure to PNG with the Agg canvas, atomically (temp + rename)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    out_png = Path(out_png)
+    FigureCanvasAgg(fig)  # attaches itself to fig; no pyplot, no display
+    fd, tmp = _atomic_target(out_png)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, format="png", dpi=dpi)
+        os.replace(tmp, out_png)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return out_png
+
+
+def relative_link(target: str | Path, report_dir: str | Path) -> str:
+    """URL-quoted posix path of `target` relative to the folder of the report."""
+    rel = os.path.relpath(Path(target).absolute(), Path(report_dir).absolute())
+    return quote(Path(rel).as_posix(), safe="/._-~")
+
+
+def _cell(value, floatfmt: str) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        text = "nan" if math.isnan(value) else format(value, floatfmt)
+    elif hasattr(value, "item") and getattr(value, "ndim", 1) == 0:  # numpy / torch scalars
+        return _cell(value.item(), floatfmt)
+    else:
+        text = str(value)
+    # a pipe would end the cell and a newline the row
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+
+
+_ALIGN = {"l": ":---", "r": "---:", "c": ":---:", None: "---", "": "---"}
+
+
+def markdown_table(headers: Sequence, rows: Iterable[Sequence], floatfmt: str = ".4g",
+                   align: Optional[Sequence[Optional[str]]] = None) -> str:
+    """A GitHub-flavoured Markdown table, one line per row, ending with a newline.
+
+    floats are formatted with `floatfmt`, None becomes an empty cell, pipes are escaped.
+    align: per column "l", "r", "c" or None (default: no alignment marker).
+    """
+    headers = list(headers)
+    n = len(headers)
+    if n == 0:
+        raise ValueError("markdown_table needs at least one column")
+    if align is None:
+        align = [None] * n
+    if len(align) != n:
+        raise ValueError(f"align has {len(align)} entries for {n} columns")
+    lines = ["| " + " | ".join(_cell(h, floatfmt) for h in headers) + " |",
+             "| " + " | ".join(_ALIGN[a] for a in align) + " |"]
+    for i, row in enumerate(rows):
+        row = list(row)
+        if len(row) != n:
+            raise ValueError(f"row {i} has {len(row)} cells, expected {n}")
+        lines.append("| " + " | ".join(_cell(c, floatfmt) for c in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown_report(path: str | Path, title: str,
+                          sections: Sequence[tuple]) -> Path:
+    """Write a Markdown report atomically and return its path.
+
+    sections: (heading, markdown text) or (heading, markdown text, image paths); image paths are
+    linked relative to the report's folder, so the report folder can be moved or published as a
+    whole. Images are linked whether or not they exist yet (a plot may be written later).
+    """
+    path = Path(path)
+    out = [f"# {title.strip()}", ""]
+    for i, section in enumerate(sections):
+        if len(section) == 2:
+            heading, text = section
+            images = None
+        elif len(section) == 3:
+            heading, text, images = section
+        else:
+            raise ValueError(f"section {i} must be (heading, text[, images]), got {len(section)} items")
+        out += [f"## {str(heading).strip()}", ""]
+        if text and str(text).strip():
+            out += [str(text).strip("\n"), ""]
+        for img in images or ():
+            img = Path(img)
+            alt = img.stem.replace("_", " ").replace("[", "(").replace("]", ")")
+            out += [f"![{alt}]({relative_link(img, path.parent)})", ""]
+    _write_text_atomic(path, "\n".join(out).rstrip("\n") + "\n")
+    return path
