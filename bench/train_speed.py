@@ -126,6 +126,9 @@ def bench_backbone(args, backbone: str) -> list[dict]:
     torch.manual_seed(0)
     batch = random_batch(args.batch, args.height, args.width, skeleton, device)
     heads = HEADS + (KAE_VARIANTS if args.variants else [])
+    if args.heads:
+        keep = [h.strip() for h in args.heads.split(",")]
+        heads = [h for h in heads if h[0] == "bnneck" or h[0] in keep]  # bnneck: the reference
     runners = [Runner(*h, backbone, batch, device, skeleton, args.num_classes) for h in heads]
     for i in range(args.warmup + args.steps):
         for r in runners:  # round-robin: noise from other users is spread over every head
@@ -195,6 +198,7 @@ def main() -> None:
     ap.add_argument("--skeleton", default="coco17", help="keypoint layout (coco17: 17, veri20: 20)")
     ap.add_argument("--num-classes", type=int, default=751)
     ap.add_argument("--variants", action="store_true", help="also time kae option variants")
+    ap.add_argument("--heads", default="", help="only these labels (comma-separated), e.g. 'kae,kae up=1'")
     ap.add_argument("--markdown", type=Path, help="append the tables to this file")
     args = ap.parse_args()
     if args.threads:

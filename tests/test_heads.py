@@ -1,0 +1,132 @@
+"""Heads and their keypoint targets: shapes, keypoint order, numbers against references."""
+
+import numpy as np
+import pytest
+import torch
+
+from keyreid.config import ModelConfig
+from keyreid.data.keypoints import COCO17, CUB15, render_heatmaps
+from keyreid.models.build import build_model
+from keyreid.models.heads import build_head, head_names
+from keyreid.models.output import ModelOutput
+from keyreid.models.targets import box_maps, keypoint_heatmaps, limb_maps
+
+
+def _kp(batch=2, k=17, seed=0, h=128, w=64):
+    g = torch.Generator().manual_seed(seed)
+    kp = torch.rand(batch, k, 3, generator=g) * torch.tensor([w - 1.0, h - 1.0, 1.0])
+    kp[..., 2] = (kp[..., 2] > 0.3).float()
+    return kp
+
+
+def test_torch_heatmaps_equal_numpy_reference():
+    kp = _kp(batch=3)
+    maps, weights = keypoint_heatmaps(kp.double(), (128, 64), (32, 16), sigma=1.5)
+    for b in range(3):
+        ref, ref_w = render_heatmaps(kp[b].double().numpy(), (128, 64), stride=4, sigma=1.5)
+        np.testing.assert_allclose(maps[b].numpy(), ref, atol=1e-6)
+        np.testing.assert_allclose(weights[b].numpy(), ref_w, atol=1e-7)
+
+
+def test_limb_map_peaks_on_the_segment_and_box_covers_keypoints():
+    kp = torch.zeros(1, 17, 3)
+    ls, le = COCO17.index("left_shoulder"), COCO17.index("left_elbow")
+    kp[0, ls] = torch.tensor([10.0, 10.0, 1.0])
+    kp[0, le] = torch.tensor([10.0, 50.0, 1.0])
+    maps, w = limb_maps(kp, [(ls, le)], (64, 32), (64, 32), sigma=1.0)  # stride 1: cells = pixels
+    assert w.tolist() == [[1.0]]
+    assert maps[0, 0, 30, 10] == pytest.approx(1.0) and maps[0, 0, 5, 10] < 1e-5
+    assert maps[0, 0, 30, 11] == pytest.approx(np.exp(-0.5), rel=1e-5)
+    kp[0, le, 2] = 0
+    _, w = limb_maps(kp, [(ls, le)], (64, 32), (64, 32))
+    assert w.tolist() == [[0.0]]
+    kp[0, le, 2] = 1
+    boxes, bw = box_maps(kp, [(ls, le)], (64, 32), (64, 32), margin=0.0)
+    assert bw.tolist() == [[1.0]]
+    ys, xs = torch.nonzero(boxes[0, 0], as_tuple=True)
+    assert (ys.min(), ys.max(), xs.min(), xs.max()) == (10, 50, 10, 10)
+
+
+@pytest.mark.parametrize("head", ["bnneck", "kae", "aacn", "pabr"])
+def test_every_head_returns_one_typed_output_in_train_and_eval(head):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(backbone="resnet18", pretrained=None, head=head), 7, COCO17)
+    x = torch.randn(4, 3, 128, 64)
+    for mode in (True, False):
+        model.train(mode)
+        out = model(x)
+        assert isinstance(out, ModelOutput)
+        assert out.embedding.shape == out.feature.shape == (4, model.embedding_dim)
+        assert out.logits.shape == (4, 7)
+        if head != "bnneck":
+            assert out.heatmaps.shape[:2] == (4, 17)
+    losses = model.keypoint_losses(model.train()(x), _kp(4), (128, 64), 1.5)
+    assert (set(losses) == set()) if head == "bnneck" else all(torch.isfinite(v) for v in losses.values())
+    assert set(head_names()) >= {"bnneck", "kae", "aacn", "pabr"}
+
+
+def test_kae_embedding_is_concatenated_in_keypoint_order():
+    torch.manual_seed(0)
+    head = build_head("kae", in_channels=32, num_classes=5, skeleton=CUB15, group_channels=4,
+                      global_channels=8, upsample=1)
+    head.eval()
+    fmap = torch.randn(2, 32, 8, 4)
+    out = head(fmap)
+    assert out.part_features.shape == (2, 15, 4)
+    # feature = [global (8), part 1 (4), ..., part 15 (4)]
+    torch.testing.assert_close(out.feature[:, 8:].reshape(2, 15, 4), out.part_features)
+    # heatmap k depends only on channel group k: perturb group 3's input channels downstream
+    z = head.split(fmap)
+    z2 = z.clone()
+    z2[:, 3 * 4:4 * 4] += 1.0
+    h1, h2 = head.decoder(z[:, :60]), head.decoder(z2[:, :60])
+    changed = (h1 - h2).abs().amax(dim=(0, 2, 3)) > 0
+    assert changed.tolist() == [k == 3 for k in range(15)]
+
+
+def test_kae_heatmap_loss_ignores_invisible_keypoints():
+    torch.manual_seed(0)
+    head = build_head("kae", in_channels=16, num_classes=3, skeleton=COCO17, group_channels=2,
+                      global_channels=0, upsample=2)
+    out = head(torch.randn(2, 16, 8, 4))
+    kp = _kp(2, h=128, w=64)
+    loss = float(head.keypoint_losses(out, kp, (128, 64), 1.5)["heatmap"].detach())
+    moved = kp.clone()
+    moved[..., :2][kp[..., 2] == 0] += 17.0  # invisible keypoints may be anywhere
+    assert float(head.keypoint_losses(out, moved, (128, 64), 1.5)["heatmap"].detach()) == pytest.approx(loss)
+    assert out.heatmaps.shape[-2:] == (16, 8)
+
+
+def test_aacn_visibility_weights_average_one_and_scale_parts():
+    torch.manual_seed(0)
+    head = build_head("aacn", in_channels=16, num_classes=3, skeleton=COCO17, part_channels=4,
+                      global_channels=8, hidden=8)
+    head.eval()
+    out = head(torch.randn(3, 16, 8, 4))
+    p = len(COCO17.limbs) + 6
+    assert out.part_features.shape == (3, p, 4) and out.part_weights.shape == (3, p)
+    torch.testing.assert_close(out.part_weights.mean(1), torch.ones(3))
+    composed = (out.part_features * out.part_weights.unsqueeze(-1)).flatten(1)
+    torch.testing.assert_close(out.feature[:, 8:], composed)
+
+
+def test_pabr_descriptor_is_normalised_bilinear_and_pose_loss_stops():
+    torch.manual_seed(0)
+    head = build_head("pabr", in_channels=16, num_classes=3, skeleton=COCO17, appearance_channels=4,
+                      part_hidden=8, pose_epochs=2)
+    head.eval()
+    fmap = torch.randn(2, 16, 8, 4)
+    out = head(fmap)
+    assert out.feature.shape == (2, 4 * 17)
+    torch.testing.assert_close(out.feature.norm(dim=1), torch.ones(2))
+    a, p = head.appearance(fmap), head.part(fmap).relu()
+    direct = torch.stack([sum(torch.outer(p[0, :, y, x], a[0, :, y, x]) for y in range(8) for x in range(4))]) / 32
+    torch.testing.assert_close(out.part_features[0], direct[0], rtol=1e-4, atol=1e-6)
+    kp = _kp(2, h=128, w=64)
+    assert set(head.keypoint_losses(out, kp, (128, 64), 1.5, epoch=1)) == {"heatmap"}
+    assert head.keypoint_losses(out, kp, (128, 64), 1.5, epoch=2) == {}
+
+
+def test_keypoint_heads_refuse_data_without_keypoints():
+    with pytest.raises(ValueError, match="needs keypoints|learns from keypoints"):
+        build_model(ModelConfig(backbone="resnet18", pretrained=None, head="kae"), 3, None)
