@@ -70,7 +70,7 @@ def test_checkpoints_logs_and_lambdas(tiny_synth, tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
     rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
     assert len(rows) == 2 and 0 <= float(rows[-1]["val_mAP"]) <= 1
-    assert result["best_val_mAP"] == max(float(r["val_mAP"]) for r in rows)
+    assert result["best_val_score"] == max(float(r["val_mAP"]) for r in rows)
     lam = list(csv.DictReader(open(tmp_path / "lambdas.csv")))
     names = {r["parameter"] for r in lam}
     assert any("conv1" in n for n in names) and any("bn" in n for n in names)
@@ -159,3 +159,24 @@ def test_csv_log_widens_for_late_columns_and_truncates(tmp_path):
     assert [r["val_mAP"] for r in rows] == ["", "0.25", "0.5"]
     log.truncate_after("epoch", 1)
     assert [r["epoch"] for r in log.read()] == ["0", "1"]
+
+
+def test_retrieval_protocol_scores_each_image_against_all_others(tiny_synth, tmp_path):
+    from dataclasses import replace
+
+    from keyreid.engine.inference import extract_features
+    from keyreid.engine.trainer import evaluate_model
+    from keyreid.evaluation.reid import EvaluationError
+    from keyreid.evaluation.retrieval import evaluate as retrieval_evaluate
+
+    tr = Trainer(load_config(None, tiny_overrides(tiny_synth, tmp_path)), resume=False, show_progress=False)
+    ds = tr.data.dataset
+    # CUB / Cars196 style: one camera, query = gallery = the test images
+    test = [replace(s, camid=0) for s in ds.query + [g for g in ds.gallery if g.pid > 0]]
+    m = evaluate_model(tr.model, test, test, tr.test_transform, tr.cfg, tr.device, protocol="retrieval")
+    feats = extract_features(tr.model, test, tr.test_transform)
+    ref = retrieval_evaluate(feats, np.array([s.pid for s in test]), distance="cosine")
+    assert m["R1"] == pytest.approx(ref.recall_at_k[1]) and m["MAP@R"] == pytest.approx(ref.map_at_r)
+    assert m["score"] == m["MAP@R"] and 0 < m["R1"] <= 1
+    with pytest.raises(EvaluationError):  # the re-ID protocol drops every same-camera positive
+        evaluate_model(tr.model, test, test, tr.test_transform, tr.cfg, tr.device, protocol="reid")

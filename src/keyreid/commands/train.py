@@ -42,11 +42,12 @@ def evaluate(config: Path = typer.Argument(..., help="YAML config used for train
 
     cfg = load_config(config, set_ or [])
     report = evaluate_checkpoint(cfg, checkpoint, output)
-    table = Table(title=f"{cfg.name}: {cfg.data.dataset} test ({report['distance']} distance"
-                        f"{', flip' if report['flip'] else ''})")
-    for key in ("R1", "R5", "R10", "mAP", "mINP"):
-        table.add_column(key, justify="right")
     m = report["metrics"]
-    table.add_row(*(f"{100 * m[k]:.2f}" for k in ("R1", "R5", "R10", "mAP", "mINP")))
+    keys = [k for k in ("R1", "R2", "R4", "R5", "R8", "R10", "mAP", "mINP", "MAP@R", "NMI") if k in m]
+    table = Table(title=f"{cfg.name}: {cfg.data.dataset} test, {report['protocol']} protocol "
+                        f"({report['distance']} distance{', flip' if report['flip'] else ''})")
+    for key in keys:
+        table.add_column(key, justify="right")
+    table.add_row(*(f"{100 * m[k]:.2f}" for k in keys))
     console.print(table)
     console.print(f"report: {report['path']}")

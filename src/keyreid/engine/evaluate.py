@@ -36,12 +36,12 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, output: Optional[st
     _, test_tf = make_transforms(cfg, skeleton, model.backbone.input_mean, model.backbone.input_std)
     t0 = time.time()
     metrics = evaluate_model(model, data.dataset.query, data.dataset.gallery, test_tf, cfg, device,
-                             show_progress=show_progress)
+                             show_progress=show_progress, protocol=data.dataset.protocol)
     path = Path(output) if output else Path(checkpoint).with_suffix(".eval.json")
     report = {"checkpoint": str(checkpoint), "dataset": cfg.data.dataset, "root": cfg.data.root,
               "queries": len(data.dataset.query), "gallery": len(data.dataset.gallery),
               "distance": cfg.eval.distance, "flip": cfg.eval.flip, "rerank": cfg.eval.rerank,
-              "metrics": metrics, "seconds": round(time.time() - t0, 2), "config": to_dict(cfg),
+              "protocol": data.dataset.protocol, "metrics": metrics, "seconds": round(time.time() - t0, 2), "config": to_dict(cfg),
               "path": str(path)}
     atomic_write_text(path, json.dumps(report, indent=2))
     save_config(cfg, path.with_suffix(".config.yaml"))

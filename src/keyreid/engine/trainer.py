@@ -263,7 +263,8 @@ class Trainer:
         if not self.data.val_query:
             return None
         return evaluate_model(self.model, self.data.val_query, self.data.val_gallery,
-                              self.test_transform, self.cfg, self.device)
+                              self.test_transform, self.cfg, self.device,
+                              protocol=self.data.dataset.protocol)
 
     def fit(self) -> dict:
         cfg, st = self.cfg, self.state
@@ -311,8 +312,8 @@ class Trainer:
                     metrics = self.validate()
                     if metrics is not None:
                         row.update({f"val_{k}": v for k, v in metrics.items()})
-                        if metrics["mAP"] > st.best_score:
-                            st.best_score, st.best_epoch = metrics["mAP"], epoch
+                        if metrics["score"] > st.best_score:
+                            st.best_score, st.best_epoch = metrics["score"], epoch
                             self.save("best.pt")
                 if self.metrics_log is not None:
                     self.metrics_log.write(row)
@@ -325,7 +326,7 @@ class Trainer:
         if self.is_main and st.best_epoch < 0:
             self.save("best.pt")  # no validation split: the last model is the one to use
         tb.close()
-        return {"best_epoch": st.best_epoch, "best_val_mAP": st.best_score, "epochs": st.epoch}
+        return {"best_epoch": st.best_epoch, "best_val_score": st.best_score, "epochs": st.epoch}
 
 
 @torch.no_grad()
@@ -357,7 +358,28 @@ def reid_metrics(distmat: np.ndarray, query, gallery, max_rank: int = 50) -> dic
 
 
 def evaluate_model(model: torch.nn.Module, query, gallery, transform, cfg: Config,
-                   device: torch.device, show_progress: bool = False) -> dict:
-    """Features -> distances -> re-ID metrics."""
+                   device: torch.device, show_progress: bool = False, protocol: str = "reid") -> dict:
+    """Features -> distances -> metrics. protocol "reid": query vs gallery, CMC / mAP / mINP;
+    "retrieval" (CUB, Cars196): every image of query + gallery (each image once) against all
+    others, Recall@K / MAP@R / NMI. `score` is the number best checkpoints are chosen on."""
+    if protocol == "retrieval":
+        from keyreid.evaluation.retrieval import evaluate as retrieval_evaluate
+
+        seen, images = set(), []
+        for s in (*query, *gallery):
+            if s.path not in seen:
+                seen.add(s.path)
+                images.append(s)
+        feats = extract_features(model, images, transform, cfg.data.test_batch_size, 0, device,
+                                 cfg.eval.flip, show_progress=show_progress, description="features")
+        m = retrieval_evaluate(feats, np.array([s.pid for s in images]), distance=cfg.eval.distance)
+        out = {f"R{k}": float(v) for k, v in m.recall_at_k.items()}
+        out.update({"MAP@R": float(m.map_at_r), "NMI": float(m.nmi) if m.nmi is not None else float("nan"),
+                    "score": float(m.map_at_r)})
+        return out
+    if protocol != "reid":
+        raise ValueError(f"unknown evaluation protocol {protocol!r}; use reid or retrieval")
     distmat = test_distances(model, query, gallery, transform, cfg, device, show_progress)
-    return reid_metrics(distmat, query, gallery, cfg.eval.max_rank)
+    out = reid_metrics(distmat, query, gallery, cfg.eval.max_rank)
+    out["score"] = out["mAP"]
+    return out
