@@ -17,7 +17,7 @@ from keyreid.data.datasets.base import build_dataset
 from keyreid.data.keypoints import COCO17, read_sidecar, write_sidecar
 from keyreid.pose import (EstimatorUnavailable, PoseEstimator, check_sidecar, dataset_images,
                           estimate_dataset, pck, plan_canvas, register_estimator, render_canvas)
-from keyreid.pose.estimators import _REGISTRY, finish_keypoints
+from keyreid.pose.estimators import ESTIMATORS, finish_keypoints
 
 HAVE_MEDIAPIPE = importlib.util.find_spec("mediapipe") is not None
 HAVE_RTMLIB = importlib.util.find_spec("rtmlib") is not None and \
@@ -277,7 +277,7 @@ def test_check_sidecar_reports_coverage_bounds_and_pck(synth, tmp_path):
 
 def test_cli_estimate_resume_and_show(synth, tmp_path, monkeypatch):
     ds, _, truth = synth
-    if "test-oracle" not in _REGISTRY:
+    if "test-oracle" not in ESTIMATORS:
         register_estimator("test-oracle")(lambda batch_size=16: OracleEstimator(truth))
     from keyreid.commands.keypoints import app
 

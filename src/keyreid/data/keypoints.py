@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -29,6 +28,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from keyreid.errors import DataError
+from keyreid.utils.io import atomic_write_text
 
 SIDECAR_FORMAT = "keyreid-keypoints"
 SIDECAR_VERSION = 1
@@ -188,22 +188,11 @@ def write_sidecar(path: str | Path, skeleton: str | Skeleton,
                   entries: Mapping[str, np.ndarray]) -> None:
     """Write a whole sidecar atomically (temporary file + rename): a reader never sees half."""
     skel = skeleton if isinstance(skeleton, Skeleton) else get_skeleton(skeleton)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(json.dumps(_header(skel.name)) + "\n")
-            for rel in sorted(entries):
-                kp = validate_keypoints(entries[rel], skel.num_keypoints, f"{path} [{rel}]")
-                f.write(_entry_line(rel, kp) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    lines = [json.dumps(_header(skel.name))]
+    for rel in sorted(entries):
+        kp = validate_keypoints(entries[rel], skel.num_keypoints, f"{path} [{rel}]")
+        lines.append(_entry_line(rel, kp))
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 class SidecarAppender:

@@ -2,31 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Callable
-
 from torch import nn
 
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+from keyreid.utils.registry import Registry
 
-
-def register_loss(name: str):
-    """Class or function decorator: make a loss buildable by name."""
-
-    def wrap(fn):
-        if name in _REGISTRY:
-            raise ValueError(f"loss {name!r} is already registered")
-        _REGISTRY[name] = fn
-        return fn
-
-    return wrap
+LOSSES = Registry("loss")
+register_loss = LOSSES.register
 
 
 def loss_names() -> list[str]:
-    return sorted(_REGISTRY)
+    return LOSSES.names()
 
 
 def build_loss(name: str, **kwargs) -> nn.Module:
     """Build the loss registered as `name`; keyword arguments go to its constructor."""
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown loss {name!r}; known: {sorted(_REGISTRY)}")
-    return _REGISTRY[name](**kwargs)
+    return LOSSES.build(name, **kwargs)

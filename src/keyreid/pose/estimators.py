@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 from PIL import Image
 
 from keyreid.data.keypoints import Skeleton
+from keyreid.utils.registry import Registry
 from keyreid.errors import KeyreidError
 
 
@@ -44,36 +45,18 @@ class PoseEstimator(ABC):
         self.close()
 
 
-_REGISTRY: dict[str, Callable[..., PoseEstimator]] = {}
-
-
-def register_estimator(name: str):
-    """Decorator: make an estimator class or factory buildable by name."""
-
-    def wrap(fn):
-        if name in _REGISTRY:
-            raise ValueError(f"estimator {name!r} is already registered")
-        _REGISTRY[name] = fn
-        return fn
-
-    return wrap
-
-
-def _import_builtin() -> None:
-    # Importing the modules only registers the names; the heavy packages load on construction.
-    from keyreid.pose import mediapipe_estimator, rtmpose_estimator  # noqa: F401
+# Importing the built-in modules only registers the names; heavy packages load on construction.
+ESTIMATORS = Registry("pose estimator", builtin=["keyreid.pose.mediapipe_estimator",
+                                                 "keyreid.pose.rtmpose_estimator"])
+register_estimator = ESTIMATORS.register
 
 
 def estimator_names() -> list[str]:
-    _import_builtin()
-    return sorted(_REGISTRY)
+    return ESTIMATORS.names()
 
 
 def build_estimator(name: str, **kwargs) -> PoseEstimator:
-    _import_builtin()
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown pose estimator {name!r}; known: {sorted(_REGISTRY)}")
-    return _REGISTRY[name](**kwargs)
+    return ESTIMATORS.build(name, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------

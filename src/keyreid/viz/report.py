@@ -4,32 +4,13 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 from urllib.parse import quote
 
+from keyreid.utils.io import atomic_write, atomic_write_text
+
 __all__ = ["write_markdown_report", "markdown_table", "save_figure", "relative_link"]
-
-
-def _atomic_target(path: Path) -> tuple[int, str]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # same directory as the target so os.replace is a rename, not a copy across file systems
-    return tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = _atomic_target(path)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_figure(fig, out_png: str | Path, dpi: float = 100) -> Path:
@@ -38,15 +19,7 @@ def save_figure(fig, out_png: str | Path, dpi: float = 100) -> Path:
 
     out_png = Path(out_png)
     FigureCanvasAgg(fig)  # attaches itself to fig; no pyplot, no display
-    fd, tmp = _atomic_target(out_png)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=dpi)
-        os.replace(tmp, out_png)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(out_png, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
     return out_png
 
 
@@ -122,5 +95,5 @@ def write_markdown_report(path: str | Path, title: str,
             img = Path(img)
             alt = img.stem.replace("_", " ").replace("[", "(").replace("]", ")")
             out += [f"![{alt}]({relative_link(img, path.parent)})", ""]
-    _write_text_atomic(path, "\n".join(out).rstrip("\n") + "\n")
+    atomic_write_text(path, "\n".join(out).rstrip("\n") + "\n")
     return path

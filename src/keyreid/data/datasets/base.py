@@ -4,51 +4,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 
 from keyreid.data.keypoints import read_sidecar
 from keyreid.data.records import Sample
 from keyreid.errors import DataError
+from keyreid.utils.registry import Registry
 
-_REGISTRY: dict[str, Callable[..., "Dataset"]] = {}
-
-
-def register_dataset(name: str):
-    """Class or function decorator: make an adapter buildable by name (users can add their own)."""
-
-    def wrap(fn):
-        if name in _REGISTRY:
-            raise ValueError(f"dataset {name!r} is already registered")
-        _REGISTRY[name] = fn
-        return fn
-
-    return wrap
+DATASETS = Registry("dataset", builtin=[
+    f"keyreid.data.datasets.{m}"
+    for m in ("market1501", "dukemtmc", "msmt17", "veri776", "cub200", "cars196", "folder")])
+register_dataset = DATASETS.register  # class or function decorator; users can add their own
 
 
 def dataset_names() -> list[str]:
-    _import_builtin_adapters()
-    return sorted(_REGISTRY)
+    return DATASETS.names()
 
 
 def build_dataset(name: str, root: str | Path, **kwargs) -> "Dataset":
     """Parse the dataset `name` under `root` (adapter keyword arguments pass through)."""
-    _import_builtin_adapters()
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown dataset {name!r}; known: {sorted(_REGISTRY)}")
-    return _REGISTRY[name](root, **kwargs)
-
-
-def _import_builtin_adapters() -> None:
-    import importlib
-
-    for module in ("market1501", "dukemtmc", "msmt17", "veri776", "cub200", "cars196", "folder"):
-        try:
-            importlib.import_module(f"keyreid.data.datasets.{module}")
-        except ModuleNotFoundError as e:
-            if e.name != f"keyreid.data.datasets.{module}":
-                raise
+    return DATASETS.build(name, root, **kwargs)
 
 
 @dataclass

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from keyreid.data.datasets.base import _REGISTRY, Dataset, build_dataset, dataset_names
+from keyreid.data.datasets.base import DATASETS, Dataset, build_dataset
 from keyreid.data.keypoints import get_skeleton, validate_keypoints
 from keyreid.errors import DataError
 
@@ -49,10 +49,9 @@ class CheckReport:
 
 def official_counts(name: str) -> Optional[dict[str, dict[str, int]]]:
     """The OFFICIAL_COUNTS of the module that registered `name` (None when it has none)."""
-    dataset_names()  # imports the built-in adapters
-    fn = _REGISTRY.get(name)
-    if fn is None:
+    if name not in DATASETS:
         return None
+    fn = DATASETS.get(name)
     module = importlib.import_module(fn.__module__)
     return getattr(module, "OFFICIAL_COUNTS", None)
 
