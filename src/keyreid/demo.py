@@ -86,7 +86,6 @@ def results_table(results: list[RunResult], title: str) -> Table:
 def run_demo(output: Path = Path("runs/demo"), data_root: Path = Path("data/synth"), seed: int = 0,
              overrides: tuple[str, ...] = (), runs: Optional[list[str]] = None,
              report: bool = True) -> list[RunResult]:
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     ensure_synthetic(data_root)
     results, trainers, distmats = [], {}, {}
     for name in runs or list(DEMO_RUNS):
