@@ -130,3 +130,10 @@ def test_pabr_descriptor_is_normalised_bilinear_and_pose_loss_stops():
 def test_keypoint_heads_refuse_data_without_keypoints():
     with pytest.raises(ValueError, match="needs keypoints|learns from keypoints"):
         build_model(ModelConfig(backbone="resnet18", pretrained=None, head="kae"), 3, None)
+
+
+def test_unknown_head_option_names_the_options():
+    from keyreid.errors import KeyreidError
+
+    with pytest.raises(KeyreidError, match=r"\['group_channel'\] not understood by head 'kae'.*group_channels"):
+        build_head("kae", in_channels=8, num_classes=2, skeleton=COCO17, group_channel=3)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
+
 import torch.nn as nn
+
+from keyreid.errors import KeyreidError
 
 from keyreid.utils.registry import Registry
 
@@ -12,7 +16,14 @@ register_head = HEADS.register
 
 def build_head(name: str, **kwargs) -> nn.Module:
     """build_head(name, in_channels=C, num_classes=N, skeleton=Skeleton|None, **head_options)."""
-    return HEADS.build(name, **kwargs)
+    cls = HEADS.get(name)
+    allowed = set(inspect.signature(cls).parameters)
+    unknown = set(kwargs) - allowed
+    if unknown:
+        options = sorted(allowed - {"in_channels", "num_classes", "skeleton"})
+        raise KeyreidError(f"model.head_options: {sorted(unknown)} not understood by head {name!r}; "
+                           f"its options: {options}")
+    return cls(**kwargs)
 
 
 def head_names() -> list[str]:

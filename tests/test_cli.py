@@ -1,0 +1,43 @@
+"""`keyreid train` / `keyreid eval` through the CLI, and clear one-line errors."""
+
+import json
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from keyreid.cli import app
+from tests.conftest import tiny_overrides
+
+
+def test_train_then_eval_writes_report_and_resolved_config(tiny_synth, tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text("name: tiny\nmodel:\n  head: kae\n  head_options: {group_channels: 8}\n")
+    sets = [a for o in tiny_overrides(tiny_synth, tmp_path / "run", head="kae",
+                                                     **{"optim.epochs": 1})
+            for a in ("--set", o)]
+    runner = CliRunner()
+    r = runner.invoke(app, ["train", str(config), *sets])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "run" / "best.pt").is_file()
+    saved = (tmp_path / "run" / "config.yaml").read_text()
+    assert "group_channels: 8" in saved and "head: kae" in saved
+    r = runner.invoke(app, ["eval", str(config), *sets, "--checkpoint", str(tmp_path / "run" / "best.pt")])
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "run" / "best.eval.json").read_text())
+    assert report["protocol"] == "reid" and 0 <= report["metrics"]["mAP"] <= 1
+    assert (tmp_path / "run" / "best.eval.config.yaml").is_file()
+    assert "mAP" in r.output
+
+
+def test_bad_input_is_one_clear_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  haed: kae\n")
+    r = subprocess.run([sys.executable, "-m", "keyreid.cli", "train", str(bad)], capture_output=True,
+                       text=True)
+    assert r.returncode == 2
+    assert "unknown key(s) ['haed']" in r.stderr and str(bad) in r.stderr
+    assert "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "keyreid.cli", "datasets", "check", str(tmp_path / "nope"),
+                        "--dataset", "market1501"], capture_output=True, text=True)
+    assert r.returncode == 1 and "does not exist" in r.stdout + r.stderr
