@@ -58,7 +58,7 @@ def train_and_test(name: str, cfg: Config) -> tuple[RunResult, Trainer, np.ndarr
     train_seconds = sum(float(r.get("seconds", 0)) for r in trainer.metrics_log.read()) \
         if trainer.metrics_log else time.time() - t0
     best = Path(cfg.output_dir) / "best.pt"
-    trainer.load(best)
+    trainer.load_weights(best)
     t1 = time.time()
     ds = trainer.data.dataset
     distmat = test_distances(trainer.model, ds.query, ds.gallery, trainer.test_transform, cfg,

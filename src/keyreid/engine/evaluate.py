@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -21,8 +22,7 @@ from keyreid.utils.io import atomic_write_text
 def load_trained_model(cfg: Config, checkpoint: str | Path, device: torch.device):
     ck = load_checkpoint(checkpoint, device)
     skeleton = get_skeleton(ck["skeleton"]) if ck.get("skeleton") else None
-    model_cfg = cfg.model
-    model_cfg.pretrained = None  # the checkpoint supplies every weight
+    model_cfg = dataclasses.replace(cfg.model, pretrained=None)  # the checkpoint supplies every weight
     model = build_model(model_cfg, len(ck["label_map"]), skeleton).to(device)
     model.load_state_dict(ck["model"])
     return model.eval(), skeleton

@@ -207,7 +207,12 @@ class Trainer:
             save_checkpoint(path, self._state_dict())
         return path
 
+    def load_weights(self, path: Path) -> None:
+        """Only the model's weights (to test a best checkpoint); training state stays as it is."""
+        self.model.load_state_dict(load_checkpoint(path, self.device)["model"])
+
     def load(self, path: Path) -> None:
+        """Everything, to resume training exactly where the checkpoint was written."""
         ck = load_checkpoint(path, self.device)
         self.model.load_state_dict(ck["model"])
         self.criterion.load_state_dict(ck["criterion"])
