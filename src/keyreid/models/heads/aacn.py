@@ -17,9 +17,9 @@ import torch.nn as nn
 from keyreid.data.keypoints import Skeleton
 from keyreid.losses.heatmap import HeatmapMSELoss
 from keyreid.models.heads import register_head
-from keyreid.models.heads.common import BNNeck, init_conv
+from keyreid.models.heads.common import BNNeck, heatmap_loss, init_conv
 from keyreid.models.output import ModelOutput
-from keyreid.models.targets import box_maps, keypoint_heatmaps, limb_maps
+from keyreid.models.targets import box_maps, limb_maps
 
 # Rigid parts: sets of keypoints whose tight box is one part, per skeleton.
 RIGID_PARTS: dict[str, list[tuple[str, ...]]] = {
@@ -98,11 +98,10 @@ class AACNHead(nn.Module):
     def keypoint_losses(self, out: ModelOutput, keypoints: torch.Tensor, image_hw: tuple[int, int],
                         sigma: float, epoch: int = 0) -> dict[str, torch.Tensor]:
         size = tuple(out.heatmaps.shape[-2:])
-        kt, kw = keypoint_heatmaps(keypoints, image_hw, size, sigma)
         nt, nw = limb_maps(keypoints, self.limbs, image_hw, size, self.limb_sigma)
         rt, rw = box_maps(keypoints, self.rigid, image_hw, size)
         return {
-            "heatmap": self.heatmap_loss(out.heatmaps, kt, kw),
+            "heatmap": heatmap_loss(self.heatmap_loss, out.heatmaps, keypoints, image_hw, sigma),
             "nonrigid": self.heatmap_loss(out.maps["nonrigid"], nt, nw),
             "rigid": self.heatmap_loss(out.maps["rigid"], rt, rw),
         }

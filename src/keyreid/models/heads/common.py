@@ -7,6 +7,8 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
+from keyreid.models.targets import keypoint_heatmaps
+
 
 class BNNeck(nn.Module):
     """BoT's neck: BN on the pooled feature (bias frozen at 0), then a bias-free classifier.
@@ -55,3 +57,11 @@ def pool(x: torch.Tensor, kind: str) -> torch.Tensor:
     if kind == "gem":
         return gem(x)
     raise ValueError(f"unknown pooling {kind!r}; use avg, max or gem")
+
+
+def heatmap_loss(loss: nn.Module, heatmaps: torch.Tensor, keypoints: torch.Tensor,
+                 image_hw: tuple[int, int], sigma: float) -> torch.Tensor:
+    """Visibility-weighted loss of predicted keypoint heatmaps against Gaussians rendered at their
+    resolution (shared by kae, aacn and pabr)."""
+    target, weights = keypoint_heatmaps(keypoints, image_hw, tuple(heatmaps.shape[-2:]), sigma)
+    return loss(heatmaps, target, weights)

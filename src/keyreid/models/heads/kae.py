@@ -18,9 +18,8 @@ import torch.nn.functional as F
 from keyreid.data.keypoints import Skeleton
 from keyreid.losses.heatmap import HeatmapMSELoss
 from keyreid.models.heads import register_head
-from keyreid.models.heads.common import BNNeck, init_conv, pool
+from keyreid.models.heads.common import BNNeck, heatmap_loss, init_conv, pool
 from keyreid.models.output import ModelOutput
-from keyreid.models.targets import keypoint_heatmaps
 
 
 @register_head("kae")
@@ -81,5 +80,4 @@ class KAEHead(nn.Module):
 
     def keypoint_losses(self, out: ModelOutput, keypoints: torch.Tensor, image_hw: tuple[int, int],
                         sigma: float, epoch: int = 0) -> dict[str, torch.Tensor]:
-        target, weights = keypoint_heatmaps(keypoints, image_hw, tuple(out.heatmaps.shape[-2:]), sigma)
-        return {"heatmap": self.heatmap_loss(out.heatmaps, target, weights)}
+        return {"heatmap": heatmap_loss(self.heatmap_loss, out.heatmaps, keypoints, image_hw, sigma)}

@@ -20,9 +20,8 @@ import torch.nn.functional as F
 from keyreid.data.keypoints import Skeleton
 from keyreid.losses.heatmap import HeatmapMSELoss
 from keyreid.models.heads import register_head
-from keyreid.models.heads.common import BNNeck, init_conv
+from keyreid.models.heads.common import BNNeck, heatmap_loss, init_conv
 from keyreid.models.output import ModelOutput
-from keyreid.models.targets import keypoint_heatmaps
 
 
 @register_head("pabr")
@@ -63,5 +62,4 @@ class PABRHead(nn.Module):
                         sigma: float, epoch: int = 0) -> dict[str, torch.Tensor]:
         if self.pose_epochs is not None and epoch >= self.pose_epochs:
             return {}  # fine-tuned by the re-ID loss alone from here on
-        target, weights = keypoint_heatmaps(keypoints, image_hw, tuple(out.heatmaps.shape[-2:]), sigma)
-        return {"heatmap": self.heatmap_loss(out.heatmaps, target, weights)}
+        return {"heatmap": heatmap_loss(self.heatmap_loss, out.heatmaps, keypoints, image_hw, sigma)}
