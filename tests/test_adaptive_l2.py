@@ -88,6 +88,32 @@ def test_penalty_gradient_wrt_weights_is_two_lambda_w():
     assert model[4].weight.grad is None  # embedding not covered
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_penalty_equals_the_plain_expression_in_value_and_gradients(dtype):
+    """penalty() is one autograd node with a hand-written backward; hold it to autograd of
+    sum_w A * hs(omega * theta_w) * sum(w^2) on a model whose thetas sit in all three regions
+    of the hard sigmoid (inside, clipped at 0, clipped at 1)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 2)).to(dtype)
+    reg = AdaptiveL2(model, A=0.01, omega=2.0).to(dtype)
+    with torch.no_grad():
+        for i, theta in enumerate(reg.thetas.values()):
+            theta.fill_([0.3, -4.0, 4.0, -0.7][i % 4])
+    fused = reg.penalty()
+    fused.backward()
+    got = [p.grad.clone() for p in [*model.parameters(), *reg.thetas.values()]]
+    for p in [*model.parameters(), *reg.thetas.values()]:
+        p.grad = None
+    plain = sum(0.01 * keras_hard_sigmoid(2.0 * reg.thetas[name.replace(".", "__")]) * w.pow(2).sum()
+                for name, w in model.named_parameters())
+    plain.backward()
+    want = [p.grad for p in [*model.parameters(), *reg.thetas.values()]]
+    torch.testing.assert_close(fused, plain)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+    assert any(float(g) == 0.0 for g in got[-len(reg.thetas):])  # clipped thetas get no gradient
+
+
 @pytest.mark.parametrize("omega", [1.0, 2.0])
 def test_sgd_step_lowers_theta_by_hand_computed_amount(omega):
     model = tiny_model()

@@ -180,3 +180,18 @@ def test_retrieval_protocol_scores_each_image_against_all_others(tiny_synth, tmp
     assert m["score"] == m["MAP@R"] and 0 < m["R1"] <= 1
     with pytest.raises(EvaluationError):  # the re-ID protocol drops every same-camera positive
         evaluate_model(tr.model, test, test, tr.test_transform, tr.cfg, tr.device, protocol="reid")
+
+
+def test_eval_rerank_setting_reranks_the_test_distances(tiny_synth, tmp_path):
+    from keyreid.engine.inference import extract_features
+    from keyreid.engine.trainer import test_distances
+    from keyreid.evaluation.rerank import re_ranking
+
+    over = tiny_overrides(tiny_synth, tmp_path, **{"eval.rerank": "true", "eval.rerank_k1": "5",
+                                                   "eval.rerank_k2": "2", "eval.rerank_lambda": "0.4"})
+    tr = Trainer(load_config(None, over), resume=False, show_progress=False)
+    query, gallery = tr.data.dataset.query[:12], tr.data.dataset.gallery[:30]
+    got = test_distances(tr.model, query, gallery, tr.test_transform, tr.cfg, tr.device)
+    qf, gf = (extract_features(tr.model, s, tr.test_transform) for s in (query, gallery))
+    np.testing.assert_allclose(got, re_ranking(qf, gf, k1=5, k2=2, lambda_value=0.4), atol=1e-5)
+    assert np.all((got >= 0) & (got <= 1 + 1e-6))

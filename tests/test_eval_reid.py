@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,26 +13,9 @@ from hypothesis import strategies as st
 
 from keyreid.evaluation import reid
 from keyreid.evaluation.reid import EvaluationError, evaluate, evaluate_reference
+from peers import load_by_path, peer_module, site_file
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _site_file(package: str, *parts: str) -> Path | None:
-    spec = importlib.util.find_spec(package)  # locates the package without importing it
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(list(spec.submodule_search_locations)[0], *parts)
-    return path if path.exists() else None
-
-
-def _load_by_path(name: str, path: Path):
-    # The peers' package __init__ files import cv2 and friends; load the one module alone.
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        spec.loader.exec_module(mod)
-    return mod
 
 
 class _StableNumpy:
@@ -50,20 +31,14 @@ class _StableNumpy:
 
 @pytest.fixture(scope="module")
 def torchreid_rank():
-    path = _site_file("torchreid", "reid", "metrics", "rank.py")
-    if path is None:
-        pytest.skip("torchreid is not installed")
-    mod = _load_by_path("_peer_torchreid_rank", path)
+    mod = peer_module("torchreid", "reid", "metrics", "rank.py")
     mod.np = _StableNumpy()
     return mod
 
 
 @pytest.fixture(scope="module")
 def fastreid_rank():
-    path = _site_file("fastreid", "evaluation", "rank.py")
-    if path is None:
-        pytest.skip("fastreid is not installed")
-    mod = _load_by_path("_peer_fastreid_rank", path)
+    mod = peer_module("fastreid", "evaluation", "rank.py")
     mod.np = _StableNumpy()
     return mod
 
@@ -71,7 +46,7 @@ def fastreid_rank():
 @pytest.fixture(scope="module")
 def fastreid_cy(request, tmp_path_factory):
     """fast-reid's Cython evaluator, compiled once into pytest's cache directory."""
-    pyx = _site_file("fastreid", "evaluation", "rank_cylib", "rank_cy.pyx")
+    pyx = site_file("fastreid", "evaluation", "rank_cylib", "rank_cy.pyx")
     if pyx is None:
         pytest.skip("fastreid is not installed")
     cache = getattr(request.config, "cache", None)  # absent under -p no:cacheprovider
@@ -89,7 +64,7 @@ def fastreid_cy(request, tmp_path_factory):
         if proc.returncode != 0:
             pytest.skip(f"could not compile rank_cy.pyx: {proc.stderr[-500:]}")
     so = next(build.glob("rank_cy*.so"))
-    mod = _load_by_path("rank_cy", so)
+    mod = load_by_path("rank_cy", so)
     mod.np = _StableNumpy()  # module globals are looked up at call time, so this takes
     return mod
 

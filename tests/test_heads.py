@@ -65,10 +65,12 @@ def test_every_head_returns_one_typed_output_in_train_and_eval(head):
     assert set(head_names()) >= {"bnneck", "kae", "aacn", "pabr"}
 
 
-def test_kae_embedding_is_concatenated_in_keypoint_order():
+@pytest.mark.parametrize("decoder,upsample", [("subpixel", 1), ("subpixel", 2), ("subpixel", 4),
+                                              ("deconv", 2), ("deconv", 4)])
+def test_kae_embedding_is_concatenated_in_keypoint_order(decoder, upsample):
     torch.manual_seed(0)
     head = build_head("kae", in_channels=32, num_classes=5, skeleton=CUB15, group_channels=4,
-                      global_channels=8, upsample=1)
+                      global_channels=8, upsample=upsample, decoder=decoder)
     head.eval()
     fmap = torch.randn(2, 32, 8, 4)
     out = head(fmap)
@@ -82,6 +84,7 @@ def test_kae_embedding_is_concatenated_in_keypoint_order():
     h1, h2 = head.decoder(z[:, :60]), head.decoder(z2[:, :60])
     changed = (h1 - h2).abs().amax(dim=(0, 2, 3)) > 0
     assert changed.tolist() == [k == 3 for k in range(15)]
+    assert h1.shape[-2:] == (8 * upsample, 4 * upsample)
 
 
 def test_kae_heatmap_loss_ignores_invisible_keypoints():

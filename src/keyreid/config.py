@@ -89,7 +89,10 @@ class EvalConfig:
     every: int = 10                                   # epochs between validation runs
     distance: str = "cosine"                          # cosine (post-BN, BoT) | euclidean (squared)
     flip: bool = False
-    rerank: bool = False
+    rerank: bool = False                              # k-reciprocal re-ranking (Zhong et al. 2017)
+    rerank_k1: int = 20
+    rerank_k2: int = 6
+    rerank_lambda: float = 0.3
     max_rank: int = 50
 
 

@@ -26,6 +26,7 @@ from keyreid.engine.logs import CSVLog, TensorBoard
 from keyreid.engine.schedules import lr_factor
 from keyreid.evaluation.distance import distance_matrix
 from keyreid.evaluation.reid import evaluate
+from keyreid.evaluation.rerank import re_ranking
 from keyreid.losses import build_loss
 from keyreid.models.build import KEYPOINT_HEADS, ReIDModel, build_model
 from keyreid.models.output import ModelOutput
@@ -345,9 +346,8 @@ def test_distances(model: torch.nn.Module, query, gallery, transform, cfg: Confi
                           show_progress=show_progress, description="gallery features")
     dist_qg = distance_matrix(qf, gf, ec.distance)
     if ec.rerank:
-        from keyreid.evaluation.rerank import re_ranking  # arrives with the re-ranking issue
-
-        dist_qg = re_ranking(qf, gf, dist_qg, ec.distance)
+        dist_qg = re_ranking(qf, gf, k1=ec.rerank_k1, k2=ec.rerank_k2, lambda_value=ec.rerank_lambda,
+                             distance=ec.distance, dist_qg=dist_qg)
     return dist_qg
 
 

@@ -25,18 +25,22 @@ from keyreid.models.output import ModelOutput
 @register_head("kae")
 class KAEHead(nn.Module):
     """Options: group_channels (c per keypoint), global_channels (0 drops the global group),
-    upsample (1, 2 or 4: transposed-conv stages in the decoder, finer heatmaps), pooling
+    upsample (1, 2 or 4: heatmaps at that multiple of the feature-map resolution), decoder
+    ("subpixel": one grouped 3x3 conv to u*u maps per keypoint and a pixel shuffle; "deconv":
+    log2(u) grouped transposed-conv stages, ~10% slower steps on CPU), pooling
     ("avg" | "max" | "gem" | "heatmap": weight each group by its own predicted heatmap), and
     detach_pooling_weights for heatmap pooling."""
 
     def __init__(self, in_channels: int, num_classes: int, skeleton: Skeleton,
                  group_channels: int = 32, global_channels: int = 128, upsample: int = 2,
-                 pooling: str = "avg", global_pooling: str = "avg"):
+                 decoder: str = "subpixel", pooling: str = "avg", global_pooling: str = "avg"):
         super().__init__()
         if skeleton is None:
             raise ValueError("the kae head needs a keypoint skeleton (dataset with keypoints)")
         if upsample not in (1, 2, 4):
             raise ValueError(f"kae upsample must be 1, 2 or 4, got {upsample}")
+        if decoder not in ("subpixel", "deconv"):
+            raise ValueError(f"kae decoder must be subpixel or deconv, got {decoder!r}")
         k, c = skeleton.num_keypoints, group_channels
         self.num_keypoints, self.group_channels, self.global_channels = k, c, global_channels
         self.pooling, self.global_pooling = pooling, global_pooling
@@ -45,13 +49,19 @@ class KAEHead(nn.Module):
             nn.BatchNorm2d(k * c + global_channels),
             nn.ReLU(inplace=True),
         )
-        # Grouped convolutions keep the decoders independent: heatmap k sees only group k.
-        stages = []
-        for _ in range({1: 0, 2: 1, 4: 2}[upsample]):
-            stages += [nn.ConvTranspose2d(k * c, k * c, 4, stride=2, padding=1, groups=k, bias=False),
-                       nn.BatchNorm2d(k * c), nn.ReLU(inplace=True)]
-        stages.append(nn.Conv2d(k * c, k, 1, groups=k))
-        self.decoder = nn.Sequential(*stages)
+        # Grouped convolutions keep the decoders independent: heatmap k sees only group k
+        # (a pixel shuffle maps channels k*u*u .. (k+1)*u*u - 1 to output channel k).
+        if decoder == "subpixel":
+            self.decoder = nn.Sequential(
+                nn.Conv2d(k * c, k * upsample * upsample, 3, padding=1, groups=k),
+                nn.PixelShuffle(upsample))
+        else:
+            stages = []
+            for _ in range({1: 0, 2: 1, 4: 2}[upsample]):
+                stages += [nn.ConvTranspose2d(k * c, k * c, 4, stride=2, padding=1, groups=k, bias=False),
+                           nn.BatchNorm2d(k * c), nn.ReLU(inplace=True)]
+            stages.append(nn.Conv2d(k * c, k, 1, groups=k))
+            self.decoder = nn.Sequential(*stages)
         self.dim = k * c + global_channels
         self.neck = BNNeck(self.dim, num_classes)
         self.heatmap_loss = HeatmapMSELoss()
