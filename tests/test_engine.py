@@ -195,3 +195,28 @@ def test_eval_rerank_setting_reranks_the_test_distances(tiny_synth, tmp_path):
     qf, gf = (extract_features(tr.model, s, tr.test_transform) for s in (query, gallery))
     np.testing.assert_allclose(got, re_ranking(qf, gf, k1=5, k2=2, lambda_value=0.4), atol=1e-5)
     assert np.all((got >= 0) & (got <= 1 + 1e-6))
+
+
+def test_freeze_pretrained_epochs_keeps_backbone_and_stage_copies_fixed(tiny_synth, tmp_path):
+    from torch.utils.data import DataLoader
+
+    over = tiny_overrides(tiny_synth, tmp_path, head="stripes", **{"optim.freeze_pretrained_epochs": "1"})
+    torch.manual_seed(0)
+    tr = Trainer(load_config(None, over), resume=False, show_progress=False)
+    batch = next(iter(DataLoader(tr.train_set, batch_sampler=tr.sampler)))
+    pretrained = {id(t) for m in tr.model.pretrained_modules() for t in (*m.parameters(), *m.buffers())}
+    assert len(tr.model.pretrained_modules()) == 3  # backbone, global and stripe copies of layer4
+
+    def changed_after_step(epoch):
+        before = {n: t.detach().clone() for n, t in tr.model.state_dict(keep_vars=True).items()}
+        tr.train_step(batch, epoch=epoch)
+        after = tr.model.state_dict(keep_vars=True)
+        return {n for n in before if not torch.equal(before[n], after[n].detach())}, after
+
+    changed, tensors = changed_after_step(epoch=0)
+    frozen_names = {n for n, t in tensors.items() if id(t) in pretrained}
+    assert frozen_names and not changed & frozen_names  # weights and BN running statistics alike
+    assert {n for n in changed if n.startswith("head.reducers") or n.startswith("head.necks")}
+    changed, _ = changed_after_step(epoch=1)
+    assert "backbone.conv1.weight" in changed and "head.global_stage.0.0.conv1.weight" in changed
+    assert "backbone.bn1.running_mean" in changed

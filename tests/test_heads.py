@@ -140,3 +140,75 @@ def test_unknown_head_option_names_the_options():
 
     with pytest.raises(KeyreidError, match=r"\['group_channel'\] not understood by head 'kae'.*group_channels"):
         build_head("kae", in_channels=8, num_classes=2, skeleton=COCO17, group_channel=3)
+
+
+def test_stripes_head_copies_the_last_stage_and_cuts_the_map_into_bands():
+    torch.manual_seed(0)
+    reference = build_model(ModelConfig(backbone="resnet18", pretrained=None, head="bnneck"), 5)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(backbone="resnet18", pretrained=None, head="stripes"), 5)
+    # the backbone stops after layer3; both branches start from the same layer4 weights, unshared
+    assert "layer4" not in model.backbone._order and model.backbone.out_channels == 256
+    layer4 = {k[len("backbone.layer4."):]: v for k, v in reference.state_dict().items()
+              if k.startswith("backbone.layer4.")}
+    for stage in (model.head.global_stage, model.head.stripe_stage):
+        got = {k[2:]: v for k, v in stage.state_dict().items()}  # "0." = the Sequential slot
+        assert got.keys() == layer4.keys() and all(torch.equal(got[k], layer4[k]) for k in got)
+    assert model.head.global_stage[0][0].conv1.weight is not model.head.stripe_stage[0][0].conv1.weight
+
+    model.eval()
+    x = torch.randn(2, 3, 128, 64)
+    with torch.no_grad():
+        out = model(x)
+    assert [f.shape[1] for f, _ in out.branches] == [512, 256, 256] and out.embedding.shape == (2, 1024)
+    assert all(lg.shape == (2, 5) for _, lg in out.branches)
+    torch.testing.assert_close(out.embedding, out.feature)            # authors: pre-BN features
+    assert float(out.feature.min()) >= 0.0 and float(out.feature.max()) <= 1.0  # clipped to [0, 1]
+
+    # Band i sees only its rows of the stripe map: change the bottom half of that map.
+    head = model.head
+    fmap = model.backbone(x)
+    stripe_map = head.stripe_stage(fmap)
+    top = head._pool(head.reducers[0](stripe_map[..., :4, :]))
+    changed = stripe_map.clone()
+    changed[..., 4:, :] += 5.0
+    torch.testing.assert_close(head._pool(head.reducers[0](changed[..., :4, :])), top)
+    assert stripe_map.shape[-2] == 8 and not torch.equal(
+        head._pool(head.reducers[1](changed[..., 4:, :])), head._pool(head.reducers[1](stripe_map[..., 4:, :])))
+
+
+def test_stripes_head_options_and_errors():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(backbone="mobilenetv2", pretrained=None, head="stripes",
+                                    head_options={"stripes": 3, "embedding": "post_bn", "share_stage": True,
+                                                  "clip_max": None}), 4)
+    assert model.head.stripe_stage is model.head.global_stage
+    out = model.eval()(torch.randn(2, 3, 128, 64))
+    assert [f.shape[1] for f, _ in out.branches] == [1280, 426, 426, 426]
+    bn = torch.cat([neck.bn(f) for neck, (f, _) in zip(model.head.necks, out.branches)], dim=1)
+    torch.testing.assert_close(out.embedding, bn)
+    with pytest.raises(ValueError, match="cannot be cut into 3 stripes"):
+        model(torch.randn(2, 3, 16, 16))
+    with pytest.raises(ValueError, match="no known last stage"):
+        build_model(ModelConfig(backbone="timm:resnet18", pretrained=None, head="stripes"), 4)
+
+
+def test_criterion_sums_id_and_metric_losses_over_the_branches():
+    from keyreid.config import Config
+    from keyreid.engine.trainer import Criterion
+    from keyreid.losses import build_loss
+
+    torch.manual_seed(0)
+    cfg = Config()
+    cfg.loss.margin = None  # soft-margin triplet, as AdaptiveReID
+    model = build_model(ModelConfig(backbone="resnet18", pretrained=None, head="stripes"), 4)
+    out = model.train()(torch.randn(8, 3, 64, 32))
+    labels = torch.arange(4).repeat_interleave(2)
+    total, parts = Criterion(cfg, 4, model.embedding_dim)(model, out, labels, None, (64, 32), 0)
+    ce = build_loss("cross_entropy", epsilon=cfg.loss.label_smoothing)
+    tri = build_loss("triplet", margin=0.0, soft_margin=True)
+    want_id = cfg.loss.id_weight * sum(float(ce(lg, labels)) for _, lg in out.branches)
+    want_metric = cfg.loss.metric_weight * sum(float(tri(f, labels)) for f, _ in out.branches)
+    assert parts["id"] == pytest.approx(want_id, rel=1e-5)
+    assert parts["metric"] == pytest.approx(want_metric, rel=1e-5)
+    assert float(total) == pytest.approx(want_id + want_metric, rel=1e-5)

@@ -75,6 +75,7 @@ class OptimConfig:
     gamma: float = 0.1
     grad_clip: Optional[float] = None
     amp: bool = True                                  # only takes effect on a GPU
+    freeze_pretrained_epochs: int = 0                 # backbone (+ stage copies) fixed, BN stats too
 
 
 @dataclass

@@ -78,13 +78,14 @@ class Criterion(torch.nn.Module):
                 ) -> tuple[torch.Tensor, dict[str, float]]:
         lc = self.cfg
         parts: dict[str, torch.Tensor] = {}
+        branches = out.branches or [(out.feature, out.logits)]  # multi-branch heads: a loss each
         if self.id_loss is not None:
             if lc.id_loss == "normalized_softmax":
                 parts["id"] = lc.id_weight * self.id_loss(out.embedding, labels)
             else:
-                parts["id"] = lc.id_weight * self.id_loss(out.logits, labels)
+                parts["id"] = lc.id_weight * sum(self.id_loss(logits, labels) for _, logits in branches)
         if self.metric_loss is not None:
-            parts["metric"] = lc.metric_weight * self.metric_loss(out.feature, labels)
+            parts["metric"] = lc.metric_weight * sum(self.metric_loss(f, labels) for f, _ in branches)
         if self.center is not None:
             parts["center"] = lc.center_weight * self.center(out.feature, labels)
         if keypoints is not None and lc.heatmap_weight > 0:
@@ -237,6 +238,11 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def train_step(self, batch: dict, epoch: int) -> dict[str, float]:
         self.net.train()
+        # AdaptiveReID's recipe: the pretrained layers stay fixed for the first epochs while the
+        # new ones settle; their BN layers run in inference mode (as a frozen Keras layer does).
+        frozen = self.model.pretrained_modules() if epoch < self.cfg.optim.freeze_pretrained_epochs else []
+        for module in frozen:
+            module.eval()
         images = batch["image"].to(self.device, non_blocking=True)
         labels = batch["label"].to(self.device)
         keypoints = batch.get("keypoints")
@@ -254,6 +260,9 @@ class Trainer:
                                      "gradient clipping (optim.grad_clip)")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        for module in frozen:
+            for p in module.parameters():
+                p.grad = None  # the optimizer skips a parameter without a gradient
         if self.cfg.optim.grad_clip:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)

@@ -93,9 +93,11 @@ class Backbone(nn.Module):
         std: Sequence[float],
         interpolation: str,
         channels_last: bool = False,
+        last_stage: str | None = None,
     ):
         super().__init__()
         self.name = name
+        self.last_stage = last_stage  # "part.index": where the last (stride-32) stage starts
         self._order = [n for n, _ in parts]
         for n, m in parts:
             self.add_module(n, m)
@@ -114,6 +116,30 @@ class Backbone(nn.Module):
         for n in self._order:
             x = getattr(self, n)(x)
         return x
+
+    def pop_last_stage(self) -> nn.Sequential:
+        """Remove the last stage (ResNet layer4, MobileNetV2 features[14:], ...) and return it,
+        weights and all: the backbone then ends one stage earlier and out_channels follows. For
+        heads that run their own copies of that stage (stripes)."""
+        if self.last_stage is None:
+            raise ValueError(f"backbone {self.name!r} has no known last stage to hand to the head; "
+                             f"use one of {', '.join(available_backbones())}")
+        part, index = self.last_stage.split(".")[:2]
+        index, pos = int(index), self._order.index(part)
+        container = getattr(self, part)
+        stage = [container[index:]] + [getattr(self, n) for n in self._order[pos + 1:]]
+        for n in self._order[pos + 1:]:
+            delattr(self, n)
+        self._order = self._order[:pos + 1]
+        if index == 0:
+            delattr(self, part)
+            self._order.pop()
+        else:
+            setattr(self, part, container[:index])
+        bns = [m for n in self._order for m in getattr(self, n).modules() if isinstance(m, nn.BatchNorm2d)]
+        self.out_channels = bns[-1].num_features
+        self.last_stage = None
+        return nn.Sequential(*stage)
 
 
 class _LastFeature(nn.Module):
@@ -226,7 +252,7 @@ def _build(name: str, pretrained, last_stride: int, channels_last: bool, with_he
     backbone = Backbone(
         key, [(n, getattr(model, n)) for n in spec.trunk],
         out_channels=spec.out_channels, stride=32 if last_stride == 2 else 16,
-        mean=spec.mean, std=spec.std, interpolation=spec.interpolation,
+        mean=spec.mean, std=spec.std, interpolation=spec.interpolation, last_stage=spec.last_block,
     )
     head = _get(model, spec.head)
     head_prefix = spec.head.split(".")[0] + "."

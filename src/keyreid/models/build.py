@@ -10,7 +10,7 @@ import torch.nn as nn
 from keyreid.config import ModelConfig
 from keyreid.data.keypoints import Skeleton
 from keyreid.models.backbones import build_backbone
-from keyreid.models.heads import build_head
+from keyreid.models.heads import HEADS, build_head
 from keyreid.models.output import ModelOutput
 
 KEYPOINT_HEADS = ("kae", "aacn", "pabr")
@@ -25,6 +25,12 @@ class ReIDModel(nn.Module):
     @property
     def embedding_dim(self) -> int:
         return self.head.dim
+
+    def pretrained_modules(self) -> list[nn.Module]:
+        """The modules that start from the backbone's (ImageNet) weights: the backbone, and the
+        copies of its last stage a head may hold (stripes)."""
+        extra = self.head.pretrained_modules() if hasattr(self.head, "pretrained_modules") else []
+        return [self.backbone, *extra]
 
     @property
     def uses_keypoints(self) -> bool:
@@ -46,6 +52,10 @@ def build_model(cfg: ModelConfig, num_classes: int, skeleton: Optional[Skeleton]
                          "give data.sidecar (see `keyreid keypoints estimate`) or use head bnneck")
     backbone = build_backbone(cfg.backbone, pretrained=cfg.pretrained, last_stride=cfg.last_stride,
                               channels_last=cfg.channels_last)
-    head = build_head(cfg.head, in_channels=backbone.out_channels, num_classes=num_classes,
-                      skeleton=skeleton, **cfg.head_options)
+    options = dict(cfg.head_options)
+    in_channels = backbone.out_channels
+    if getattr(HEADS.get(cfg.head), "takes_last_stage", False):
+        options["last_stage"] = backbone.pop_last_stage()  # the head runs (copies of) it
+    head = build_head(cfg.head, in_channels=in_channels, num_classes=num_classes,
+                      skeleton=skeleton, **options)
     return ReIDModel(backbone, head)

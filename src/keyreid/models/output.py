@@ -16,7 +16,10 @@ class ModelOutput:
     heatmaps: predicted keypoint heatmaps [B, K, h, w] (heads with an auxiliary keypoint task).
     part_features: per-part vectors [B, P, d] in part order (keypoint order for kae).
     part_weights: per-part visibility / confidence [B, P] (aacn).
-    maps: other predicted maps by name (aacn: "nonrigid", "rigid")."""
+    maps: other predicted maps by name (aacn: "nonrigid", "rigid").
+    branches: (pre-BN feature, logits) of each branch of a multi-branch head (stripes), each
+    trained with its own ID and metric loss; empty for single-branch heads, whose one branch is
+    (feature, logits)."""
 
     embedding: torch.Tensor
     feature: torch.Tensor
@@ -25,3 +28,4 @@ class ModelOutput:
     part_features: Optional[torch.Tensor] = None
     part_weights: Optional[torch.Tensor] = None
     maps: dict = field(default_factory=dict)
+    branches: list = field(default_factory=list)

@@ -1,4 +1,4 @@
-"""Heads, one module each, built by name: bnneck, kae, aacn, pabr."""
+"""Heads, one module each, built by name: bnneck, kae, aacn, pabr, stripes."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from keyreid.errors import KeyreidError
 
 from keyreid.utils.registry import Registry
 
-HEADS = Registry("head", builtin=[f"keyreid.models.heads.{m}" for m in ("bnneck", "kae", "aacn", "pabr")])
+HEADS = Registry("head", builtin=[f"keyreid.models.heads.{m}" for m in ("bnneck", "kae", "aacn", "pabr",
+                                                                         "stripes")])
 register_head = HEADS.register
 
 
@@ -20,7 +21,7 @@ def build_head(name: str, **kwargs) -> nn.Module:
     allowed = set(inspect.signature(cls).parameters)
     unknown = set(kwargs) - allowed
     if unknown:
-        options = sorted(allowed - {"in_channels", "num_classes", "skeleton"})
+        options = sorted(allowed - {"in_channels", "num_classes", "skeleton", "last_stage"})
         raise KeyreidError(f"model.head_options: {sorted(unknown)} not understood by head {name!r}; "
                            f"its options: {options}")
     return cls(**kwargs)
