@@ -38,6 +38,7 @@ HEADS = [
     ("aacn", "aacn", {}, False),
     ("pabr", "pabr", {}, False),
     ("kae+al2", "kae", {}, True),
+    ("stripes", "stripes", {}, False),  # AdaptiveReID's model: two copies of the last stage
 ]
 # Where kae's time goes: decoder kind and resolution, group width
 # (defaults: subpixel decoder, upsample 2, c 32, global 128).

@@ -1,4 +1,5 @@
-"""k-reciprocal re-ranking against torchreid's dense implementation (the authors' code)."""
+"""Distance matrices against scipy; k-reciprocal re-ranking against torchreid's dense
+implementation (the authors' code)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,20 @@ def _torchreid(q, g, distance, k1, k2, lam):
     # torchreid squares the matrices it is given: hand it sqrt of the base distance.
     root = lambda a, b: np.sqrt(np.maximum(distance_matrix(a, b, distance), 0.0))  # noqa: E731
     return rerank.re_ranking(root(q, g), root(q, q), root(g, g), k1=k1, k2=k2, lambda_value=lam)
+
+
+@pytest.mark.parametrize("metric,scipy_metric", [("cosine", "cosine"), ("euclidean", "sqeuclidean")])
+def test_distance_matrix_equals_scipy_cdist_in_any_chunking(metric, scipy_metric):
+    from scipy.spatial.distance import cdist
+
+    q, g, _, _ = _clustered(seed=1, num_query=23, num_gallery=41)
+    want = cdist(q.astype(np.float64), g.astype(np.float64), scipy_metric)
+    for chunk in (5, 4096):
+        got = distance_matrix(q, g, metric, chunk=chunk)
+        assert got.dtype == np.float32 and got.shape == (23, 41)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="unknown distance"):
+        distance_matrix(q, g, "manhattan")
 
 
 @pytest.mark.parametrize("distance", ["cosine", "euclidean"])

@@ -28,30 +28,18 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from keyreid.evaluation.distance import check_finite
+from keyreid.evaluation.distance import as_tensor, block_distance, check_finite
 
 __all__ = ["re_ranking"]
 
 
 def _prepare(query: np.ndarray, gallery: np.ndarray, distance: str) -> torch.Tensor:
-    if distance not in ("cosine", "euclidean"):
-        raise ValueError(f"unknown distance {distance!r}; use cosine or euclidean")
     check_finite(query, "query features")
     check_finite(gallery, "gallery features")
     if query.ndim != 2 or gallery.ndim != 2 or query.shape[1] != gallery.shape[1]:
         raise ValueError(f"query {query.shape} and gallery {gallery.shape} features must be "
                          "2-D with the same dimension")
-    feats = torch.from_numpy(np.concatenate([query, gallery]).astype(np.float32, copy=False))
-    if distance == "cosine":
-        feats = torch.nn.functional.normalize(feats, dim=1)
-    return feats
-
-
-def _pair_distance(a: torch.Tensor, b: torch.Tensor, distance: str) -> torch.Tensor:
-    """Distance of every row of a to every row of b (same definition as distance_matrix)."""
-    if distance == "cosine":
-        return 1.0 - a @ b.T
-    return ((a * a).sum(1, keepdim=True) + (b * b).sum(1)[None] - 2.0 * (a @ b.T)).clamp_min_(0)
+    return as_tensor(np.concatenate([query, gallery]), distance)
 
 
 def _neighbours(feats: torch.Tensor, k: int, distance: str, chunk: int) -> tuple[np.ndarray, np.ndarray]:
@@ -61,7 +49,7 @@ def _neighbours(feats: torch.Tensor, k: int, distance: str, chunk: int) -> tuple
     nearest = np.empty((n, k), dtype=np.int64)
     row_max = np.empty(n, dtype=np.float32)
     for s in range(0, n, chunk):
-        d = _pair_distance(feats[s:s + chunk], feats, distance)
+        d = block_distance(feats[s:s + chunk], feats, distance)
         row_max[s:s + chunk] = d.max(1).values.numpy()
         nearest[s:s + chunk] = torch.topk(d, k, dim=1, largest=False, sorted=True).indices.numpy()
     return nearest, row_max
@@ -192,7 +180,7 @@ def re_ranking(query: np.ndarray, gallery: np.ndarray, k1: int = 20, k2: int = 6
     for s in range(0, num_query, chunk):
         e = min(s + chunk, num_query)
         if dist_qg is None:
-            base = _pair_distance(q_feats[s:e], g_feats, distance).numpy()
+            base = block_distance(q_feats[s:e], g_feats, distance).numpy()
         else:
             base = np.asarray(dist_qg[s:e], dtype=np.float32)
         out[s:e] += (lambda_value / row_max[s:e, None]) * base
