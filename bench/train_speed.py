@@ -44,6 +44,7 @@ HEADS = [
 # (defaults: subpixel decoder, upsample 2, c 32, global 128).
 KAE_VARIANTS = [
     ("kae deconv", "kae", {"decoder": "deconv"}, False),
+    ("kae deconv up=1", "kae", {"decoder": "deconv", "upsample": 1}, False),
     ("kae up=1", "kae", {"upsample": 1}, False),
     ("kae up=4", "kae", {"upsample": 4}, False),
     ("kae c=16", "kae", {"group_channels": 16}, False),

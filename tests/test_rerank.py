@@ -103,3 +103,12 @@ def test_bad_arguments_are_clear_errors():
     bad[7, 0] = np.nan
     with pytest.raises(KeyreidError, match="gallery features.*row 7"):
         re_ranking(q, bad, k1=3, k2=2)
+
+
+def test_identical_features_give_finite_distances():
+    """A model that collapsed (every feature equal) must not produce NaN: ties everywhere, some
+    reciprocal sets may come out empty."""
+    q = np.ones((5, 4), np.float32)
+    g = np.ones((30, 4), np.float32)
+    out = re_ranking(q, g, k1=6, k2=3)
+    assert np.isfinite(out).all()

@@ -105,6 +105,28 @@ def _expanded_sets(nearest: np.ndarray, k1: int, k_half: int) -> tuple[np.ndarra
 
 
 @nb.njit(parallel=True, cache=True)
+def _set_distances(feats: np.ndarray, indptr: np.ndarray, indices: np.ndarray, cosine: bool) -> np.ndarray:
+    """Distance from each image to each member of its R*(i), straight from the features (cosine
+    on L2-normalised rows, else squared Euclidean), without gathering feature copies."""
+    out = np.empty(len(indices), dtype=np.float64)
+    for i in nb.prange(len(indptr) - 1):
+        fi = feats[i]
+        for p in range(indptr[i], indptr[i + 1]):
+            fj = feats[indices[p]]
+            acc = 0.0
+            if cosine:
+                for d in range(fi.shape[0]):
+                    acc += fi[d] * fj[d]
+                out[p] = 1.0 - acc
+            else:
+                for d in range(fi.shape[0]):
+                    diff = fi[d] - fj[d]
+                    acc += diff * diff
+                out[p] = acc
+    return out
+
+
+@nb.njit(parallel=True, cache=True)
 def _jaccard(v_indptr, v_indices, v_data, c_indptr, c_indices, c_data, num_query, out):
     """out[i, j - Q] = Jaccard distance between row i < Q and row j >= Q of V, given V as CSR
     (rows) and CSC (columns)."""
@@ -153,17 +175,9 @@ def re_ranking(query: np.ndarray, gallery: np.ndarray, k1: int = 20, k2: int = 6
 
     # V: exp(-normalised distance) over each R*(i), rows summing to 1.
     rows = np.repeat(np.arange(n), np.diff(indptr))
-    weights = np.empty(len(indices), dtype=np.float64)
-    step = max(1, (64 * 1024 * 1024) // (4 * feats.shape[1]))
-    for s in range(0, len(indices), step):
-        a, b = feats[rows[s:s + step]], feats[indices[s:s + step]]
-        if distance == "cosine":
-            d = 1.0 - (a * b).sum(1)
-        else:
-            d = ((a - b) ** 2).sum(1)
-        weights[s:s + step] = d.numpy()
+    weights = _set_distances(feats.numpy(), indptr, indices, distance == "cosine")
     weights = np.exp(-weights / row_max[rows])
-    weights /= np.add.reduceat(weights, indptr[:-1])[rows]
+    weights /= np.bincount(rows, weights, minlength=n)[rows]  # (bincount: empty rows allowed)
     v = sp.csr_matrix((weights, indices, indptr), shape=(n, n))
     if k2 > 1:
         expand = sp.csr_matrix((np.full(n * k2, 1.0 / k2), nearest[:, :k2].ravel(),

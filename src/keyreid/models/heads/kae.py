@@ -26,8 +26,9 @@ from keyreid.models.output import ModelOutput
 class KAEHead(nn.Module):
     """Options: group_channels (c per keypoint), global_channels (0 drops the global group),
     upsample (1, 2 or 4: heatmaps at that multiple of the feature-map resolution), decoder
-    ("subpixel": one grouped 3x3 conv to u*u maps per keypoint and a pixel shuffle; "deconv":
-    log2(u) grouped transposed-conv stages, ~10% slower steps on CPU), pooling
+    ("subpixel": a grouped 3x3 conv + BN + ReLU at feature resolution, then a grouped 1x1 conv
+    to u*u maps per keypoint and a pixel shuffle; "deconv": log2(u) grouped transposed-conv
+    stages + BN + ReLU, then a grouped 1x1 conv; slower on CPU), pooling
     ("avg" | "max" | "gem" | "heatmap": weight each group by its own predicted heatmap), and
     detach_pooling_weights for heatmap pooling."""
 
@@ -53,7 +54,9 @@ class KAEHead(nn.Module):
         # (a pixel shuffle maps channels k*u*u .. (k+1)*u*u - 1 to output channel k).
         if decoder == "subpixel":
             self.decoder = nn.Sequential(
-                nn.Conv2d(k * c, k * upsample * upsample, 3, padding=1, groups=k),
+                nn.Conv2d(k * c, k * c, 3, padding=1, groups=k, bias=False),
+                nn.BatchNorm2d(k * c), nn.ReLU(inplace=True),
+                nn.Conv2d(k * c, k * upsample * upsample, 1, groups=k),
                 nn.PixelShuffle(upsample))
         else:
             stages = []
