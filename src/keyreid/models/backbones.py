@@ -138,6 +138,7 @@ class Backbone(nn.Module):
             setattr(self, part, container[:index])
         bns = [m for n in self._order for m in getattr(self, n).modules() if isinstance(m, nn.BatchNorm2d)]
         self.out_channels = bns[-1].num_features
+        self.stride = 16  # every known last stage starts at the /32 step
         self.last_stage = None
         return nn.Sequential(*stage)
 

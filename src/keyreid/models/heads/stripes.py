@@ -7,7 +7,8 @@ stage, both starting from the backbone's (pretrained) weights:
 - stripe branch: stage copy 2 -> the map cut into `stripes` horizontal bands (the last band takes
   the remainder rows) -> per band a 3x3 conv to C / stripes channels + ReLU -> pool -> clip.
 Every branch has its own BNNeck and classifier and its own ID and metric losses (the trainer's
-Criterion sums them over ModelOutput.branches). The embedding is the concatenation of the
+Criterion sums them over ModelOutput.branches). One difference from the authors' Keras code: our
+BNNeck keeps BN's bias at 0 (BoT), theirs learns it. The embedding is the concatenation of the
 branches' clipped pre-BN features, as the authors' inference model returns; embedding="post_bn"
 concatenates the BN outputs instead.
 """
