@@ -41,10 +41,9 @@ HEADS = [
     ("stripes", "stripes", {}, False),  # AdaptiveReID's model: two copies of the last stage
 ]
 # Where kae's time goes: decoder kind and resolution, group width
-# (defaults: subpixel decoder, upsample 2, c 32, global 128).
+# (defaults: deconv decoder, upsample 2, c 32, global 128).
 KAE_VARIANTS = [
-    ("kae deconv", "kae", {"decoder": "deconv"}, False),
-    ("kae deconv up=1", "kae", {"decoder": "deconv", "upsample": 1}, False),
+    ("kae subpixel", "kae", {"decoder": "subpixel"}, False),
     ("kae up=1", "kae", {"upsample": 1}, False),
     ("kae up=4", "kae", {"upsample": 4}, False),
     ("kae c=16", "kae", {"group_channels": 16}, False),

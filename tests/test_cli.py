@@ -28,6 +28,13 @@ def test_train_then_eval_writes_report_and_resolved_config(tiny_synth, tmp_path)
     assert report["protocol"] == "reid" and 0 <= report["metrics"]["mAP"] <= 1
     assert (tmp_path / "run" / "best.eval.config.yaml").is_file()
     assert "mAP" in r.output
+    # the same checkpoint with k-reciprocal re-ranking: a different ranking, recorded in the report
+    r = runner.invoke(app, ["eval", str(config), *sets, "--checkpoint", str(tmp_path / "run" / "best.pt"),
+                            "--set", "eval.rerank=true", "--set", "eval.rerank_k1=6"])
+    assert r.exit_code == 0, r.output
+    reranked = json.loads((tmp_path / "run" / "best.eval.json").read_text())
+    assert reranked["rerank"] is True and 0 <= reranked["metrics"]["mAP"] <= 1
+    assert reranked["metrics"]["mAP"] != report["metrics"]["mAP"]
 
 
 def test_bad_input_is_one_clear_line(tmp_path):

@@ -26,15 +26,16 @@ from keyreid.models.output import ModelOutput
 class KAEHead(nn.Module):
     """Options: group_channels (c per keypoint), global_channels (0 drops the global group),
     upsample (1, 2 or 4: heatmaps at that multiple of the feature-map resolution), decoder
-    ("subpixel": a grouped 3x3 conv + BN + ReLU at feature resolution, then a grouped 1x1 conv
-    to u*u maps per keypoint and a pixel shuffle; "deconv": log2(u) grouped transposed-conv
-    stages + BN + ReLU, then a grouped 1x1 conv; slower on CPU), pooling
+    ("deconv": log2(u) grouped 4x4 stride-2 transposed-conv stages + BN + ReLU, then a grouped
+    1x1 conv; "subpixel": a grouped 3x3 conv + BN + ReLU at feature resolution, then a grouped
+    1x1 conv to u*u maps per keypoint and a pixel shuffle: ~10 points less step overhead on
+    MobileNetV2, ~2 mAP less on the demo, bench/RESULTS.md), pooling
     ("avg" | "max" | "gem" | "heatmap": weight each group by its own predicted heatmap), and
     detach_pooling_weights for heatmap pooling."""
 
     def __init__(self, in_channels: int, num_classes: int, skeleton: Skeleton,
                  group_channels: int = 32, global_channels: int = 128, upsample: int = 2,
-                 decoder: str = "subpixel", pooling: str = "avg", global_pooling: str = "avg"):
+                 decoder: str = "deconv", pooling: str = "avg", global_pooling: str = "avg"):
         super().__init__()
         if skeleton is None:
             raise ValueError("the kae head needs a keypoint skeleton (dataset with keypoints)")
@@ -50,8 +51,8 @@ class KAEHead(nn.Module):
             nn.BatchNorm2d(k * c + global_channels),
             nn.ReLU(inplace=True),
         )
-        # Grouped convolutions keep the decoders independent: heatmap k sees only group k
-        # (a pixel shuffle maps channels k*u*u .. (k+1)*u*u - 1 to output channel k).
+        # Grouped convolutions keep the decoders independent: heatmap k sees only group k (a
+        # pixel shuffle maps channels u*u*k .. u*u*(k+1)-1 to channel k, so groups keep their slot).
         if decoder == "subpixel":
             self.decoder = nn.Sequential(
                 nn.Conv2d(k * c, k * c, 3, padding=1, groups=k, bias=False),
