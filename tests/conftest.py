@@ -1,6 +1,18 @@
-"""Shared fixtures: a tiny synthetic dataset generated once per test session."""
+"""Shared fixtures: a tiny synthetic dataset generated once per test session.
+
+Property tests (hypothesis) run derandomized by default, so `make test` draws the same examples
+on every machine and a CI run cannot fail by luck; HYPOTHESIS_PROFILE=explore searches afresh
+(`HYPOTHESIS_PROFILE=explore .venv/bin/pytest tests/test_keypoints.py`, more examples).
+"""
+
+import os
 
 import pytest
+from hypothesis import settings
+
+settings.register_profile("repeatable", derandomize=True, database=None)
+settings.register_profile("explore", max_examples=300)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 from keyreid.data.synthetic import SynthConfig, generate
 
