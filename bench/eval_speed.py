@@ -19,22 +19,21 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import importlib.util
 import json
 import os
 import platform
 import resource
-import shutil
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
 BUILD = HERE / "_build"
+sys.path.insert(0, str(HERE.parent / "tests"))
+from peers import compile_fastreid_rank_cy, load_by_path, required_site_file  # noqa: E402  (one peer loader for tests and benches)
 
 SIZES = {
     # name: (queries, gallery, identities, cameras)
@@ -97,42 +96,9 @@ def _mem_available_gb() -> float:
     return float("nan")
 
 
-def _load_by_path(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        spec.loader.exec_module(mod)
-    return mod
-
-
-def _package_file(package: str, *parts: str) -> Path:
-    spec = importlib.util.find_spec(package)  # no import: the peers' __init__ needs cv2 etc.
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(f"{package} is not installed")
-    return Path(list(spec.submodule_search_locations)[0], *parts)
-
-
 def build_fastreid_cython() -> Path:
     """Compile fast-reid's rank_cy.pyx into bench/_build; reuse it while the source is unchanged."""
-    pyx = _package_file("fastreid", "evaluation", "rank_cylib", "rank_cy.pyx")
-    BUILD.mkdir(exist_ok=True)
-    local = BUILD / "rank_cy.pyx"
-    built = list(BUILD.glob("rank_cy*.so"))
-    if built and local.exists() and local.read_bytes() == pyx.read_bytes():
-        return built[0]
-    shutil.copyfile(pyx, local)
-    setup = (
-        "import numpy as np\nfrom Cython.Build import cythonize\n"
-        "from setuptools import Extension, setup\n"
-        "setup(name='rank_cy', script_args=['build_ext', '--inplace'], ext_modules=cythonize("
-        "[Extension('rank_cy', ['rank_cy.pyx'], include_dirs=[np.get_include()])],"
-        " language_level=3, quiet=True))\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", setup], cwd=BUILD, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"building rank_cy failed:\n{proc.stderr[-2000:]}")
-    return next(BUILD.glob("rank_cy*.so"))
+    return compile_fastreid_rank_cy(BUILD)
 
 
 # ---------------------------------------------------------------------- worker
@@ -149,7 +115,7 @@ def _runner(method: str):
             return r.cmc, r.mAP, r.mINP, r.num_valid_queries
 
     elif method == "torchreid-py":
-        mod = _load_by_path("_torchreid_rank", _package_file("torchreid", "reid", "metrics", "rank.py"))
+        mod = load_by_path("_torchreid_rank", required_site_file("torchreid", "reid", "metrics", "rank.py"))
 
         def run(*args):
             cmc, mAP = mod.evaluate_rank(*args, max_rank=50, use_cython=False)
@@ -157,7 +123,7 @@ def _runner(method: str):
 
     elif method == "fastreid-cy":
         so = next(BUILD.glob("rank_cy*.so"))
-        mod = _load_by_path("rank_cy", so)
+        mod = load_by_path("rank_cy", so)
 
         def run(*args):
             cmc, aps, inps = mod.evaluate_cy(*args, 50)

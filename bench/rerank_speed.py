@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from eval_speed import _mem_available_gb, _package_file, _reset_peak, _status_kb, _load_by_path, machine
+from eval_speed import _mem_available_gb, _reset_peak, _status_kb, machine
+from peers import load_by_path, required_site_file
 
 HERE = Path(__file__).resolve().parent
 SIZES = {  # name: (queries, gallery, identities)
@@ -52,7 +53,7 @@ def _runner(method: str):
         return lambda q, g: re_ranking(q, g, k1=20, k2=6, lambda_value=0.3)
     path = {"torchreid": ("torchreid", "reid", "utils", "rerank.py"),
             "fastreid": ("fastreid", "evaluation", "rerank.py")}[method]
-    mod = _load_by_path(f"_{method}_rerank", _package_file(*path))
+    mod = load_by_path(f"_{method}_rerank", required_site_file(*path))
 
     def run(q, g):
         root = lambda a, b: np.sqrt(np.maximum(distance_matrix(a, b), 0))  # noqa: E731
@@ -119,14 +120,12 @@ def main(argv=None):
                 print(f"  {size} {method}: {rows[-1][2]}", flush=True)
                 continue
             r = json.loads(proc.stdout.strip().splitlines()[-1])
-            dist = np.load(out, mmap_mode="r")
+            dist = np.load(out)
             if method == "keyreid":
-                ref, diff, speedup = np.load(out), "-", "-"
+                ref, ref_seconds, diff, speedup = dist, r["seconds"], "-", "-"
             else:
                 diff = f"{float(np.abs(dist - ref).max()):.1e}" if ref is not None else "?"
                 speedup = f"{r['seconds'] / ref_seconds:.1f}x" if ref is not None else "?"
-            if method == "keyreid":
-                ref_seconds = r["seconds"]
             out.unlink()
             rows.append((size, method, f"{r['seconds']:.2f}", speedup,
                          f"{r['extra_gb']:.2f}" if r["extra_gb"] is not None else "?", diff))

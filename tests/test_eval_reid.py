@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +11,7 @@ from hypothesis import strategies as st
 
 from keyreid.evaluation import reid
 from keyreid.evaluation.reid import EvaluationError, evaluate, evaluate_reference
-from peers import load_by_path, peer_module, site_file
+from peers import compile_fastreid_rank_cy, load_by_path, peer_module, site_file
 
 # --------------------------------------------------------------------------- helpers
 
@@ -46,24 +44,14 @@ def fastreid_rank():
 @pytest.fixture(scope="module")
 def fastreid_cy(request, tmp_path_factory):
     """fast-reid's Cython evaluator, compiled once into pytest's cache directory."""
-    pyx = site_file("fastreid", "evaluation", "rank_cylib", "rank_cy.pyx")
-    if pyx is None:
+    if site_file("fastreid", "evaluation", "rank_cylib", "rank_cy.pyx") is None:
         pytest.skip("fastreid is not installed")
     cache = getattr(request.config, "cache", None)  # absent under -p no:cacheprovider
     build = Path(cache.mkdir("fastreid_rank_cy") if cache else tmp_path_factory.mktemp("rank_cy"))
-    if not list(build.glob("rank_cy*.so")):
-        (build / "rank_cy.pyx").write_text(pyx.read_text())
-        setup = (
-            "import numpy as np\nfrom Cython.Build import cythonize\n"
-            "from setuptools import Extension, setup\n"
-            "setup(name='rank_cy', script_args=['build_ext', '--inplace'], ext_modules=cythonize("
-            "[Extension('rank_cy', ['rank_cy.pyx'], include_dirs=[np.get_include()])],"
-            " language_level=3, quiet=True))\n"
-        )
-        proc = subprocess.run([sys.executable, "-c", setup], cwd=build, capture_output=True, text=True)
-        if proc.returncode != 0:
-            pytest.skip(f"could not compile rank_cy.pyx: {proc.stderr[-500:]}")
-    so = next(build.glob("rank_cy*.so"))
+    try:
+        so = compile_fastreid_rank_cy(build)
+    except RuntimeError as e:
+        pytest.skip(f"could not compile rank_cy.pyx: {str(e)[-500:]}")
     mod = load_by_path("rank_cy", so)
     mod.np = _StableNumpy()  # module globals are looked up at call time, so this takes
     return mod
