@@ -164,8 +164,8 @@ def test_csv_log_widens_for_late_columns_and_truncates(tmp_path):
 def test_retrieval_protocol_scores_each_image_against_all_others(tiny_synth, tmp_path):
     from dataclasses import replace
 
-    from keyreid.engine.inference import extract_features
-    from keyreid.engine.trainer import evaluate_model
+    from keyreid.inference import extract_features
+    from keyreid.evaluation.model_metrics import evaluate_model
     from keyreid.evaluation.reid import EvaluationError
     from keyreid.evaluation.retrieval import evaluate as retrieval_evaluate
 
@@ -183,8 +183,8 @@ def test_retrieval_protocol_scores_each_image_against_all_others(tiny_synth, tmp
 
 
 def test_eval_rerank_setting_reranks_the_test_distances(tiny_synth, tmp_path):
-    from keyreid.engine.inference import extract_features
-    from keyreid.engine.trainer import test_distances
+    from keyreid.inference import extract_features
+    from keyreid.evaluation.model_metrics import test_distances
     from keyreid.evaluation.rerank import re_ranking
 
     over = tiny_overrides(tiny_synth, tmp_path, **{"eval.rerank": "true", "eval.rerank_k1": "5",

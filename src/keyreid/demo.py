@@ -16,7 +16,8 @@ from rich.table import Table
 
 from keyreid.config import Config, load_config
 from keyreid.data.synthetic import SynthConfig, generate
-from keyreid.engine.trainer import Trainer, reid_metrics, test_distances
+from keyreid.engine.trainer import Trainer
+from keyreid.evaluation.model_metrics import reid_metrics, test_distances
 from keyreid.utils.io import atomic_write_text
 
 console = Console()

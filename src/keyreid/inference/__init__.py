@@ -1,0 +1,7 @@
+"""Loading a trained model and embedding images: one path for every consumer."""
+
+from keyreid.inference.device import resolve_device
+from keyreid.inference.embed import extract_features
+from keyreid.inference.loaded import LoadedModel, card_for, load_model
+
+__all__ = ["LoadedModel", "card_for", "extract_features", "load_model", "resolve_device"]
