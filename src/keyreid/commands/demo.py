@@ -1,4 +1,4 @@
-"""`keyreid demo`: the main job (see keyreid.demo)."""
+"""`keyreid demo`: the main job (see keyreid.demo.run)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,6 @@ def demo(output: Path = typer.Option(Path("runs/demo"), help="Where runs and the
          set_: Optional[list[str]] = typer.Option(None, "--set", help="Override for every run: key=value."),
          ) -> None:
     """Generate the synthetic benchmark, train bnneck / kae / kae + adaptive L2, evaluate, report."""
-    from keyreid.demo import run_demo
+    from keyreid.demo.run import run_demo
 
     run_demo(output, data_root, seed, tuple(set_ or ()), run)

@@ -22,7 +22,7 @@ from keyreid.utils.io import atomic_write_text
 
 console = Console()
 
-DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+DEMO_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "demo.yaml"
 
 # name -> overrides of configs/demo.yaml
 DEMO_RUNS: dict[str, list[str]] = {
@@ -102,7 +102,7 @@ def run_demo(output: Path = Path("runs/demo"), data_root: Path = Path("data/synt
                for r in results}
     atomic_write_text(output / f"seed{seed}" / "results.json", json.dumps(summary, indent=2))
     if report:
-        from keyreid.demo_report import write_demo_report
+        from keyreid.demo.report import write_demo_report
 
         path = write_demo_report(output / f"seed{seed}", results, trainers, distmats)
         console.print(f"report: {path}")
