@@ -4,6 +4,8 @@ the edge. Unknown keys and wrong types are errors that name the file and the key
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,6 +21,10 @@ class ConfigError(KeyreidError):
     pass
 
 
+class ConfigValueError(ConfigError, ValueError):
+    """A setting that cannot work (found where a ValueError used to be raised, which it still is)."""
+
+
 @dataclass
 class DataConfig:
     dataset: str = "market1501"
@@ -26,6 +32,7 @@ class DataConfig:
     options: dict = field(default_factory=dict)      # passed to the dataset adapter
     sidecar: Optional[str] = None                     # keypoint sidecar; default ROOT/keypoints.jsonl if present
     min_keypoint_confidence: float = 0.0              # below this a keypoint counts as invisible
+    allow_missing_keypoints: bool = False             # train images without a sidecar entry (all invisible)
     height: int = 256
     width: int = 128
     flip_prob: float = 0.5
@@ -76,6 +83,7 @@ class OptimConfig:
     grad_clip: Optional[float] = None
     amp: bool = True                                  # only takes effect on a GPU
     freeze_pretrained_epochs: int = 0                 # backbone (+ stage copies) fixed, BN stats too
+    divergence_factor: float = 10.0                   # stop when the loss exceeds this x its early value (0: off)
 
 
 @dataclass
@@ -111,6 +119,20 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
+# Enum-like settings whose allowed values live in the config itself (the rest, head / backbone /
+# dataset, are checked against their registries by keyreid.engine.checks before any work).
+ALLOWED = {
+    "loss.id_loss": ("cross_entropy", "normalized_softmax", "none"),
+    "loss.metric_loss": ("triplet", "ephn_triplet", "ephn", "multi_similarity", "none"),
+    "optim.optimizer": ("adam", "adamw", "sgd"),
+    "optim.schedule": ("multistep", "cosine"),
+    "eval.distance": ("cosine", "euclidean"),
+    "model.last_stride": (1, 2),
+}
+
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(inf|nan)", re.IGNORECASE)
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
@@ -125,6 +147,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         return _build(tp, value, where)
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        return float(value)  # YAML 1.1 reads 1e-3 and 1e6 (no dot) as strings
     if tp is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     if tp in (str, bool) and isinstance(value, tp):
@@ -138,13 +162,23 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     raise ConfigError(f"{where}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
 
 
-def _build(cls, values: dict, where: str):
+def _build(cls, values: dict, where: str, prefix: str = ""):
+    """`where` names the source (a file, `--set`, a checkpoint); `prefix` the section inside it."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(values) - names
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(names)}")
-    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in values.items()}
+        section = f" {prefix}:" if prefix else ""
+        raise ConfigError(f"{where}:{section} unknown key(s) {sorted(unknown)}; allowed: {sorted(names)}")
+    kwargs = {}
+    for k, v in values.items():
+        key = f"{prefix}.{k}" if prefix else k
+        if dataclasses.is_dataclass(hints[k]):
+            if not isinstance(v, dict):
+                raise ConfigError(f"{where}: {key}: expected a mapping, got {v!r}")
+            kwargs[k] = _build(hints[k], v, where, key)
+        else:
+            kwargs[k] = _coerce(v, hints[k], f"{where}: {key}")
     return cls(**kwargs)
 
 
@@ -161,39 +195,135 @@ def _merge(base: dict, update: dict) -> dict:
 def parse_override(text: str) -> dict:
     """`model.head=kae` -> {"model": {"head": "kae"}}; the value is parsed as YAML."""
     if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like key.sub=value")
+        raise ConfigError(f"--set {text!r}: an override must look like key.sub=value")
     key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw != "" else ""
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as e:
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise ConfigError(f"--set {key.strip()}: value {raw!r} is not valid YAML ({problem})") from None
     for part in reversed(key.strip().split(".")):
         value = {part: value}
     return value
 
 
 def load_config(path: Optional[str | Path] = None, overrides: tuple[str, ...] | list[str] = ()) -> Config:
-    """Defaults, then the YAML file (which may name a `base:` file relative to itself), then overrides."""
+    """Defaults, then the YAML file (which may name a `base:` file relative to itself), then overrides.
+    Each file and each override is checked on its own, so an error names the one that holds it;
+    the result's numeric ranges and fixed choices are checked too (check_ranges)."""
     values: dict = {}
-    where = "config"
     if path is not None:
-        values = _read_yaml(Path(path))
-        where = str(path)
+        values = _read_yaml(Path(path), ())
+    return config_from_dict(values, str(path) if path is not None else "config", overrides)
+
+
+def config_from_dict(values: dict, where: str, overrides: tuple[str, ...] | list[str] = ()) -> Config:
+    """A config from a resolved mapping (a file's, or the one a checkpoint stores) plus overrides."""
     for text in overrides:
-        values = _merge(values, parse_override(text))
-    return _build(Config, values, where)
+        update = parse_override(text)
+        _build(Config, update, "--set")
+        values = _merge(values, update)
+    cfg = _build(Config, values, where)
+    check_ranges(cfg)
+    return cfg
 
 
-def _read_yaml(path: Path) -> dict:
+def _read_yaml(path: Path, chain: tuple[Path, ...]) -> dict:
     if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+        via = f" (base of {chain[-1]})" if chain else ""
+        raise ConfigError(f"{path}: config file not found{via}")
+    if path.resolve() in [c.resolve() for c in chain]:
+        loop = " -> ".join(str(c) for c in (*chain, path))
+        raise ConfigError(f"{chain[-1]}: `base:` files form a loop: {loop}")
     try:
         values = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     base = values.pop("base", None)
+    _build(Config, values, str(path))  # unknown keys and types blamed on the file that has them
     if base is not None:
-        values = _merge(_read_yaml(path.parent / base), values)
+        if not isinstance(base, str):
+            raise ConfigError(f"{path}: base: expected a file name, got {base!r}")
+        values = _merge(_read_yaml(path.parent / base, (*chain, path)), values)
     return values
+
+
+def _range(key: str, value, ok: bool, want: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is out of range: must be {want}")
+
+
+def check_ranges(cfg: Config) -> None:
+    """Every numeric field inside its range and every fixed choice one of its values, checked when
+    the config is loaded so that a typo never costs a started run."""
+    finite = math.isfinite
+    for key, allowed in ALLOWED.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r} is not allowed; use one of: "
+                              f"{', '.join(str(a) for a in allowed)}")
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.device):
+        raise ConfigError(f"device={cfg.device!r} is not a device name; use auto, cpu, cuda, cuda:N or mps")
+    d, m, lo, o, r, e = cfg.data, cfg.model, cfg.loss, cfg.optim, cfg.regularizer, cfg.eval
+    checks = [
+        ("seed", cfg.seed, cfg.seed >= 0, ">= 0"),
+        ("name", cfg.name, bool(cfg.name.strip()), "a non-empty name"),
+        ("output_dir", cfg.output_dir, bool(cfg.output_dir.strip()), "a non-empty path"),
+        ("data.root", d.root, bool(d.root.strip()), "a non-empty path"),
+        ("data.min_keypoint_confidence", d.min_keypoint_confidence, 0 <= d.min_keypoint_confidence <= 1,
+         "in [0, 1]"),
+        ("data.height", d.height, d.height >= 16, ">= 16 pixels"),
+        ("data.width", d.width, d.width >= 16, ">= 16 pixels"),
+        ("data.flip_prob", d.flip_prob, 0 <= d.flip_prob <= 1, "a probability in [0, 1]"),
+        ("data.pad", d.pad, d.pad >= 0, ">= 0"),
+        ("data.erase_prob", d.erase_prob, 0 <= d.erase_prob <= 1, "a probability in [0, 1]"),
+        ("data.p", d.p, d.p >= 2, ">= 2 (identities per batch; triplets need two)"),
+        ("data.k", d.k, d.k >= 1, ">= 1"),
+        ("data.workers", d.workers, d.workers >= 0, ">= 0"),
+        ("data.val_identities", d.val_identities, 0 <= d.val_identities < 1,
+         "a fraction in [0, 1) of the training identities"),
+        ("data.test_batch_size", d.test_batch_size, d.test_batch_size >= 1, ">= 1"),
+        ("model.backbone", m.backbone, bool(m.backbone.strip()), "a backbone name"),
+        ("loss.label_smoothing", lo.label_smoothing, 0 <= lo.label_smoothing < 1, "in [0, 1)"),
+        ("loss.id_weight", lo.id_weight, finite(lo.id_weight) and lo.id_weight >= 0, ">= 0"),
+        ("loss.margin", lo.margin, lo.margin is None or (finite(lo.margin) and lo.margin >= 0),
+         ">= 0 (or null for the soft margin)"),
+        ("loss.metric_weight", lo.metric_weight, finite(lo.metric_weight) and lo.metric_weight >= 0, ">= 0"),
+        ("loss.center_weight", lo.center_weight, finite(lo.center_weight) and lo.center_weight >= 0, ">= 0"),
+        ("loss.heatmap_weight", lo.heatmap_weight, finite(lo.heatmap_weight) and lo.heatmap_weight >= 0,
+         ">= 0"),
+        ("loss.heatmap_sigma", lo.heatmap_sigma, finite(lo.heatmap_sigma) and lo.heatmap_sigma > 0, "> 0"),
+        ("optim.lr", o.lr, finite(o.lr) and o.lr > 0, "> 0"),
+        ("optim.weight_decay", o.weight_decay, finite(o.weight_decay) and o.weight_decay >= 0, ">= 0"),
+        ("optim.momentum", o.momentum, 0 <= o.momentum < 1, "in [0, 1)"),
+        ("optim.epochs", o.epochs, o.epochs >= 1, ">= 1"),
+        ("optim.warmup_epochs", o.warmup_epochs, o.warmup_epochs >= 0, ">= 0"),
+        ("optim.warmup_factor", o.warmup_factor, 0 < o.warmup_factor <= 1, "in (0, 1]"),
+        ("optim.milestones", o.milestones,
+         all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in o.milestones)
+         and list(o.milestones) == sorted(o.milestones), "a rising list of epochs >= 0"),
+        ("optim.gamma", o.gamma, finite(o.gamma) and o.gamma > 0, "> 0"),
+        ("optim.grad_clip", o.grad_clip, o.grad_clip is None or (finite(o.grad_clip) and o.grad_clip > 0),
+         "> 0 (or null for no clipping)"),
+        ("optim.freeze_pretrained_epochs", o.freeze_pretrained_epochs, o.freeze_pretrained_epochs >= 0,
+         ">= 0"),
+        ("optim.divergence_factor", o.divergence_factor,
+         o.divergence_factor == 0 or (finite(o.divergence_factor) and o.divergence_factor > 1),
+         "> 1 (or 0 to switch the check off)"),
+        ("regularizer.amplitude", r.amplitude, finite(r.amplitude) and r.amplitude > 0, "> 0"),
+        ("regularizer.omega", r.omega, finite(r.omega) and r.omega > 0, "> 0"),
+        ("eval.every", e.every, e.every >= 0, ">= 0 (0: no validation)"),
+        ("eval.rerank_k1", e.rerank_k1, e.rerank_k1 >= 1, ">= 1"),
+        ("eval.rerank_k2", e.rerank_k2, 1 <= e.rerank_k2 <= e.rerank_k1 + 1,
+         f"in [1, eval.rerank_k1 + 1 = {e.rerank_k1 + 1}]"),
+        ("eval.rerank_lambda", e.rerank_lambda, 0 <= e.rerank_lambda <= 1, "in [0, 1]"),
+        ("eval.max_rank", e.max_rank, e.max_rank >= 1, ">= 1"),
+    ]
+    for key, value, ok, want in checks:
+        _range(key, value, ok, want)
 
 
 def to_dict(cfg: Config) -> dict:

@@ -12,7 +12,13 @@ from keyreid.utils.io import atomic_write
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    def write(tmp: str) -> None:
+        # through a Python file object: a full disk is then an OSError (ENOSPC) that atomic_write
+        # reports, where torch's own file writer turns it into an opaque RuntimeError
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+
+    atomic_write(path, write)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import math
 import os
 import random
+import sys
 import time
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -16,20 +18,27 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from keyreid.config import Config, save_config, to_dict
+from keyreid.config import Config, ConfigError, ConfigValueError, save_config, to_dict
 from keyreid.data.loader import ImageDataset
 from keyreid.data.samplers import PKBatchSampler
 from keyreid.engine.checkpoint import load_checkpoint, model_state, save_checkpoint
+from keyreid.engine.checks import check_names, check_training_data
 from keyreid.engine.data import PreparedData, make_transforms, prepare_data
 from keyreid.engine.logs import CSVLog, TensorBoard
+from keyreid.engine.run_folder import check_resume_config, set_aside_previous_run
 from keyreid.engine.schedules import lr_factor
+from keyreid.errors import KeyreidError
 from keyreid.evaluation.model_metrics import evaluate_model
 from keyreid.inference import card_for, resolve_device
 from keyreid.losses import build_loss
 from keyreid.models.build import KEYPOINT_HEADS, ReIDModel, build_model
 from keyreid.models.output import ModelOutput
 from keyreid.regularizers import AdaptiveL2
-from keyreid.utils.progress import progress_bar
+from keyreid.utils.progress import progress_bar, progress_mode
+
+
+class TrainingDiverged(KeyreidError):
+    """The loss or the weights left the finite range, or the loss grew far above its early value."""
 
 
 def seed_everything(seed: int) -> None:
@@ -52,7 +61,8 @@ class Criterion(torch.nn.Module):
             self.id_loss = build_loss("normalized_softmax", num_classes=num_classes,
                                       embedding_dim=embedding_dim)
         elif lc.id_loss != "none":
-            raise ValueError(f"unknown id_loss {lc.id_loss!r}")
+            raise ConfigValueError(f"loss.id_loss={lc.id_loss!r} is not allowed; use cross_entropy, "
+                                   "normalized_softmax or none")
         self.metric_loss = None
         if lc.metric_loss == "triplet":
             self.metric_loss = build_loss("triplet", margin=lc.margin or 0.0, soft_margin=lc.margin is None)
@@ -61,7 +71,8 @@ class Criterion(torch.nn.Module):
         elif lc.metric_loss == "multi_similarity":
             self.metric_loss = build_loss("multi_similarity")
         elif lc.metric_loss != "none":
-            raise ValueError(f"unknown metric_loss {lc.metric_loss!r}")
+            raise ConfigValueError(f"loss.metric_loss={lc.metric_loss!r} is not allowed; use triplet, "
+                                   "ephn_triplet, multi_similarity or none")
         self.center = build_loss("center", num_classes=num_classes, feat_dim=embedding_dim) \
             if lc.center_weight > 0 else None
 
@@ -97,16 +108,35 @@ class TrainState:
     best_score: float = -math.inf
     best_epoch: int = -1
     history: list = field(default_factory=list)
+    # the epoch in progress, summed so far: a resume in mid-epoch still logs the whole epoch's mean
+    epoch_sums: dict = field(default_factory=dict)
+    epoch_count: int = 0
+    epoch_seconds: float = 0.0
+    epoch_lr: float = float("nan")
+    # an epoch trained and checkpointed but not yet validated / logged ({"row", "lambdas"})
+    pending: Optional[dict] = None
+    # divergence: the mean loss of the run's first steps, and a running mean since
+    loss_ref_sum: float = 0.0
+    loss_ref_count: int = 0
+    loss_ema: Optional[float] = None
+
+
+REFERENCE_STEPS = 10   # steps whose mean loss is the reference for divergence
+EMA_WEIGHT = 0.1       # running loss: ~10-step memory, so one noisy batch is not a divergence
 
 
 class Trainer:
     def __init__(self, cfg: Config, resume: bool = True, show_progress: bool = True,
-                 checkpoint_every_steps: int = 0):
+                 checkpoint_every_steps: int = 0, allow_config_change: bool = False):
+        """Everything a user can get wrong is checked here, before any file is written: names,
+        device, data against the batch and validation settings, and on resume the config against
+        the one the run was trained with. config.yaml is written only once that is settled."""
         self.cfg = cfg
         self.show_progress = show_progress
         self.checkpoint_every_steps = checkpoint_every_steps
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
+        check_names(cfg)
         self.device = resolve_device(cfg.device)
         if self.world_size > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
@@ -115,13 +145,21 @@ class Trainer:
         seed_everything(cfg.seed)
         self.out_dir = Path(cfg.output_dir)
         self.is_main = self.rank == 0
-        if self.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.out_dir / "config.yaml")
+        last = self.out_dir / "last.pt"
+        checkpoint = load_checkpoint(last, "cpu") if resume and last.is_file() else None
+        self.config_changes = check_resume_config(checkpoint.get("config") if checkpoint else None,
+                                                  cfg, last, allow_config_change)
 
         need_kp = cfg.model.head in KEYPOINT_HEADS
         # the dataset decides the skeleton; the backbone's weights decide the input normalisation
-        self.data: PreparedData = prepare_data(cfg, need_kp)
+        try:
+            self.data: PreparedData = prepare_data(cfg, need_kp)
+        except ValueError as e:  # the data module's settings checks (keypoints, validation split)
+            if isinstance(e, KeyreidError):
+                raise
+            raise ConfigValueError(str(e)) from None
+        check_training_data(cfg, [s.pid for s in self.data.train], self.data.val_query,
+                            self.data.val_gallery, self.data.dataset.protocol)
         num_classes = len(self.data.label_map)
         self.model = build_model(cfg.model, num_classes, self.data.skeleton).to(self.device)
         self.train_transform, self.test_transform = make_transforms(
@@ -143,10 +181,26 @@ class Trainer:
                                       self.data.skeleton.num_keypoints if self.data.skeleton else 0,
                                       self.data.label_map)
         self.state = TrainState()
-        self.metrics_log = CSVLog(self.out_dir / "metrics.csv") if self.is_main else None
-        self.lambda_log = CSVLog(self.out_dir / "lambdas.csv") if self.is_main and self.regularizer else None
-        if resume and (self.out_dir / "last.pt").is_file():
-            self.load(self.out_dir / "last.pt")
+        self.last_saved: Optional[tuple[int, int]] = None   # (epoch, step) of this process's last.pt
+        self.plain_lines = False  # fit() prints one line per epoch when there is no terminal
+        self.set_aside: Optional[Path] = None
+        if checkpoint is not None:
+            self._restore(checkpoint, last)
+        elif self.is_main:
+            # a fresh start: an earlier run's files (logs, tb, checkpoints) move to previous-N/
+            self.set_aside = set_aside_previous_run(self.out_dir) if self.out_dir.is_dir() else None
+        self.metrics_log = self.lambda_log = None
+        if self.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.out_dir / "config.yaml")
+            self.metrics_log = CSVLog(self.out_dir / "metrics.csv")
+            self.lambda_log = CSVLog(self.out_dir / "lambdas.csv") if self.regularizer else None
+            if checkpoint is not None:
+                # rows written after the checkpoint belong to the run that died: drop them
+                logged = self.state.epoch - (1 if self.state.pending else 0)
+                self.metrics_log.truncate_after("epoch", logged - 1)
+                if self.lambda_log is not None:
+                    self.lambda_log.truncate_after("epoch", logged - 1)
 
     # ------------------------------------------------------------------ setup pieces
     def _build_optimizer(self) -> torch.optim.Optimizer:
@@ -170,7 +224,7 @@ class Trainer:
         if oc.optimizer == "sgd":
             return torch.optim.SGD(groups, lr=oc.lr, momentum=oc.momentum, weight_decay=weight_decay,
                                    nesterov=True)
-        raise ValueError(f"unknown optimizer {oc.optimizer!r}; use adam, adamw or sgd")
+        raise ConfigValueError(f"optim.optimizer={oc.optimizer!r} is not allowed; use adam, adamw or sgd")
 
     def _set_lr(self, epoch_position: float) -> float:
         f = lr_factor(epoch_position, self.cfg.optim)
@@ -210,25 +264,40 @@ class Trainer:
 
     def load(self, path: Path) -> None:
         """Everything, to resume training exactly where the checkpoint was written."""
-        ck = load_checkpoint(path, self.device)
-        self.model.load_state_dict(ck["model"])
-        self.criterion.load_state_dict(ck["criterion"])
-        if self.regularizer is not None and ck.get("regularizer") is not None:
-            self.regularizer.load_state_dict(ck["regularizer"])
-        self.optimizer.load_state_dict(ck["optimizer"])
+        self._restore(load_checkpoint(path, "cpu"), path)
+
+    def _restore(self, ck: dict, path: Path) -> None:
+        if ck.get("label_map") is not None and \
+                {int(k): int(v) for k, v in ck["label_map"].items()} != self.data.label_map:
+            raise ConfigError(f"{path}: cannot resume, the training identities differ from the ones "
+                              f"this run was trained on ({len(ck['label_map'])} then, "
+                              f"{len(self.data.label_map)} now: another data.root, split or seed?); "
+                              "use another output_dir or --no-resume")
+        # the optimizer's hyper-parameters come from the config (a changed lr is accepted with
+        # --allow-config-change), its moments from the checkpoint
+        fresh = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
+        try:
+            self.model.load_state_dict(ck["model"])
+            self.criterion.load_state_dict(ck["criterion"])
+            if self.regularizer is not None and ck.get("regularizer") is not None:
+                self.regularizer.load_state_dict(ck["regularizer"])
+            self.optimizer.load_state_dict(ck["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(f"{path}: cannot resume, its weights do not fit the model this config "
+                              f"builds ({first}); use another output_dir or --no-resume") from None
+        for group, settings in zip(self.optimizer.param_groups, fresh):
+            group.update(settings)
         self.scaler.load_state_dict(ck["scaler"])
-        self.state = TrainState(**ck["state"])
+        known = {f.name for f in dataclasses.fields(TrainState)}
+        self.state = TrainState(**{k: v for k, v in ck["state"].items() if k in known})
         rng = ck["rng"]
         torch.set_rng_state(rng["torch"])
         np.random.set_state(rng["numpy"])
         random.setstate(rng["python"])
         if rng.get("cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
-        # logs written after the checkpoint belong to the run that died: drop them
-        if self.metrics_log is not None:
-            self.metrics_log.truncate_after("epoch", self.state.epoch - 1)
-        if self.lambda_log is not None:
-            self.lambda_log.truncate_after("epoch", self.state.epoch - 1)
+        self.last_saved = (self.state.epoch, self.state.step_in_epoch)
 
     # ------------------------------------------------------------------ loop
     def train_step(self, batch: dict, epoch: int) -> dict[str, float]:
@@ -250,9 +319,7 @@ class Trainer:
             loss = loss + reg
             parts["l2"] = float(reg.detach())
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {float(loss)} at epoch {epoch}, step "
-                                     f"{self.state.step_in_epoch}: lower the learning rate or enable "
-                                     "gradient clipping (optim.grad_clip)")
+            self._diverged(epoch, f"the loss is {float(loss)}")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         for module in frozen:
@@ -261,6 +328,11 @@ class Trainer:
         if self.cfg.optim.grad_clip:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+        if not self.scaler.is_enabled():  # with AMP an overflow is normal: the scaler skips the step
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+            if not torch.isfinite(norm):
+                self._diverged(epoch, f"the gradient norm is {float(norm)}")
         self.scaler.step(self.optimizer)
         self.scaler.update()
         with torch.no_grad():
@@ -276,64 +348,151 @@ class Trainer:
                               self.test_transform, self.cfg, self.device,
                               protocol=self.data.dataset.protocol)
 
+    # ------------------------------------------------------------------ divergence
+    def _diverged(self, epoch: int, what: str) -> None:
+        """Stop with what happened, where, what last.pt still holds and what to change."""
+        path = self.out_dir / "last.pt"
+        if self.last_saved is not None:
+            e, step = self.last_saved
+            kept = (f"{path} holds the last good state (end of epoch {e})" if step == 0 else
+                    f"{path} holds the last good state (epoch {e + 1}, step {step})")
+        else:
+            kept = "no checkpoint was written by this run"
+        raise TrainingDiverged(
+            f"training diverged at epoch {epoch + 1}, step {self.state.step_in_epoch + 1}: {what}; "
+            f"{kept}. Lower optim.lr (now {self.cfg.optim.lr:g}) or set optim.grad_clip (e.g. 5.0), "
+            f"then run again with --allow-config-change to resume or --no-resume to start over")
+
+    def _watch_loss(self, epoch: int, loss: float) -> None:
+        """A loss that grows to divergence_factor x the mean of the run's first steps (smoothed
+        over ~10 steps) is a diverging run, even while it is still finite."""
+        st, factor = self.state, self.cfg.optim.divergence_factor
+        st.loss_ema = loss if st.loss_ema is None else (1 - EMA_WEIGHT) * st.loss_ema + EMA_WEIGHT * loss
+        if st.loss_ref_count < REFERENCE_STEPS:
+            st.loss_ref_sum += loss
+            st.loss_ref_count += 1
+            return
+        reference = max(st.loss_ref_sum / st.loss_ref_count, 1e-3)
+        if factor and st.loss_ema > factor * reference:
+            self._diverged(epoch, f"the running loss {st.loss_ema:.4g} is over {factor:g}x its early "
+                                  f"value {reference:.4g} (optim.divergence_factor)")
+
+    def _check_weights(self, epoch: int) -> None:
+        bad = [n for n, p in self.model.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            self._diverged(epoch, f"{len(bad)} weight tensors hold NaN or inf (first: {bad[0]})")
+
+    def _save_last(self, epoch: int) -> None:
+        self._check_weights(epoch)  # never overwrite a good last.pt with a diverged model
+        self.save("last.pt")
+        self.last_saved = (self.state.epoch, self.state.step_in_epoch)
+
+    # ------------------------------------------------------------------ epochs
+    def _train_epoch(self, bar, epoch_task) -> None:
+        """One epoch from state.step_in_epoch on; ends with the epoch pending (trained, saved in
+        last.pt, not yet validated or logged). Running sums live in the state, so an epoch resumed
+        in the middle is logged as the mean of all its steps."""
+        cfg, st = self.cfg, self.state
+        epoch = st.epoch
+        self.sampler.set_epoch(epoch, start_batch=st.step_in_epoch)
+        n_batches = len(self.sampler) + st.step_in_epoch
+        loader = DataLoader(self.train_set, batch_sampler=self.sampler, num_workers=cfg.data.workers,
+                            persistent_workers=False, pin_memory=self.device.type == "cuda")
+        step_task = bar.add_task(f"epoch {epoch + 1}", total=n_batches, completed=st.step_in_epoch)
+        tick = time.time()
+        for batch in loader:
+            st.epoch_lr = self._set_lr(epoch + st.step_in_epoch / max(1, n_batches))
+            parts = self.train_step(batch, epoch)
+            self._watch_loss(epoch, parts["loss"])
+            st.step_in_epoch += 1
+            st.global_step += 1
+            st.epoch_count += 1
+            for k, v in parts.items():
+                st.epoch_sums[k] = st.epoch_sums.get(k, 0.0) + v
+            now = time.time()
+            st.epoch_seconds += now - tick
+            tick = now
+            bar.update(step_task, advance=1, info=f"loss {parts['loss']:.3f} lr {st.epoch_lr:.2e}")
+            if self.checkpoint_every_steps and st.global_step % self.checkpoint_every_steps == 0:
+                self._save_last(epoch)
+        bar.update(step_task, visible=False)
+        count = st.epoch_count
+        row = {"epoch": epoch, "lr": st.epoch_lr, "seconds": round(st.epoch_seconds, 3),
+               "images": count * cfg.data.p * cfg.data.k}
+        row.update({k: v / max(1, count) for k, v in st.epoch_sums.items()})
+        lambdas = None
+        if self.regularizer is not None:
+            lambdas = self.regularizer.lambdas()
+            values = np.array(list(lambdas.values()))
+            row.update(lambda_mean=float(values.mean()), lambda_min=float(values.min()),
+                       lambda_max=float(values.max()))
+        st.epoch += 1
+        st.step_in_epoch = 0
+        st.epoch_sums, st.epoch_count, st.epoch_seconds = {}, 0, 0.0
+        st.pending = {"row": row, "lambdas": lambdas}
+        if self._validation_due():
+            # saved before validating: a crash there loses no training, and a resume validates
+            self._save_last(epoch)
+
+    def _validation_due(self) -> bool:
+        """After the epoch just trained (state.epoch counts it): every eval.every and the last."""
+        every, done = self.cfg.eval.every, self.state.epoch
+        return bool(every and self.data.val_query and (done % every == 0 or done == self.cfg.optim.epochs))
+
+    def _finish_epoch(self, tb: TensorBoard) -> None:
+        """Validate the pending epoch when due, keep the best, log it, checkpoint again."""
+        cfg, st = self.cfg, self.state
+        row, lambdas = dict(st.pending["row"]), st.pending["lambdas"]
+        epoch = row["epoch"]
+        if self._validation_due() and self.is_main:
+            metrics = self.validate()
+            if metrics is not None:
+                row.update({f"val_{k}": v for k, v in metrics.items()})
+                if metrics["score"] > st.best_score:
+                    st.best_score, st.best_epoch = metrics["score"], epoch
+                    self.save("best.pt")
+        if self.metrics_log is not None:
+            self.metrics_log.write(row)
+        if self.lambda_log is not None and lambdas is not None:
+            for name, lam in lambdas.items():
+                self.lambda_log.write({"epoch": epoch, "parameter": name, "lambda": lam})
+        tb.scalars({f"train/{k}": v for k, v in row.items() if isinstance(v, float)}, st.epoch)
+        st.history.append(row)
+        st.pending = None
+        self._save_last(epoch)
+        if self.plain_lines:
+            print(epoch_line(row, cfg.optim.epochs), flush=True)
+
     def fit(self) -> dict:
         cfg, st = self.cfg, self.state
         tb = TensorBoard(self.out_dir / "tb", enabled=self.is_main)
-        loader_kwargs = dict(num_workers=cfg.data.workers, persistent_workers=False,
-                             pin_memory=self.device.type == "cuda")
-        with progress_bar(self.show_progress and self.is_main) as bar:
+        # without a terminal: one plain line per epoch instead of bars
+        mode = progress_mode(self.show_progress and self.is_main)
+        self.plain_lines = mode == "plain"
+        with progress_bar(mode == "rich") as bar:
             epoch_task = bar.add_task("epochs", total=cfg.optim.epochs, completed=st.epoch)
-            while st.epoch < cfg.optim.epochs:
-                epoch = st.epoch
-                self.sampler.set_epoch(epoch, start_batch=st.step_in_epoch)
-                n_batches = len(self.sampler) + st.step_in_epoch
-                loader = DataLoader(self.train_set, batch_sampler=self.sampler, **loader_kwargs)
-                step_task = bar.add_task(f"epoch {epoch + 1}", total=n_batches, completed=st.step_in_epoch)
-                sums: dict[str, float] = {}
-                count = 0
-                t0 = time.time()
-                for batch in loader:
-                    lr = self._set_lr(epoch + st.step_in_epoch / max(1, n_batches))
-                    parts = self.train_step(batch, epoch)
-                    st.step_in_epoch += 1
-                    st.global_step += 1
-                    count += 1
-                    for k, v in parts.items():
-                        sums[k] = sums.get(k, 0.0) + v
-                    bar.update(step_task, advance=1, info=f"loss {parts['loss']:.3f} lr {lr:.2e}")
-                    if self.checkpoint_every_steps and st.global_step % self.checkpoint_every_steps == 0:
-                        self.save("last.pt")
-                bar.update(step_task, visible=False)
-                row = {"epoch": epoch, "lr": lr if count else float("nan"),
-                       "seconds": round(time.time() - t0, 3), "images": count * cfg.data.p * cfg.data.k}
-                row.update({k: v / max(1, count) for k, v in sums.items()})
-                if self.regularizer is not None:
-                    lambdas = self.regularizer.lambdas()
-                    values = np.array(list(lambdas.values()))
-                    row.update(lambda_mean=float(values.mean()), lambda_min=float(values.min()),
-                               lambda_max=float(values.max()))
-                    if self.lambda_log is not None:
-                        for name, lam in lambdas.items():
-                            self.lambda_log.write({"epoch": epoch, "parameter": name, "lambda": lam})
-                st.epoch += 1
-                st.step_in_epoch = 0
-                last_epoch = st.epoch == cfg.optim.epochs
-                if cfg.eval.every and (st.epoch % cfg.eval.every == 0 or last_epoch) and self.is_main:
-                    metrics = self.validate()
-                    if metrics is not None:
-                        row.update({f"val_{k}": v for k, v in metrics.items()})
-                        if metrics["score"] > st.best_score:
-                            st.best_score, st.best_epoch = metrics["score"], epoch
-                            self.save("best.pt")
-                if self.metrics_log is not None:
-                    self.metrics_log.write(row)
-                tb.scalars({f"train/{k}": v for k, v in row.items() if isinstance(v, float)}, st.epoch)
-                st.history.append(row)
-                self.save("last.pt")
-                if self.world_size > 1:
-                    dist.barrier()
-                bar.update(epoch_task, advance=1)
+            while True:
+                if st.pending is not None:
+                    self._finish_epoch(tb)
+                    bar.update(epoch_task, completed=st.epoch)
+                    if self.world_size > 1:
+                        dist.barrier()  # the other ranks wait for rank 0's validation
+                if st.epoch >= cfg.optim.epochs:
+                    break
+                self._train_epoch(bar, epoch_task)
         if self.is_main and st.best_epoch < 0:
             self.save("best.pt")  # no validation split: the last model is the one to use
         tb.close()
         return {"best_epoch": st.best_epoch, "best_val_score": st.best_score, "epochs": st.epoch}
+
+
+def epoch_line(row: dict, epochs: int) -> str:
+    """`epoch 3/10  loss 2.3456  lr 3.50e-04  412.3 img/s  val mAP 51.20 R1 70.10` for logs."""
+    seconds = row.get("seconds") or 0.0
+    parts = [f"epoch {row['epoch'] + 1}/{epochs}", f"loss {row.get('loss', float('nan')):.4f}",
+             f"lr {row['lr']:.2e}", f"{row['images'] / seconds:.1f} img/s" if seconds else "- img/s"]
+    val = [f"{k[4:]} {100 * v:.2f}" for k, v in row.items()
+           if k.startswith("val_") and k not in ("val_score", "val_valid_queries")]
+    if val:
+        parts.append("val " + " ".join(val))
+    return "  ".join(parts)

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from keyreid.config import ConfigValueError
+from keyreid.utils.registry import UnknownNameError
 from keyreid.models.pretrained import (
     OFFLINE_SOURCES,
     WeightsError,
@@ -73,6 +75,12 @@ TIMM_PREFIX = "timm:"
 def available_backbones() -> list[str]:
     """Names build_backbone accepts (plus any timm model as ``timm:NAME``)."""
     return sorted(_SPECS)
+
+
+def check_backbone_name(name: str) -> None:
+    """UnknownNameError naming the known backbones, without building anything."""
+    if not name.startswith(TIMM_PREFIX):
+        _resolve(name)
 
 
 class Backbone(nn.Module):
@@ -173,8 +181,8 @@ class ImageNetClassifier(nn.Module):
 def _resolve(name: str) -> tuple[str, _Spec]:
     key = _ALIASES.get(name, name)
     if key not in _SPECS:
-        raise ValueError(
-            f"unknown backbone {name!r}; choose one of {', '.join(available_backbones())} "
+        raise UnknownNameError(
+            f"model.backbone: unknown backbone {name!r}; choose one of {', '.join(available_backbones())} "
             f"or a timm model as '{TIMM_PREFIX}NAME'"
         )
     return key, _SPECS[key]
@@ -240,7 +248,7 @@ def _library_model(spec: _Spec, imagenet: bool, name: str):
 def _build(name: str, pretrained, last_stride: int, channels_last: bool, with_head: bool):
     _check_pretrained(pretrained)
     if last_stride not in (1, 2):
-        raise ValueError(f"last_stride must be 1 or 2, got {last_stride!r}")
+        raise ConfigValueError(f"model.last_stride must be 1 or 2, got {last_stride!r}")
     if name.startswith(TIMM_PREFIX):
         if with_head:
             raise ValueError(f"imagenet_classifier supports {', '.join(available_backbones())}")

@@ -7,8 +7,9 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from keyreid.config import ModelConfig
+from keyreid.config import ConfigValueError, ModelConfig
 from keyreid.data.keypoints import Skeleton
+from keyreid.errors import KeyreidError
 from keyreid.models.backbones import build_backbone
 from keyreid.models.heads import HEADS, build_head
 from keyreid.models.output import ModelOutput
@@ -48,7 +49,7 @@ class ReIDModel(nn.Module):
 
 def build_model(cfg: ModelConfig, num_classes: int, skeleton: Optional[Skeleton] = None) -> ReIDModel:
     if cfg.head in KEYPOINT_HEADS and skeleton is None:
-        raise ValueError(f"head {cfg.head!r} learns from keypoints, but the training data has none: "
+        raise ConfigValueError(f"model.head={cfg.head!r} learns from keypoints, but the training data has none: "
                          "give data.sidecar (see `keyreid keypoints estimate`) or use head bnneck")
     backbone = build_backbone(cfg.backbone, pretrained=cfg.pretrained, last_stride=cfg.last_stride,
                               channels_last=cfg.channels_last)
@@ -56,6 +57,12 @@ def build_model(cfg: ModelConfig, num_classes: int, skeleton: Optional[Skeleton]
     in_channels = backbone.out_channels
     if getattr(HEADS.get(cfg.head), "takes_last_stage", False):
         options["last_stage"] = backbone.pop_last_stage()  # the head runs (copies of) it
-    head = build_head(cfg.head, in_channels=in_channels, num_classes=num_classes,
-                      skeleton=skeleton, **options)
+    try:
+        head = build_head(cfg.head, in_channels=in_channels, num_classes=num_classes,
+                          skeleton=skeleton, **options)
+    except (ValueError, TypeError) as e:
+        if isinstance(e, KeyreidError):
+            raise
+        # a head checks its options when built: those are the user's model.head_options
+        raise ConfigValueError(f"model.head_options of head {cfg.head!r}: {e}") from None
     return ReIDModel(backbone, head)

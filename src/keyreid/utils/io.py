@@ -2,26 +2,65 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Callable
 
+from keyreid.errors import KeyreidError
+
+
+class DiskFullError(KeyreidError):
+    """No space left while writing a file; whatever was there before is untouched."""
+
+
+def _file_mode(path: Path) -> int:
+    """The mode a plain open() would give a new file (0666 minus the umask); an existing file
+    keeps its own. mkstemp alone would leave 0600, unreadable for the user's group."""
+    if path.exists():
+        return stat.S_IMODE(path.stat().st_mode)
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _free_space(folder: Path) -> str:
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return "unknown"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if free < 1024 or unit == "TB":
+            return f"{free:.0f} {unit}" if unit == "B" else f"{free:.1f} {unit}"
+        free /= 1024
+    return "unknown"
+
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
-    """Call write(tmp_path) on a temporary file beside `path`, then rename it over `path`."""
+    """Call write(tmp_path) on a temporary file beside `path`, then rename it over `path`.
+    A full disk is a DiskFullError naming the path and the free space; the old file stays."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    mode = _file_mode(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            kept = f"the previous {path.name} is intact" if path.exists() else "nothing was written"
+            raise DiskFullError(f"{path}: no space left on the device while writing it "
+                                f"({_free_space(path.parent)} free in {path.parent}); {kept}; "
+                                "free some space and run again") from None
         raise
 
 

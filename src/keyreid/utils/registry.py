@@ -6,6 +6,16 @@ from __future__ import annotations
 import importlib
 from typing import Any, Callable, Iterable
 
+from keyreid.errors import KeyreidError
+
+
+class UnknownNameError(KeyreidError, KeyError, ValueError):
+    """A name no registry (or fixed list) knows: a user mistake, with the known names in the
+    message. Still a KeyError / ValueError for callers that caught those before."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
 
 class Registry:
     """Name -> factory. `builtin` modules are imported on first look-up (they register themselves)."""
@@ -36,7 +46,7 @@ class Registry:
     def get(self, name: str) -> Callable[..., Any]:
         self._load_builtin()
         if name not in self._items:
-            raise KeyError(f"unknown {self.kind} {name!r}; known: {sorted(self._items)}")
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; known: {', '.join(sorted(self._items))}")
         return self._items[name]
 
     def build(self, name: str, *args, **kwargs):
