@@ -1,0 +1,243 @@
+"""The features folder `keyreid extract` writes and `keyreid index build` reads.
+
+FEATURES/ holds ``features.npy`` (a .npy of shape [total, dim], filled in row order, memory-
+mappable), ``rows.jsonl`` (one JSON object per finished row: row, path, pid, camid, timestamp,
+track), ``skipped.txt`` (images skipped with on_error=skip, "path<TAB>problem") and
+``manifest.json`` (see /work/prompts/interfaces.md; ``count`` rows are finished).
+
+Crash safety: a batch is committed in three steps, vectors (flushed) -> rows.jsonl lines
+(fsynced) -> manifest (atomic rename). The manifest is the commit point: whatever lies past
+``count`` in the other files is unfinished and is cut off (rows, skipped lines) or written over
+(vectors) when the run continues, and finished rows are never written again. Batches start at
+multiples of the batch size, so a resumed run feeds the model exactly the batches an
+uninterrupted run would, and the files come out byte-identical.
+
+Sharded extraction writes FEATURES/shard-00000-of-00004/ ...; each is a complete features
+folder, and read_features(FEATURES) concatenates them in shard order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from keyreid.errors import DataError, KeyreidError
+from keyreid.utils.io import atomic_write_text
+
+FORMAT = "keyreid-features"
+VERSION = 1
+MANIFEST, VECTORS, ROWS, SKIPPED = "manifest.json", "features.npy", "rows.jsonl", "skipped.txt"
+DTYPES = ("float32", "float16")
+
+
+def shard_dir(root: Path, index: int, count: int) -> Path:
+    return Path(root) / f"shard-{index:05d}-of-{count:05d}"
+
+
+def read_manifest(folder: Path) -> dict:
+    path = Path(folder) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(path, "no features manifest here; is this a folder written by `keyreid extract`?") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(path, f"features manifest is not valid JSON ({e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise DataError(path, f"not a keyreid features manifest (format should be {FORMAT!r})")
+    if manifest.get("version") != VERSION:
+        raise DataError(path, f"features format version {manifest.get('version')!r}; this keyreid reads {VERSION}")
+    for key in ("fingerprint", "dim", "dtype", "normalized", "distance", "count", "total", "complete"):
+        if key not in manifest:
+            raise DataError(path, f"features manifest lacks {key!r}")
+    return manifest
+
+
+def _fsync_append(path: Path, lines: list[str]) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("".join(lines))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _cut_lines(path: Path, keep: int) -> None:
+    """Keep the first `keep` lines of `path` (lines past the commit point are unfinished)."""
+    if not path.exists():
+        if keep:
+            raise DataError(path, f"missing, but the manifest says {keep} lines were finished")
+        path.touch()
+        return
+    with open(path, "rb+") as f:
+        offset = 0
+        for i in range(keep):
+            line = f.readline()
+            if not line.endswith(b"\n"):
+                raise DataError(path, f"has {i} finished lines, the manifest says {keep}")
+            offset += len(line)
+        f.truncate(offset)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+class FeatureWriter:
+    """Resumable writer of one features folder (one shard).
+
+    Creating it on a folder that already holds a run of the same model and the same image
+    list continues that run at `self.done` (images processed so far); another model or another
+    image list is refused, nothing is changed.
+    """
+
+    def __init__(self, folder: Path, *, fingerprint: str, dim: int, total: int, dtype: str = "float32",
+                 normalized: bool, distance: str, flip: bool = False, shard: Optional[list] = None,
+                 source: Optional[dict] = None, model: Optional[dict] = None,
+                 checkpoint: Optional[str] = None):
+        if dtype not in DTYPES:
+            raise KeyreidError(f"--dtype must be one of {DTYPES}, got {dtype!r}")
+        self.folder = Path(folder)
+        self.fresh = {"format": FORMAT, "version": VERSION, "fingerprint": fingerprint, "dim": int(dim),
+                      "dtype": dtype, "normalized": bool(normalized), "distance": distance, "count": 0,
+                      "total": int(total), "complete": False, "shard": shard, "flip": bool(flip),
+                      "source": source or {}, "model": model or {}, "checkpoint": checkpoint,
+                      "images_done": 0, "skipped": 0}
+        if (self.folder / MANIFEST).exists():
+            self.manifest = read_manifest(self.folder)
+            self._check_same_run()
+            self._recover()
+        else:
+            self._create()
+
+    # ------------------------------------------------------------------ set-up
+    def _check_same_run(self) -> None:
+        m, f, where = self.manifest, self.fresh, self.folder / MANIFEST
+        if m["fingerprint"] != f["fingerprint"]:
+            raise DataError(where, f"holds features of another model (fingerprint {m['fingerprint']}, this "
+                                   f"model is {f['fingerprint']}); write to a new folder")
+        for key, what in (("total", "image count"), ("source", "image list"), ("flip", "--flip"),
+                          ("dtype", "--dtype"), ("shard", "shard"), ("dim", "dimension")):
+            if m.get(key) != f[key]:
+                raise DataError(where, f"holds a run with another {what} ({m.get(key)!r}, now {f[key]!r}); "
+                                       "rerun with the same arguments or write to a new folder")
+
+    def _create(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        leftovers = [p.name for p in (self.folder / VECTORS, self.folder / ROWS) if p.exists()]
+        if leftovers:
+            raise DataError(self.folder, f"has {leftovers} but no manifest; not overwriting them, "
+                                         "choose an empty folder")
+        self.manifest = dict(self.fresh)
+        np.lib.format.open_memmap(self.folder / VECTORS, mode="w+", dtype=self.fresh["dtype"],
+                                  shape=(self.fresh["total"], self.fresh["dim"])).flush()
+        (self.folder / ROWS).write_bytes(b"")
+        (self.folder / SKIPPED).write_bytes(b"")
+        atomic_write_text(self.folder / MANIFEST, json.dumps(self.manifest, indent=1))
+
+    def _recover(self) -> None:
+        m = self.manifest
+        _cut_lines(self.folder / ROWS, m["count"])
+        _cut_lines(self.folder / SKIPPED, m.get("skipped", 0))
+        vectors = self.folder / VECTORS
+        try:
+            arr = np.load(vectors, mmap_mode="r")
+        except (OSError, ValueError) as e:
+            raise DataError(vectors, f"cannot be read as .npy ({e})") from None
+        if arr.shape != (m["total"], m["dim"]) or arr.dtype != np.dtype(m["dtype"]):
+            raise DataError(vectors, f"shape {arr.shape} {arr.dtype} does not match the manifest "
+                                     f"({m['total']}, {m['dim']}) {m['dtype']}")
+
+    # ------------------------------------------------------------------ state
+    @property
+    def done(self) -> int:
+        return int(self.manifest["images_done"])
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.manifest["complete"])
+
+    # ------------------------------------------------------------------ writing
+    def commit(self, vectors: np.ndarray, rows: list[dict], images: int,
+               skipped: Optional[list[tuple[str, str]]] = None) -> None:
+        """Append one batch: `rows` (with their `vectors`) for `images` images processed, of which
+        the `skipped` (path, problem) pairs gave no row."""
+        m = self.manifest
+        n = len(rows)
+        if vectors.shape != (n, m["dim"]):
+            raise KeyreidError(f"batch of {vectors.shape} vectors for {n} rows of dim {m['dim']}")
+        start = m["count"]
+        if n:
+            mm = np.load(self.folder / VECTORS, mmap_mode="r+")
+            mm[start:start + n] = vectors.astype(m["dtype"])
+            mm.flush()
+            del mm
+            _fsync_append(self.folder / ROWS, [json.dumps({"row": start + i, **r}) + "\n"
+                                               for i, r in enumerate(rows)])
+        if skipped:
+            _fsync_append(self.folder / SKIPPED, [f"{p}\t{why}\n" for p, why in skipped])
+        m = dict(m, count=start + n, images_done=m["images_done"] + images,
+                 skipped=m.get("skipped", 0) + len(skipped or []))
+        m["complete"] = m["images_done"] >= m["total"]
+        atomic_write_text(self.folder / MANIFEST, json.dumps(m, indent=1))  # the commit point
+        self.manifest = m
+
+
+@dataclass
+class FeatureSet:
+    vectors: np.ndarray        # float32 [N, D] (a view of the memory map when stored as float32)
+    rows: list[dict]
+    manifest: dict             # the first shard's manifest, count summed over shards
+    folders: list[Path]
+
+
+def feature_folders(path: Path) -> list[Path]:
+    """The folders holding features under `path`: itself, or its shard-*/ folders in order."""
+    path = Path(path)
+    if (path / MANIFEST).exists():
+        return [path]
+    shards = sorted(p for p in path.glob("shard-*-of-*") if (p / MANIFEST).exists()) if path.is_dir() else []
+    if not shards:
+        raise DataError(path, "no features here (no manifest.json, no shard-*/ folders)")
+    count = int(shards[0].name.rsplit("-", 1)[1])
+    if len(shards) != count:
+        raise DataError(path, f"has {len(shards)} of {count} shards; extract the missing ones first")
+    return shards
+
+
+def _read_one(folder: Path, allow_incomplete: bool) -> tuple[np.ndarray, list[dict], dict]:
+    m = read_manifest(folder)
+    if not m["complete"] and not allow_incomplete:
+        raise DataError(folder, f"extraction unfinished ({m['images_done']} of {m['total']} images); "
+                                "rerun the same `keyreid extract` command to finish it")
+    vectors = np.load(folder / VECTORS, mmap_mode="r")[:m["count"]]
+    rows = []
+    with open(folder / ROWS, encoding="utf-8") as f:
+        for _ in range(m["count"]):
+            line = f.readline()
+            if not line.endswith("\n"):
+                raise DataError(folder / ROWS, f"has fewer rows than the manifest's {m['count']}")
+            rows.append(json.loads(line))
+    return vectors, rows, m
+
+
+def read_features(path: Path, allow_incomplete: bool = False) -> FeatureSet:
+    """All finished rows of a features folder (or of all its shards, in shard order)."""
+    folders = feature_folders(Path(path))
+    parts = [_read_one(f, allow_incomplete) for f in folders]
+    first = parts[0][2]
+    for folder, (_, _, m) in zip(folders[1:], parts[1:]):
+        for key in ("fingerprint", "dim", "normalized", "distance"):
+            if m[key] != first[key]:
+                raise DataError(folder, f"shard {key} {m[key]!r} differs from the first shard's {first[key]!r}")
+    if len(parts) == 1 and parts[0][0].dtype == np.float32:
+        vectors = parts[0][0]
+    else:
+        vectors = np.concatenate([p[0] for p in parts]).astype(np.float32, copy=False) if parts else None
+    rows = [r for p in parts for r in p[1]]
+    manifest = dict(first, count=sum(p[2]["count"] for p in parts),
+                    total=sum(p[2]["total"] for p in parts), shard=None)
+    return FeatureSet(np.asarray(vectors, dtype=np.float32), rows, manifest, folders)
+
+
+__all__ = ["FeatureSet", "FeatureWriter", "feature_folders", "read_features", "read_manifest", "shard_dir"]

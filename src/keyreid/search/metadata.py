@@ -1,0 +1,130 @@
+"""SQLite sidecar of the faiss index: path, pid, camera, timestamp and track per id.
+
+A saved generation is opened read-only; the first change copies it into memory, and `save_to`
+writes the copy to a temporary file that is renamed into place, so the file an older manifest
+names is never modified (see faiss_backend.py for the generations).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Iterable, Optional
+
+import numpy as np
+
+from keyreid.errors import DataError
+from keyreid.utils.io import atomic_write
+
+_SCHEMA = ("CREATE TABLE IF NOT EXISTS meta (id INTEGER PRIMARY KEY, path TEXT, pid INTEGER, "
+           "camid INTEGER, timestamp REAL, track INTEGER)")
+_COLUMNS = ("id", "path", "pid", "camid", "timestamp", "track")
+
+
+class MetadataStore:
+    def __init__(self, path: Optional[Path] = None):
+        """`path` None: a new empty in-memory store; else a saved store, opened read-only."""
+        self.path = path
+        if path is None:
+            self.conn = sqlite3.connect(":memory:")
+            self.conn.execute(_SCHEMA)
+            self.writable = True
+            return
+        if not Path(path).is_file():
+            raise DataError(path, "index metadata file is missing")
+        try:
+            self.conn = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro&immutable=1", uri=True)
+            self.conn.execute("SELECT COUNT(*) FROM meta").fetchone()
+        except sqlite3.DatabaseError as e:
+            raise DataError(path, f"index metadata is not a readable SQLite store ({e})") from None
+        self.writable = False
+
+    def _writable(self) -> None:
+        if not self.writable:
+            mem = sqlite3.connect(":memory:")
+            self.conn.backup(mem)
+            self.conn.close()
+            self.conn = mem
+            self.writable = True
+
+    def __len__(self) -> int:
+        return self.conn.execute("SELECT COUNT(*) FROM meta").fetchone()[0]
+
+    def add(self, ids: np.ndarray, metadata: list[dict]) -> None:
+        self._writable()
+        taken = self.existing(ids)
+        if taken:
+            from keyreid.search.index import SearchIndexError
+
+            raise SearchIndexError(f"ids already in the index: {sorted(taken)[:5]}")
+        with self.conn:
+            self.conn.executemany(
+                "INSERT INTO meta VALUES (?, ?, ?, ?, ?, ?)",
+                [(int(i), m.get("path"), m.get("pid"), m.get("camid"), m.get("timestamp"), m.get("track"))
+                 for i, m in zip(ids, metadata)])
+
+    def existing(self, ids: Iterable[int]) -> set[int]:
+        ids = [int(i) for i in ids]
+        found: set[int] = set()
+        for s in range(0, len(ids), 500):
+            chunk = ids[s:s + 500]
+            q = f"SELECT id FROM meta WHERE id IN ({','.join('?' * len(chunk))})"
+            found.update(r[0] for r in self.conn.execute(q, chunk))
+        return found
+
+    def delete(self, ids: Iterable[int]) -> None:
+        self._writable()
+        with self.conn:
+            self.conn.executemany("DELETE FROM meta WHERE id = ?", [(int(i),) for i in ids])
+
+    def ids_with_cameras(self, cameras: Iterable[int]) -> np.ndarray:
+        cams = [int(c) for c in cameras]
+        q = f"SELECT id FROM meta WHERE camid IN ({','.join('?' * len(cams))})"
+        return np.array([r[0] for r in self.conn.execute(q, cams)], dtype=np.int64)
+
+    def get(self, ids: Iterable[int]) -> list[Optional[dict]]:
+        ids = [int(i) for i in ids]
+        by_id: dict[int, dict] = {}
+        for s in range(0, len(ids), 500):
+            chunk = ids[s:s + 500]
+            q = f"SELECT * FROM meta WHERE id IN ({','.join('?' * len(chunk))})"
+            for row in self.conn.execute(q, chunk):
+                by_id[row[0]] = dict(zip(_COLUMNS, row))
+        return [by_id.get(i) for i in ids]
+
+    def filtered_ids(self, filt) -> np.ndarray:
+        """Ids kept by a SearchFilter (same semantics as SearchFilter.keeps)."""
+        where, args = [], []
+        if filt.cameras is not None:
+            where.append(f"camid IN ({','.join('?' * len(filt.cameras))})")
+            args += sorted(int(c) for c in filt.cameras)
+        if filt.cameras_not is not None:
+            where.append(f"(camid IS NULL OR camid NOT IN ({','.join('?' * len(filt.cameras_not))}))")
+            args += sorted(int(c) for c in filt.cameras_not)
+        if filt.after is not None:
+            where.append("timestamp >= ?")
+            args.append(float(filt.after))
+        if filt.before is not None:
+            where.append("timestamp <= ?")
+            args.append(float(filt.before))
+        q = "SELECT id FROM meta" + (" WHERE " + " AND ".join(where) if where else "")
+        return np.array([r[0] for r in self.conn.execute(q, args)], dtype=np.int64)
+
+    def all_ids(self) -> np.ndarray:
+        return np.array([r[0] for r in self.conn.execute("SELECT id FROM meta ORDER BY id")], dtype=np.int64)
+
+    def save_to(self, path: Path) -> None:
+        def write(tmp: str) -> None:
+            target = sqlite3.connect(tmp)
+            try:
+                self.conn.backup(target)
+            finally:
+                target.close()
+
+        atomic_write(path, write)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+__all__ = ["MetadataStore"]
