@@ -4,7 +4,10 @@ import typer
 
 from keyreid.commands import datasets as datasets_cmd
 from keyreid.commands import demo as demo_cmd
+from keyreid.commands import extract as extract_cmd
+from keyreid.commands import index as index_cmd
 from keyreid.commands import keypoints as keypoints_cmd
+from keyreid.commands import search as search_cmd
 from keyreid.commands import synth as synth_cmd
 from keyreid.commands import train as train_cmd
 
@@ -16,6 +19,9 @@ app.command("synth")(synth_cmd.synth)
 app.command("train")(train_cmd.train)
 app.command("eval")(train_cmd.evaluate)
 app.command("demo")(demo_cmd.demo)
+app.command("extract")(extract_cmd.extract)
+app.add_typer(index_cmd.app, name="index")
+app.command("search")(search_cmd.search)
 
 
 @app.command()
