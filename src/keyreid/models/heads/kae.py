@@ -79,7 +79,8 @@ class KAEHead(nn.Module):
         heatmaps = self.decoder(groups)
         g = groups.reshape(b, k, c, *groups.shape[-2:])
         if self.pooling == "heatmap":
-            w = F.adaptive_avg_pool2d(heatmaps, groups.shape[-2:]).relu()
+            # plain ints: ONNX export needs a constant output size (only the batch axis is dynamic)
+            w = F.adaptive_avg_pool2d(heatmaps, [int(s) for s in groups.shape[-2:]]).relu()
             w = w / w.sum(dim=(-2, -1), keepdim=True).clamp_min(1e-6)
             parts = (g * w.unsqueeze(2)).sum(dim=(-2, -1))
         else:
