@@ -249,3 +249,24 @@ def test_missing_or_foreign_sidecar_is_a_clear_error(tmp_path, images):
     side.write_text("{not json")
     with pytest.raises(KeyreidError, match="not a readable keyreid ONNX sidecar"):
         load_model(out)
+
+
+def test_keyreid_extract_with_onnx_backend_matches_torch(tmp_path, images):
+    """A deployment without torch model code: `keyreid extract model.onnx` writes the features
+    `keyreid extract best.pt` writes (to 1e-4), under the same model fingerprint."""
+    from keyreid.cli import app
+    from keyreid.export import export_onnx
+    from keyreid.search.features import read_features
+
+    ckpt = tiny_checkpoint(tmp_path / "best.pt", "kae", group_channels=4, global_channels=8)
+    export_onnx(ckpt, tmp_path / "model.onnx", images=images, log=lambda s: None)
+    runner = CliRunner()
+    for model, out in ((ckpt, "torch_feats"), (tmp_path / "model.onnx", "onnx_feats")):
+        r = runner.invoke(app, ["extract", str(model), str(images), "-o", str(tmp_path / out),
+                                "--batch-size", "3", "--flip"])
+        assert r.exit_code == 0, r.output
+    t, o = read_features(tmp_path / "torch_feats"), read_features(tmp_path / "onnx_feats")
+    assert [r["path"] for r in t.rows] == [r["path"] for r in o.rows]
+    assert t.manifest["fingerprint"] == o.manifest["fingerprint"]
+    assert t.vectors.shape == (5, 4 * 17 + 8)
+    np.testing.assert_allclose(o.vectors, t.vectors, atol=1e-4, rtol=0)
