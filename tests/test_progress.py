@@ -121,3 +121,14 @@ def test_disabled_is_silent_and_tty_gets_rich(monkeypatch):
     monkeypatch.setenv("KEYREID_PROGRESS", "bars")
     with pytest.raises(KeyreidError, match="KEYREID_PROGRESS='bars'"):
         progress_mode(True, tty)
+
+
+def test_advance_and_info_in_one_call_print_that_steps_info():
+    stream = io.StringIO()
+    with progress_bar(True, stream=stream, every=0.25) as bar:
+        task = bar.add_task("estimate", total=8)
+        for i in range(1, 5):
+            bar.update(task, advance=2, info=f"step {i}")
+            if i == 2:  # printed at once, not at the next call
+                assert stream.getvalue().splitlines()[-1].endswith("step 2")
+    assert [m["info"] for m in _lines(stream)] == ["step 1", "step 2", "step 3", "step 4"]

@@ -10,6 +10,10 @@ from typing import Optional
 import typer
 
 from keyreid.commands.datasets import _parse_options
+from keyreid.pose.estimators import PREPROCESS  # light: no estimator package is imported
+
+PREPROCESS_NAMES = tuple(PREPROCESS)
+SHOW_MISSING = 10  # images with nobody found listed on screen; all of them go to the file
 
 app = typer.Typer(help="Estimate, check and draw keypoint sidecars.", no_args_is_help=True)
 
@@ -17,7 +21,7 @@ app = typer.Typer(help="Estimate, check and draw keypoint sidecars.", no_args_is
 def _console():
     from rich.console import Console
 
-    return Console()
+    return Console(soft_wrap=True)  # long paths stay on one line in logs
 
 
 def _fail(console, e: Exception, code: int = 2):
@@ -44,12 +48,22 @@ def estimate(
     min_long_side: Optional[int] = typer.Option(
         None, "--min-long-side", min=0, help="Upscale crops to this long side first (0 = off)."),
     margin: Optional[float] = typer.Option(None, "--margin", min=0.0,
-                                           help="Padding around the crop, fraction of its long side."),
+                                           help="Padding around the crop, fraction of its long side "
+                                                "(square and crop layouts)."),
+    preprocess: Optional[str] = typer.Option(
+        None, "--preprocess", help="mediapipe: how a crop is laid out, one of "
+        f"{', '.join(PREPROCESS_NAMES)} (default tall-edge; square-black was the old default)."),
+    retry: Optional[str] = typer.Option(
+        None, "--retry", help="mediapipe: a second layout for images where nobody is found, or "
+        "'none' (default square-edge)."),
     option: Optional[list[str]] = typer.Option(None, "--option",
                                                help="Adapter option KEY=VALUE (repeatable)."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
-    """Run a pose estimator over every image; an interrupted run resumes where it stopped."""
+    """Run a pose estimator over every image; an interrupted run resumes where it stopped.
+
+    Prints the detection rate and writes the images with nobody found to OUTPUT's .missing.txt
+    (kp.jsonl -> kp.missing.txt); `keypoints show ROOT OUTPUT --missing` draws them."""
     from keyreid.data.datasets.base import build_dataset
     from keyreid.errors import KeyreidError
     from keyreid.pose import build_estimator, estimate_dataset
@@ -64,6 +78,16 @@ def estimate(
         if estimator != "rtmpose":
             raise typer.BadParameter("--model is for --estimator rtmpose", param_hint="--model")
         kwargs["model"] = model
+    for flag, value, key in (("--preprocess", preprocess, "preprocess"), ("--retry", retry, "retry")):
+        if value is None:
+            continue
+        if estimator != "mediapipe":
+            raise typer.BadParameter(f"{flag} is for --estimator mediapipe", param_hint=flag)
+        if value not in PREPROCESS_NAMES and not (key == "retry" and value == "none"):
+            extra = ", none" if key == "retry" else ""
+            raise typer.BadParameter(f"{value!r} is not one of {', '.join(PREPROCESS_NAMES)}{extra}",
+                                     param_hint=flag)
+        kwargs[key] = None if value == "none" else value
     try:
         ds = build_dataset(dataset, root, **_parse_options(option))
         est = build_estimator(estimator, **kwargs)
@@ -73,8 +97,24 @@ def estimate(
     except (KeyreidError, KeyError, TypeError, ValueError) as e:
         _fail(console, e)
     console.print(f"{summary.images:,} image(s): {summary.already_done:,} already in the sidecar, "
-                  f"{summary.estimated:,} estimated now, {summary.no_person:,} with no person "
-                  f"found (stored as all-invisible) -> {summary.sidecar}")
+                  f"{summary.estimated:,} estimated now -> {summary.sidecar}", markup=False,
+                  highlight=False)
+    rate = _pct(summary.detection_rate) if summary.images else "-"
+    line = f"person found in {summary.found:,} / {summary.images:,} images ({rate})"
+    if summary.estimated:
+        line += (f"; of the {summary.estimated - summary.no_person:,} found now, "
+                 f"{summary.implausible:,} with an implausible skeleton")
+    console.print(line, markup=False, highlight=False)
+    if summary.missing:
+        console.print(f"nobody found in {len(summary.missing):,} image(s) (stored as "
+                      f"all-invisible), listed in {summary.missing_file}:", markup=False,
+                      highlight=False)
+        for key in summary.missing[:SHOW_MISSING]:
+            console.print(f"  - {key}", markup=False, highlight=False)
+        if len(summary.missing) > SHOW_MISSING:
+            console.print(f"  ... and {len(summary.missing) - SHOW_MISSING:,} more; draw them with "
+                          f"`keyreid keypoints show {root} {output} --missing`", markup=False,
+                          highlight=False)
 
 
 @app.command()
@@ -162,21 +202,29 @@ def show(
                                          help="Draw keypoints below this hollow."),
     detected_only: bool = typer.Option(False, "--detected-only",
                                        help="Skip entries with nothing visible."),
+    missing: bool = typer.Option(False, "--missing",
+                                 help="Only the images where nobody was found (nothing visible)."),
 ) -> None:
     """Draw skeletons over a sample of the sidecar's images into a PNG grid."""
     import numpy as np
 
     from keyreid.data.keypoints import get_skeleton, read_sidecar
     from keyreid.data.loader import read_image
-    from keyreid.errors import KeyreidError
+    from keyreid.errors import DataError, KeyreidError
+    from keyreid.pose.workflow import nobody_found
     from keyreid.viz.skeleton import save_skeleton_grid
 
     console = _console()
     try:
+        if missing and detected_only:
+            raise typer.BadParameter("--missing and --detected-only exclude each other")
         name, entries = read_sidecar(sidecar)
-        keys = sorted(k for k, kp in entries.items() if not detected_only or (kp[:, 2] > 0).any())
+        empty = set(nobody_found(entries))
+        keys = sorted(k for k in entries
+                      if (k in empty if missing else not detected_only or k not in empty))
         if not keys:
-            raise ValueError(f"{sidecar}: no entries to draw")
+            what = "with nobody found" if missing else "to draw"
+            raise DataError(sidecar, f"no entries {what}")
         rng = np.random.default_rng(seed)
         pick = sorted(rng.choice(len(keys), size=min(n, len(keys)), replace=False))
         chosen = [keys[i] for i in pick]
@@ -186,4 +234,6 @@ def show(
                                   captions=[Path(k).stem for k in chosen])
     except (KeyreidError, ValueError) as e:
         _fail(console, e)
-    console.print(f"wrote {path} ({len(chosen)} image(s))")
+    what = " with nobody found" if missing else ""
+    console.print(f"wrote {path} ({len(chosen)} of {len(keys)} image(s){what})", markup=False,
+                  highlight=False)

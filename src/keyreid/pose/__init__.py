@@ -8,14 +8,19 @@
 The estimators' heavy packages (mediapipe, rtmlib) load only when one is built.
 """
 
-from keyreid.pose.estimators import (CanvasGeometry, EstimatorUnavailable, PoseEstimator,
-                                     build_estimator, estimator_names, plan_canvas,
-                                     register_estimator, render_canvas)
+from keyreid.pose.estimators import (PREPROCESS, CanvasGeometry, EstimatorUnavailable,
+                                     PoseEstimator, Preprocess, build_estimator, estimator_names,
+                                     get_preprocess, plan_canvas, register_estimator,
+                                     render_canvas)
+from keyreid.pose.quality import implausible_reason, is_plausible
 from keyreid.pose.workflow import (EstimateSummary, PCKResult, SidecarReport, check_sidecar,
-                                   dataset_images, estimate_dataset, pck)
+                                   dataset_images, estimate_dataset, missing_list_path,
+                                   nobody_found, pck)
 
 __all__ = [
-    "CanvasGeometry", "EstimatorUnavailable", "PoseEstimator", "build_estimator",
-    "estimator_names", "plan_canvas", "register_estimator", "render_canvas", "EstimateSummary",
-    "PCKResult", "SidecarReport", "check_sidecar", "dataset_images", "estimate_dataset", "pck",
+    "PREPROCESS", "CanvasGeometry", "EstimatorUnavailable", "PoseEstimator", "Preprocess",
+    "build_estimator", "estimator_names", "get_preprocess", "plan_canvas", "register_estimator",
+    "render_canvas", "implausible_reason", "is_plausible", "EstimateSummary", "PCKResult",
+    "SidecarReport", "check_sidecar", "dataset_images", "estimate_dataset", "missing_list_path",
+    "nobody_found", "pck",
 ]

@@ -112,38 +112,108 @@ class CanvasGeometry:
                 & (xy[..., 0] <= self.width - 0.5) & (xy[..., 1] <= self.height - 0.5))
 
 
-def plan_canvas(width: int, height: int, min_long_side: int = 256, square: bool = True,
-                margin: float = 0.0) -> CanvasGeometry:
+CANVASES = ("tall", "square", "plain")
+FILLS = ("edge", "black")
+
+
+def plan_canvas(width: int, height: int, min_long_side: int = 256, canvas: str = "square",
+                margin: float = 0.0, height_factor: float = 2.0) -> CanvasGeometry:
     """Geometry that upscales an image so its long side is at least min_long_side (never
-    downscales), then pads it centred onto a canvas: square (side = long side * (1 + 2*margin))
-    when `square`, else only `margin` of the long side on each border. min_long_side=0 and
-    square=False, margin=0 is the identity."""
+    downscales; 0 = no upscaling), then centres it on a canvas:
+
+    - "tall": height_factor x the scaled image's height, and half as wide (at least the
+      image's width): a re-ID crop gets room above and below, as a person in a street scene;
+    - "square": side = long side * (1 + 2 * margin);
+    - "plain": `margin` of the long side on each border.
+
+    "plain" with margin 0 and min_long_side 0 is the identity.
+    """
     if width < 1 or height < 1:
         raise ValueError(f"image size must be positive, got {width}x{height}")
+    if canvas not in CANVASES:
+        raise ValueError(f"canvas must be one of {', '.join(CANVASES)}, got {canvas!r}")
+    if margin < 0 or height_factor < 1:
+        raise ValueError(f"need margin >= 0 and height_factor >= 1, got {margin}, {height_factor}")
     long_side = max(width, height)
     s = max(1.0, min_long_side / long_side) if min_long_side else 1.0
     sw, sh = max(1, round(width * s)), max(1, round(height * s))
     pad = round(max(sw, sh) * margin)
-    if square:
+    if canvas == "tall":
+        ch = max(sh, round(sh * height_factor))
+        cw = max(sw, round(ch / 2))
+    elif canvas == "square":
         cw = ch = max(sw, sh) + 2 * pad
     else:
         cw, ch = sw + 2 * pad, sh + 2 * pad
     return CanvasGeometry(width, height, sw, sh, (cw - sw) // 2, (ch - sh) // 2, cw, ch)
 
 
-def render_canvas(image: Image.Image, geom: CanvasGeometry,
-                  fill: tuple[int, int, int] = (0, 0, 0)) -> Image.Image:
-    """Apply plan_canvas's geometry to an RGB image (bicubic upscaling)."""
+def render_canvas(image: Image.Image, geom: CanvasGeometry, fill: str = "black") -> Image.Image:
+    """Apply plan_canvas's geometry to an RGB image (bicubic upscaling). fill: "black" padding,
+    or "edge", which repeats the border pixels outwards (no hard black frame around the person,
+    which BlazePose's person detector takes badly)."""
     if image.size != (geom.width, geom.height):
         raise ValueError(f"image is {image.size}, geometry expects {(geom.width, geom.height)}")
+    if fill not in FILLS:
+        raise ValueError(f"fill must be one of {', '.join(FILLS)}, got {fill!r}")
     img = image.convert("RGB")
     if (geom.scaled_width, geom.scaled_height) != image.size:
         img = img.resize((geom.scaled_width, geom.scaled_height), Image.BICUBIC)
     if (geom.canvas_width, geom.canvas_height) == img.size:
         return img
-    canvas = Image.new("RGB", (geom.canvas_width, geom.canvas_height), fill)
-    canvas.paste(img, (geom.offset_x, geom.offset_y))
-    return canvas
+    pad_x = (geom.offset_x, geom.canvas_width - geom.scaled_width - geom.offset_x)
+    pad_y = (geom.offset_y, geom.canvas_height - geom.scaled_height - geom.offset_y)
+    mode = "edge" if fill == "edge" else "constant"
+    return Image.fromarray(np.pad(np.asarray(img), (pad_y, pad_x, (0, 0)), mode=mode))
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How a crop is laid out before the estimator sees it (see plan_canvas, render_canvas)."""
+
+    canvas: str = "tall"
+    fill: str = "edge"
+    min_long_side: int = 256
+    margin: float = 0.25  # square and plain canvases
+    height_factor: float = 2.0  # tall canvas
+
+    def __post_init__(self):
+        try:  # a user can reach these through --margin and friends: one clear line
+            plan_canvas(64, 128, self.min_long_side, self.canvas, self.margin, self.height_factor)
+            if self.fill not in FILLS:
+                raise ValueError(f"fill must be one of {', '.join(FILLS)}, got {self.fill!r}")
+        except ValueError as e:
+            raise KeyreidError(f"preprocessing: {e}") from None
+
+    def geometry(self, width: int, height: int) -> CanvasGeometry:
+        return plan_canvas(width, height, self.min_long_side, self.canvas, self.margin,
+                           self.height_factor)
+
+    def apply(self, image: Image.Image) -> tuple[Image.Image, CanvasGeometry]:
+        geom = self.geometry(*image.size)
+        return render_canvas(image, geom, self.fill), geom
+
+
+# Named layouts for the command line. "tall-edge" is the default since it finds a person in far
+# more real re-ID crops (bench/keypoints_real.py); "square-black" was the default before.
+PREPROCESS = {
+    "tall-edge": Preprocess(),
+    "square-black": Preprocess(canvas="square", fill="black"),
+    "square-edge": Preprocess(canvas="square", fill="edge"),
+    "tall-black": Preprocess(canvas="tall", fill="black"),
+    "crop": Preprocess(canvas="plain", fill="black", min_long_side=256, margin=0.0),
+    "raw": Preprocess(canvas="plain", fill="black", min_long_side=0, margin=0.0),
+}
+
+
+def get_preprocess(spec: "str | Preprocess") -> Preprocess:
+    if isinstance(spec, Preprocess):
+        return spec
+    try:
+        return PREPROCESS[spec]
+    except KeyError:
+        raise KeyreidError(f"unknown preprocessing {spec!r}; choose one of "
+                           f"{', '.join(PREPROCESS)}") from None
 
 
 def finish_keypoints(xy_original: np.ndarray, confidence: np.ndarray,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from dataclasses import replace
 from typing import Optional, Sequence
 
 import numpy as np
@@ -23,8 +24,11 @@ from PIL import Image
 
 from keyreid.data.keypoints import COCO17
 from keyreid.pose.estimators import (CanvasGeometry, EstimatorUnavailable, PoseEstimator,
-                                     finish_keypoints, plan_canvas, register_estimator,
-                                     render_canvas)
+                                     Preprocess, finish_keypoints, get_preprocess,
+                                     register_estimator)
+
+# Second layout for images where the first finds nobody (chosen in bench/keypoints_real.py).
+DEFAULT_RETRY = "square-edge"
 
 # BlazePose landmark index for each COCO-17 keypoint, in COCO order (eyes: the eye centres).
 BLAZEPOSE_TO_COCO17 = (
@@ -102,38 +106,48 @@ def _make_pose_class(pose, solution_base):
 
 @register_estimator("mediapipe")
 class MediaPipeEstimator(PoseEstimator):
-    """BlazePose full (model_complexity=1) on each crop, upscaled and padded first.
+    """BlazePose full (model_complexity=1) on each crop, laid out on a canvas first.
 
-    min_long_side / square / margin: see plan_canvas (min_long_side=0, square=False, margin=0
-    feeds the crop as it is). min_detection_confidence: person detector threshold.
+    preprocess: a Preprocess or a name in PREPROCESS ("tall-edge" by default: upscaled to a long
+    side of 256 on a canvas twice the crop's height, borders repeated outwards). retry: a second
+    layout tried only on images where the first finds nobody (None: no retry).
+    min_long_side / margin override the first layout's fields. min_detection_confidence: the
+    person detector's threshold.
     """
 
     name = "mediapipe"
     skeleton = COCO17
 
-    def __init__(self, min_long_side: int = 256, square: bool = True, margin: float = 0.25,
+    def __init__(self, preprocess: "str | Preprocess" = "tall-edge",
+                 retry: "str | Preprocess | None" = DEFAULT_RETRY,
+                 min_long_side: Optional[int] = None, margin: Optional[float] = None,
                  min_detection_confidence: float = 0.5, model_complexity: int = 1,
                  batch_size: int = 16):
         if model_complexity != 1:
             # 0 ("lite") and 2 ("heavy") are not in the wheel and would need a download.
             raise EstimatorUnavailable("only model_complexity=1 ships inside the mediapipe wheel "
                                        "(0 and 2 are downloaded at first use)")
-        pose, solution_base = _import_pose()
-        self.min_long_side, self.square, self.margin = min_long_side, square, margin
+        first = get_preprocess(preprocess)
+        changes = {k: v for k, v in (("min_long_side", min_long_side), ("margin", margin))
+                   if v is not None}
+        self.preprocess = replace(first, **changes) if changes else first
+        self.retry = None if retry is None else get_preprocess(retry)
         self.batch_size = batch_size
+        self.retried = self.rescued = 0  # images tried twice / found only on the second try
+        pose, solution_base = _import_pose()
         with _quiet_stderr():
             self._pose = _make_pose_class(pose, solution_base)(
                 static_image_mode=True, model_complexity=1, smooth_landmarks=False,
                 enable_segmentation=False, min_detection_confidence=min_detection_confidence)
 
     def geometry(self, width: int, height: int) -> CanvasGeometry:
-        return plan_canvas(width, height, self.min_long_side, self.square, self.margin)
+        return self.preprocess.geometry(width, height)
 
-    def estimate_one(self, image: Image.Image) -> Optional[np.ndarray]:
-        geom = self.geometry(*image.size)
-        canvas = np.asarray(render_canvas(image, geom))
+    def estimate_with(self, image: Image.Image, preprocess: Preprocess) -> Optional[np.ndarray]:
+        """One try with one layout: [17, 3] in original pixel centres, or None."""
+        canvas, geom = preprocess.apply(image)
         with _quiet_stderr():  # glog warnings on the first frames
-            result = self._pose.process(canvas)
+            result = self._pose.process(np.asarray(canvas))
         if result.pose_landmarks is None:
             return None
         lm = result.pose_landmarks.landmark
@@ -142,6 +156,14 @@ class MediaPipeEstimator(PoseEstimator):
         xy = np.array([[p.x * geom.canvas_width, p.y * geom.canvas_height] for p in picked])
         conf = np.array([_prob(p, "visibility") * _prob(p, "presence") for p in picked])
         return finish_keypoints(geom.to_original(xy), conf, geom)
+
+    def estimate_one(self, image: Image.Image) -> Optional[np.ndarray]:
+        kp = self.estimate_with(image, self.preprocess)
+        if kp is None and self.retry is not None:
+            self.retried += 1
+            kp = self.estimate_with(image, self.retry)
+            self.rescued += kp is not None
+        return kp
 
     def estimate(self, images: Sequence[Image.Image]) -> list[Optional[np.ndarray]]:
         return [self.estimate_one(im) for im in images]

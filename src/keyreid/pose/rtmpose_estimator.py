@@ -102,7 +102,8 @@ class RTMPoseEstimator(PoseEstimator):
                                      backend="onnxruntime", device=device)
 
     def estimate_one(self, image: Image.Image) -> Optional[np.ndarray]:
-        geom = plan_canvas(*image.size, self.min_long_side, self.square, self.margin)
+        geom = plan_canvas(*image.size, self.min_long_side, "square" if self.square else "plain",
+                           self.margin)
         canvas = np.asarray(render_canvas(image, geom))
         # rtmlib is written for cv2.imread images (BGR); feed it what its models were used with.
         bgr = np.ascontiguousarray(canvas[:, :, ::-1])

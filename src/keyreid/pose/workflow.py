@@ -33,9 +33,32 @@ class EstimateSummary:
     estimated: int  # estimated now
     no_person: int  # of those, with nobody found (stored with all-zero visibility)
     sidecar: str
+    found: int = 0  # of all `images` (earlier runs included), with a person found
+    implausible: int = 0  # estimated now, found, but failing pose.quality's checks (COCO-17)
+    missing: list[str] = field(default_factory=list)  # images with nobody found, dataset order
+    missing_file: Optional[str] = None  # the list above, one key per line, beside the sidecar
+
+    @property
+    def detection_rate(self) -> float:
+        return self.found / self.images if self.images else float("nan")
 
     def as_dict(self) -> dict:
-        return dict(self.__dict__)
+        out = dict(self.__dict__)
+        out["detection_rate"] = self.detection_rate
+        return out
+
+
+def missing_list_path(sidecar: str | Path) -> Path:
+    """Where estimate lists the images with nobody found: kp.jsonl -> kp.missing.txt."""
+    sidecar = Path(sidecar)
+    return sidecar.with_name(sidecar.stem + ".missing.txt")
+
+
+def nobody_found(entries: Mapping[str, np.ndarray], keys: Optional[Sequence[str]] = None
+                 ) -> list[str]:
+    """Keys (of `keys`, default all entries, in that order) whose entry has nothing visible."""
+    keys = list(entries) if keys is None else keys
+    return [k for k in keys if k in entries and not (entries[k][:, 2] > 0).any()]
 
 
 def estimate_dataset(ds: Dataset, sidecar: str | Path, estimator: PoseEstimator,
@@ -47,8 +70,12 @@ def estimate_dataset(ds: Dataset, sidecar: str | Path, estimator: PoseEstimator,
     flushed to disk only once fully estimated, so an interrupted run (exception, Ctrl-C, kill)
     loses at most the batch in flight and a rerun produces the same file as one uninterrupted
     run. limit: only the first N images (in split order), e.g. for a quick benchmark.
+    At the end the images with nobody found (this run's and earlier runs') are listed, one key
+    per line, in missing_list_path(sidecar).
     """
     from keyreid.data.loader import read_image
+    from keyreid.pose.quality import is_plausible
+    from keyreid.utils.io import atomic_write_text
     from keyreid.utils.progress import progress_bar
 
     skel = estimator.skeleton
@@ -59,7 +86,7 @@ def estimate_dataset(ds: Dataset, sidecar: str | Path, estimator: PoseEstimator,
     if limit is not None:
         items = items[:limit]
     batch_size = batch_size or estimator.batch_size
-    estimated = no_person = 0
+    estimated = no_person = implausible = 0
     with SidecarAppender(sidecar, skel) as out:
         todo = [(k, p) for k, p in items if k not in out.done]
         already = len(items) - len(todo)
@@ -72,16 +99,25 @@ def estimate_dataset(ds: Dataset, sidecar: str | Path, estimator: PoseEstimator,
                 if len(results) != len(batch):
                     raise RuntimeError(f"estimator {estimator.name!r} returned {len(results)} "
                                        f"results for {len(batch)} images")
-                for (key, _), kp in zip(batch, results):
+                for (key, _), kp, image in zip(batch, results, images):
                     if kp is None:
                         kp = np.zeros((skel.num_keypoints, 3), np.float32)
                         no_person += 1
+                    elif skel.name == "coco17" and not is_plausible(kp, *image.size):
+                        implausible += 1
                     out.append(key, kp)
                 out.flush()  # a batch is on disk before the next starts
                 estimated += len(batch)
-                bar.advance(task, len(batch))
-                bar.update(task, info=f"no person: {no_person}")
-    return EstimateSummary(len(items), already, estimated, no_person, str(sidecar))
+                bar.update(task, advance=len(batch),
+                           info=f"nobody found in {no_person} of {estimated}")
+    _, entries = read_sidecar(sidecar)
+    keys = [k for k, _ in items]
+    missing = nobody_found(entries, keys)
+    missing_file = missing_list_path(sidecar)
+    atomic_write_text(missing_file, "".join(k + "\n" for k in missing))
+    return EstimateSummary(len(items), already, estimated, no_person, str(sidecar),
+                           found=len(items) - len(missing), implausible=implausible,
+                           missing=missing, missing_file=str(missing_file))
 
 
 # --------------------------------------------------------------------------------------------

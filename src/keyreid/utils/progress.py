@@ -63,8 +63,9 @@ class _Task:
 class PlainProgress:
     """The subset of rich.progress.Progress that keyreid uses, printing plain lines.
 
-    A line due when work advances is printed at the next call (or at the end of the block), so an
-    `advance` followed by `update(info=...)` prints the fresh info field, as a rich bar would show.
+    A line due when work advances without new fields is printed at the next call (or at the end
+    of the block), so `advance` followed by `update(info=...)` prints the fresh info field, as a
+    rich bar would show; `update(advance=n, info=...)` prints at once.
     """
 
     def __init__(self, stream: TextIO, every: float = 0.05):
@@ -89,6 +90,9 @@ class PlainProgress:
                description: Optional[str] = None, visible: Optional[bool] = None,
                **fields) -> None:
         task = self.tasks[task_id]
+        advances = completed is not None or bool(advance)
+        if advances:
+            self._flush()  # a line due from an earlier step keeps that step's fields
         if description is not None:
             task.description = description
         if total is not None:
@@ -96,12 +100,15 @@ class PlainProgress:
         if visible is not None:
             task.visible = visible
         task.fields.update(fields)
-        self._flush()  # a line that fell due earlier prints with the fields just set
-        if completed is not None or advance:
+        if advances:
             task.completed = completed if completed is not None else task.completed + advance
             if task.visible and not task.finished and task.completed >= task.next_mark:
                 task.due = (task.completed, time.monotonic())
                 task.next_mark = self._mark_after(task, task.completed)
+        if fields or not advances:
+            # update(advance=n, info=...) or advance(); update(info=...): the fields are this
+            # step's, so a line now due prints with them
+            self._flush()
 
     def close(self) -> None:
         self._flush()
