@@ -30,7 +30,10 @@ def build_index_for_tests(root: Path, synth_root: Path, head: str = "kae") -> di
     from tests.conftest import tiny_overrides
 
     run = root / f"run_{head}"
-    Trainer(load_config(None, tiny_overrides(synth_root, run, head=head)), resume=False, show_progress=False).fit()
+    # one epoch: the service tests need a model and its index, not a good model
+    over = tiny_overrides(synth_root, run, head=head, **{"optim.epochs": 1, "optim.warmup_epochs": 0,
+                                                         "optim.milestones": "[]"})
+    Trainer(load_config(None, over), resume=False, show_progress=False).fit()
     ckpt = run / "best.pt" if (run / "best.pt").exists() else run / "last.pt"
     model = load_model(ckpt, device="cpu")
     items, source = list_dataset("market1501", synth_root, "gallery")

@@ -1,0 +1,75 @@
+"""`keyreid serve`: the HTTP search service and its web page over a gallery index."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def serve(
+    index: Optional[Path] = typer.Option(None, "--index", help="INDEX folder written by `keyreid index build`."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="The model the index was built with "
+                                                                         "(best.pt, or an exported .onnx)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8000, "--port", min=0, max=65535, help="Port (0: any free port)."),
+    admin_token: Optional[str] = typer.Option(None, "--admin-token", envvar="KEYREID_ADMIN_TOKEN",
+                                              help="Token for POST/DELETE /api/gallery (off without one)."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Inference threads."),
+    queue: int = typer.Option(32, "--queue", min=1, help="Queries waiting before the service answers 503."),
+    max_batch: int = typer.Option(8, "--max-batch", min=1, help="Queries embedded together (1: no batching)."),
+    max_body_mb: float = typer.Option(10.0, "--max-body-mb", min=0.001, help="Largest request body."),
+    max_pixels: int = typer.Option(25_000_000, "--max-pixels", min=1, help="Largest image, in pixels."),
+    uploads: Optional[Path] = typer.Option(None, "--uploads", help="Where images added through the API are "
+                                                                   "kept [default: INDEX-uploads]."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N."),
+    demo: bool = typer.Option(False, "--demo", help="Serve `make demo`'s kae model over data/synth (index "
+                                                    "built under runs/demo/serve when missing)."),
+) -> None:
+    """Serve a gallery index over HTTP: search API, thumbnails, metrics and a web page at /."""
+    import uvicorn
+
+    from keyreid.errors import KeyreidError
+    from keyreid.inference import load_model
+    from keyreid.search import open_index
+    from keyreid.serve import SearchService, ServeSettings, create_app
+
+    if demo:
+        from keyreid.serve.demo import DEMO_CHECKPOINT, prepare_demo_index
+
+        checkpoint = checkpoint or DEMO_CHECKPOINT
+        if not checkpoint.is_file():
+            raise KeyreidError(f"{checkpoint}: demo model not found; run `make demo` (or `keyreid demo`) first")
+        model = load_model(checkpoint, device=device)
+        index = index or prepare_demo_index(checkpoint, model=model)
+    else:
+        if index is None or checkpoint is None:
+            raise KeyreidError("give --index INDEX and --checkpoint CKPT (or --demo)")
+        if not checkpoint.is_file():
+            raise KeyreidError(f"{checkpoint}: checkpoint file not found")
+        model = load_model(checkpoint, device=device) if checkpoint.suffix != ".onnx" else load_model(checkpoint)
+    opened = open_index(index)
+    service = SearchService(model, opened, uploads_dir=uploads or index.with_name(index.name + "-uploads"))
+    settings = ServeSettings(max_body_bytes=int(max_body_mb * 1024 * 1024), max_pixels=max_pixels, workers=workers,
+                             queue=queue, max_batch=max_batch, admin_token=admin_token or None)
+    app = create_app(service, settings)
+    # bind first, so a taken port is one clear line and port 0 prints the port actually chosen
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise KeyreidError(f"--host {host} --port {port}: cannot listen there ({e.strerror or e})") from None
+    bound = sock.getsockname()[1]
+    shown = f"[{host}]" if ":" in host else host
+    typer.echo(f"keyreid serve: {len(opened)} gallery images, model {model.fingerprint}, "
+               f"admin routes {'on' if settings.admin_token else 'off'}")
+    typer.echo(f"serving on http://{shown}:{bound}/ (Ctrl+C to stop)", err=False)
+    try:
+        uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on")).run(sockets=[sock])
+    finally:
+        sock.close()
+        service.close()

@@ -1,0 +1,225 @@
+// keyreid search page: plain JavaScript, no build step, no external files.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = { query: null, queryName: "", info: null, selected: null, explainSeq: 0 };
+
+function showMessage(text) {
+  const box = $("message");
+  box.textContent = text;
+  box.hidden = !text;
+}
+
+function setStatus(text) { $("status").textContent = text; }
+
+async function errorText(response) {
+  try {
+    const body = await response.json();
+    if (body && body.error) return body.error;
+  } catch (e) { /* not JSON */ }
+  return `HTTP ${response.status}`;
+}
+
+function rejectionMessage(status, text, response) {
+  if (status === 503) {
+    const after = response.headers.get("Retry-After");
+    return `The service is busy${after ? `; try again in ${after} s` : ""}.`;
+  }
+  if (status === 415) return `Rejected: ${text}. Use a JPEG, PNG or WEBP image.`;
+  if (status === 413) return `Rejected: ${text}.`;
+  if (status === 400) return `Rejected: ${text}.`;
+  if (status === 422) return `Check the options: ${text}.`;
+  return `Search failed: ${text}.`;
+}
+
+async function loadInfo() {
+  try {
+    const r = await fetch("/api/info");
+    const info = await r.json();
+    state.info = info;
+    const m = info.model, ix = info.index;
+    $("info").textContent = `${m.head} on ${m.backbone}, ${m.dim}-d ${m.distance} · ` +
+      `${ix.size.toLocaleString()} gallery images · ${ix.backend} ${ix.type} · model ${m.fingerprint}`;
+    $("top-k").max = info.limits.max_top_k;
+  } catch (e) {
+    $("info").textContent = "cannot reach the service";
+  }
+}
+
+async function loadGallery() {
+  const list = $("gallery");
+  try {
+    const r = await fetch("/api/gallery?limit=32");
+    if (!r.ok) return;
+    const body = await r.json();
+    list.replaceChildren(...body.items.map((it) => {
+      const li = document.createElement("li");
+      li.className = "gallery-item";
+      li.title = `gallery #${it.id}` + (it.camid != null ? `, camera ${it.camid}` : "");
+      const img = document.createElement("img");
+      img.src = it.thumbnail;
+      img.alt = li.title;
+      li.append(img);
+      li.addEventListener("click", () => searchGalleryImage(it.id));
+      return li;
+    }));
+  } catch (e) { /* the gallery strip is optional */ }
+}
+
+async function searchGalleryImage(id) {
+  const r = await fetch(`/api/gallery/${id}/image`);
+  if (!r.ok) { showMessage(await errorText(r)); return; }
+  setQuery(await r.blob(), `gallery #${id}`);
+}
+
+function setQuery(blob, name) {
+  state.query = blob;
+  state.queryName = name;
+  $("search-again").disabled = false;
+  runSearch();
+}
+
+function optionFields() {
+  const fields = {};
+  for (const [id, key] of [["top-k", "top_k"], ["cameras", "cameras"], ["exclude-cameras", "exclude_cameras"],
+                           ["after", "after"], ["before", "before"]]) {
+    const v = $(id).value.trim();
+    if (v) fields[key] = v;
+  }
+  if ($("rerank").checked) fields.rerank = "true";
+  return fields;
+}
+
+async function runSearch() {
+  if (!state.query) return;
+  showMessage("");
+  setStatus("searching…");
+  $("explain").hidden = true;
+  const form = new FormData();
+  form.append("image", state.query, state.queryName || "query");
+  for (const [k, v] of Object.entries(optionFields())) form.append(k, v);
+  let response;
+  try {
+    response = await fetch("/api/search", { method: "POST", body: form });
+  } catch (e) {
+    setStatus("");
+    showMessage("Cannot reach the service.");
+    return;
+  }
+  if (!response.ok) {
+    const text = await errorText(response);
+    setStatus("");
+    $("results").replaceChildren();  // never leave another query's results under an error
+    $("query-box").hidden = true;
+    showMessage(rejectionMessage(response.status, text, response));
+    return;
+  }
+  const body = await response.json();
+  await drawQuery(body);
+  renderResults(body);
+}
+
+async function drawQuery(body) {
+  const bitmap = await createImageBitmap(state.query);
+  const canvas = $("query-canvas");
+  const scale = Math.min(3, 256 / bitmap.height, 256 / bitmap.width);
+  canvas.width = Math.round(bitmap.width * scale);
+  canvas.height = Math.round(bitmap.height * scale);
+  const ctx = canvas.getContext("2d");
+  ctx.drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+  const kp = body.keypoints;
+  if (kp) {
+    const pts = kp.points.map(([x, y, s]) => [(x + 0.5) * scale, (y + 0.5) * scale, s]);
+    const peak = Math.max(...pts.map((p) => p[2]), 1e-6);
+    ctx.lineWidth = 2;
+    for (const [a, b] of kp.limbs) {
+      ctx.strokeStyle = `rgba(47, 111, 221, ${0.35 + 0.65 * Math.min(pts[a][2], pts[b][2]) / peak})`;
+      ctx.beginPath(); ctx.moveTo(pts[a][0], pts[a][1]); ctx.lineTo(pts[b][0], pts[b][1]); ctx.stroke();
+    }
+    kp.points.forEach((p, i) => {
+      const name = kp.keypoints[i];
+      ctx.fillStyle = name.startsWith("left") ? "#e8590c" : name.startsWith("right") ? "#2b8a3e" : "#c2255c";
+      ctx.beginPath(); ctx.arc(pts[i][0], pts[i][1], 3.5, 0, 2 * Math.PI); ctx.fill();
+    });
+  }
+  $("query-note").textContent = `${body.query.width}×${body.query.height} ${body.query.format}` +
+    (body.query.frames > 1 ? ` (first of ${body.query.frames} frames)` : "") +
+    (kp ? ` · predicted ${kp.name} keypoints` : "");
+  $("query-box").hidden = false;
+}
+
+function renderResults(body) {
+  const items = body.results.map((hit) => {
+    const li = document.createElement("li");
+    li.className = "result";
+    li.dataset.id = hit.id;
+    const img = document.createElement("img");
+    img.src = hit.thumbnail;
+    img.alt = `gallery #${hit.id}`;
+    const score = document.createElement("div");
+    score.className = "score";
+    score.textContent = `${hit.rank}. ${hit.score.toFixed(4)}`;
+    const meta = document.createElement("div");
+    meta.className = "meta";
+    meta.textContent = [`#${hit.id}`, hit.camera != null ? `cam ${hit.camera}` : null,
+                        hit.pid != null ? `pid ${hit.pid}` : null].filter(Boolean).join(" · ");
+    li.append(img, score, meta);
+    li.addEventListener("click", () => selectMatch(li, hit));
+    li.addEventListener("dblclick", () => searchGalleryImage(hit.id));
+    return li;
+  });
+  $("results").replaceChildren(...items);
+  const t = body.took_ms.total.toFixed(0);
+  setStatus(body.results.length ? `${body.results.length} results in ${t} ms · click one to see why it matches, ` +
+            `double-click to search with it` : "no gallery image passes the filters");
+}
+
+async function selectMatch(li, hit) {
+  for (const el of document.querySelectorAll("#results li.selected")) el.classList.remove("selected");
+  li.classList.add("selected");
+  const seq = ++state.explainSeq;
+  const form = new FormData();
+  form.append("image", state.query, state.queryName || "query");
+  let r;
+  try {
+    r = await fetch(`/api/explain?gallery_id=${hit.id}`, { method: "POST", body: form });
+  } catch (e) { return; }
+  if (seq !== state.explainSeq) return;  // a later click won
+  if (!r.ok) {
+    $("explain").hidden = false;
+    $("explain-query").removeAttribute("src");
+    $("explain-match").removeAttribute("src");
+    $("explain-note").textContent = `no explanation: ${await errorText(r)}`;
+    return;
+  }
+  const body = await r.json();
+  $("explain-query").src = body.query;
+  $("explain-match").src = body.match;
+  $("explain-caption").textContent = `#${hit.id}, score ${body.score.toFixed(4)}`;
+  $("explain-note").textContent = body.note || "";
+  $("explain").hidden = false;
+}
+
+function setUpDrop() {
+  const drop = $("drop");
+  $("file-input").addEventListener("change", (e) => {
+    const file = e.target.files[0];
+    if (file) setQuery(file, file.name);
+    e.target.value = "";
+  });
+  for (const ev of ["dragenter", "dragover"]) {
+    drop.addEventListener(ev, (e) => { e.preventDefault(); drop.classList.add("over"); });
+  }
+  for (const ev of ["dragleave", "drop"]) {
+    drop.addEventListener(ev, (e) => { e.preventDefault(); drop.classList.remove("over"); });
+  }
+  drop.addEventListener("drop", (e) => {
+    const file = e.dataTransfer.files[0];
+    if (file) setQuery(file, file.name);
+  });
+  $("options").addEventListener("submit", (e) => { e.preventDefault(); runSearch(); });
+}
+
+setUpDrop();
+loadInfo();
+loadGallery();
