@@ -383,7 +383,7 @@ def test_check_reports_every_problem_at_once(tmp_path):
     ft.truncate(data / "query" / "0005_c4s1_000301_00.jpg")
     (data / "bounding_box_test" / "0003_c2s1_000211_01.jpg").write_bytes(b"garbage")
     ft.write_jpeg(data / "bounding_box_train" / "bad_name.jpg")
-    report = check_dataset(tmp_path, "market1501")
+    report = check_dataset(tmp_path, "market1501", expect_official=True)
     text = "\n".join(report.problems)
     assert not report.ok
     assert "bad_name.jpg: malformed file name" in text
@@ -391,7 +391,11 @@ def test_check_reports_every_problem_at_once(tmp_path):
     assert "0003_c2s1_000211_01.jpg: not a readable image" in text
     assert "train: 2 ids, the official release has 751" in text
     assert "gallery: 4 images, the official release has 15913" in text
-    no_images = check_dataset(tmp_path, "market1501", verify_images=False, expect_official=False)
+    # counts are information unless the official release is required
+    default = check_dataset(tmp_path, "market1501")
+    assert default.problems == [p for p in report.problems if "official release" not in p]
+    assert len(default.problems) == 3
+    no_images = check_dataset(tmp_path, "market1501", verify_images=False)
     assert no_images.problems == [p for p in report.problems if "bad_name" in p]
 
 
@@ -431,18 +435,16 @@ def test_cli_check_and_summary(tmp_path):
 
     ft.make_market(tmp_path)
     runner = CliRunner()
-    ok = runner.invoke(app, ["check", str(tmp_path), "--dataset", "market1501", "--no-official"])
+    ok = runner.invoke(app, ["check", str(tmp_path), "--dataset", "market1501"])
     assert ok.exit_code == 0, ok.output
     assert "no problems" in ok.output
-    bad = runner.invoke(app, ["check", str(tmp_path), "--dataset", "market1501"])
-    assert bad.exit_code == 1
-    assert "12,936" in bad.output and "problem(s)" in bad.output
+    assert "differ from the official release" in ok.output and "information" in ok.output
+    bad = runner.invoke(app, ["check", str(tmp_path), "--dataset", "market1501", "--official"])
+    assert bad.exit_code == 2
+    assert "12,936" in bad.output and "9 problem(s)" in bad.output  # 3 splits x ids, images, cameras
     summary = runner.invoke(app, ["summary", str(tmp_path), "--dataset", "market1501"])
     assert summary.exit_code == 0, summary.output
     assert "gallery" in summary.output
-    folder = runner.invoke(app, ["summary", str(tmp_path / "bounding_box_train"), "-d", "folder",
-                                 "-o", "test_fraction=0"])
-    assert folder.exit_code == 1 and "no images found" in folder.output
 
 
 def test_veri_keypoints_required_but_absent(tmp_path):

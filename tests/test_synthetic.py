@@ -16,6 +16,7 @@ from keyreid.data.datasets import build_dataset
 from keyreid.data.keypoints import COCO17, read_sidecar
 from keyreid.data.synthetic import (PALETTE, PARTS, SynthConfig, attribute_vector, generate,
                                     load_synth, plan_dataset, true_attributes)
+from keyreid.errors import DataError
 from keyreid.evaluation.reid import evaluate
 
 NAME = re.compile(r"^(-1|\d{4})_c(\d)s1_(\d{6})_(\d{2})\.jpg$")
@@ -195,8 +196,8 @@ def test_cli_command(tmp_path):
     meta = load_synth(out)
     assert meta["config"]["train_identities"] == 3 and meta["config"]["test_identities"] == 3
     assert (out / "keypoints.jsonl").is_file() and any((out / "query").iterdir())
-    res = CliRunner().invoke(app, args)  # refuses to overwrite silently
-    assert res.exit_code == 2
+    res = CliRunner().invoke(app, args)  # refuses to overwrite silently (cli.main makes it exit 2)
+    assert isinstance(res.exception, DataError) and "pass --overwrite" in str(res.exception)
     res = CliRunner().invoke(app, args + ["--overwrite"])
     assert res.exit_code == 0, res.output
 

@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from keyreid.errors import DataError, KeyreidError
+
 app = typer.Typer(help="Check dataset trees and summarise them.", no_args_is_help=True)
 
 
@@ -56,38 +58,51 @@ def _counts_table(title: str, counts: dict, official: Optional[dict]):
     return table
 
 
+def _one_line(e: Exception) -> KeyreidError:
+    """An adapter's argument mistake (bad option value, unknown name) as keyreid's one-line error."""
+    return e if isinstance(e, KeyreidError) else DataError(None, str(e).strip("'\""))
+
+
 @app.command()
 def check(
     root: Path = typer.Argument(..., help="Dataset root folder."),
     dataset: str = typer.Option(..., "--dataset", "-d", help="Adapter name, e.g. market1501."),
-    no_official: bool = typer.Option(False, "--no-official",
-                                     help="Do not require the official counts (synthetic or partial trees)."),
+    official: bool = typer.Option(False, "--official/--no-official",
+                                  help="Require the official release's counts (a difference is a "
+                                       "problem); without it they are shown for information."),
     verify_images: bool = typer.Option(True, "--verify-images/--no-verify-images",
                                        help="Decode every image with PIL (catches truncated files)."),
     option: Optional[list[str]] = typer.Option(None, "--option", "-o",
                                                help="Adapter option KEY=VALUE (repeatable)."),
 ) -> None:
-    """List every problem of a dataset tree; exit code 1 if there is any."""
+    """List every problem of a dataset tree at once; exit code 2 if there is any.
+
+    A tree that cannot be read at all (wrong root, unknown dataset or option) is one error line,
+    exit code 2, as in `datasets summary`.
+    """
     from rich.console import Console
 
     from keyreid.data.datasets.check import check_dataset
 
     console = Console()
     try:
-        report = check_dataset(root, dataset, expect_official=False if no_official else None,
-                               verify_images=verify_images, **_parse_options(option))
+        report = check_dataset(root, dataset, expect_official=official, verify_images=verify_images,
+                               **_parse_options(option))
     except (KeyError, TypeError, ValueError) as e:
-        console.print(f"error: {e}", style="red", markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(2)
-    if report.counts:
-        console.print(_counts_table(f"{dataset} at {root}", report.counts, report.official))
+        raise _one_line(e) from None
+    if report.dataset is None:  # nothing could be parsed: the same one line as `summary`
+        raise DataError(None, report.problems[0])
+    console.print(_counts_table(f"{dataset} at {root}", report.counts, report.official))
+    if report.official and not official and report.mismatches():
+        console.print(f"{len(report.mismatches())} count(s) differ from the official release (red): "
+                      "information only, --official requires them")
     if verify_images:
         console.print(f"images decoded: {report.images_checked:,}")
     if report.problems:
         console.print(f"[red]{len(report.problems)} problem(s):[/red]")
         for p in report.problems:
             console.print(f"  - {p}", markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(1)
+        raise typer.Exit(2)
     console.print("[green]no problems found[/green]")
 
 
@@ -100,20 +115,19 @@ def summary(
     skip_errors: bool = typer.Option(False, "--skip-errors",
                                      help="Skip bad items (counted below) instead of stopping."),
 ) -> None:
-    """Print identities, images and cameras per split (does not open the images)."""
+    """Print identities, images and cameras per split (does not open the images); the first bad
+    item is an error (exit code 2) unless --skip-errors."""
     from rich.console import Console
 
     from keyreid.data.datasets.base import build_dataset
     from keyreid.data.datasets.check import official_counts
-    from keyreid.errors import DataError
 
     console = Console()
     try:
         ds = build_dataset(dataset, root, on_error="skip" if skip_errors else "raise",
                            **_parse_options(option))
-    except (DataError, KeyError, TypeError, ValueError) as e:
-        console.print(f"error: {e}", style="red", markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(1)
+    except (KeyError, TypeError, ValueError) as e:
+        raise _one_line(e) from None
     console.print(_counts_table(f"{ds.name} at {ds.root} (protocol {ds.protocol})", ds.summary(),
                                 official_counts(dataset)))
     if ds.skeleton:

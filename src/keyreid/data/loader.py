@@ -14,18 +14,75 @@ from keyreid.data.transforms import KeypointTransform
 from keyreid.errors import DataError
 
 
+class ImageReadError(DataError):
+    """An image that cannot be read, raised as one line even from a DataLoader worker.
+
+    torch re-raises a worker's exception in the main process as `type(e)(text)`, where `text`
+    is "Caught ... in DataLoader worker ...\nOriginal Traceback ...\n<module>.ImageReadError:
+    <path>: <problem>". A one-argument call therefore keeps only that last line, so the user
+    sees the file and the problem, not two tracebacks.
+    """
+
+    def __init__(self, path, problem: Optional[str] = None):
+        if problem is None:  # rebuilt from a worker's formatted traceback
+            lines = [ln for ln in str(path).splitlines() if ln.strip()]
+            last = lines[-1] if lines else str(path)
+            head, sep, rest = last.partition(f"{type(self).__name__}: ")
+            super().__init__(None, rest if sep else last)
+        else:
+            super().__init__(path, problem)
+
+
 def read_image(path: str) -> Image.Image:
-    """Open and fully decode an image, or raise DataError naming the file and the problem."""
+    """Open and fully decode an image, or raise ImageReadError naming the file and the problem."""
     try:
         with Image.open(path) as im:
             im.load()  # decode now: a truncated file fails here, not in a worker later
             return im.convert("RGB")
     except FileNotFoundError:
-        raise DataError(path, "image file not found") from None
+        raise ImageReadError(path, "image file not found") from None
     except UnidentifiedImageError:
-        raise DataError(path, "not a readable image (unknown or corrupt format)") from None
+        raise ImageReadError(path, "not a readable image (unknown or corrupt format)") from None
     except (OSError, SyntaxError, ValueError) as e:
-        raise DataError(path, f"cannot decode image ({e})") from None
+        raise ImageReadError(path, f"unreadable or truncated image ({e})") from None
+
+
+def probe_image(path: str, decode: bool = False) -> tuple[Optional[tuple[int, int]], Optional[str]]:
+    """((width, height), None) for a readable image, (None, problem) otherwise.
+
+    Without `decode` only the header is read (cheap: what a dataset build can afford for every
+    image; finds missing, empty and non-image files); with it the pixels are decoded too, which
+    is what finds a truncated file.
+    """
+    try:
+        with Image.open(path) as im:
+            if decode:
+                im.verify()  # structure / checksum errors
+        if not decode:
+            return im.size, None
+        with Image.open(path) as im:
+            im.load()  # verify() does not notice a truncated file
+            return im.size, None
+    except FileNotFoundError:
+        return None, "image file missing"
+    except UnidentifiedImageError:
+        return None, "not a readable image (unknown or corrupt format)"
+    except (OSError, SyntaxError, ValueError) as e:
+        return None, f"unreadable or truncated image ({e})"
+
+
+def probe_images(paths: Sequence[str], decode: bool = False, workers: Optional[int] = None
+                 ) -> dict[str, tuple[Optional[tuple[int, int]], Optional[str]]]:
+    """probe_image for many files, in threads (PIL reads and decodes without holding the GIL)."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = list(dict.fromkeys(paths))
+    workers = workers or min(8, os.cpu_count() or 1)
+    if len(paths) < 64 or workers == 1:
+        return {p: probe_image(p, decode) for p in paths}
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return dict(zip(paths, pool.map(lambda p: probe_image(p, decode), paths, chunksize=64)))
 
 
 class ImageDataset(TorchDataset):

@@ -17,6 +17,7 @@ Layout written under OUT::
                                                   and junk (pid -1, readers drop them)
     keypoints.jsonl                               COCO-17 sidecar (keyreid.data.keypoints format)
     synth.json                                    config, palette, cameras, true attributes
+    .keyreid-synth                                marker: `overwrite` replaces only folders with it
 
 Keypoint visibility: 1 for a keypoint inside the image and not under an occluder; 0 for one outside
 the image, under an occluder box, or a face keypoint on the far side of the head (nose and eyes of a
@@ -46,6 +47,7 @@ from keyreid.data.keypoints import COCO17, write_sidecar
 
 SYNTH_FORMAT = "keyreid-synth"
 SYNTH_VERSION = 1
+MARKER = ".keyreid-synth"  # keyreid's own mark on a folder it generated: only such folders are overwritten
 
 # One shared palette for clothes, accessories, occluders and backgrounds.
 PALETTE: tuple[tuple[str, tuple[int, int, int]], ...] = (
@@ -787,6 +789,46 @@ def _work(item: dict) -> tuple[str, list, dict]:
     return item["path"], kp.tolist(), meta
 
 
+def is_synthetic_tree(root: str | Path) -> bool:
+    """True when `root` carries keyreid's own marker: the MARKER file written before the first
+    image, or a synth.json of this generator (sets written before the marker existed)."""
+    root = Path(root)
+    if (root / MARKER).is_file():
+        return True
+    try:
+        return json.loads((root / "synth.json").read_text(encoding="utf-8")).get("format") == SYNTH_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _clear_for_generation(out: Path, overwrite: bool) -> None:
+    """Make `out` ready for a new set, deleting only a set this generator wrote.
+
+    A folder without keyreid's marker that holds any of the generator's targets is somebody's
+    dataset (a real Market-1501 tree has the same folder names): it is never touched.
+    """
+    from keyreid.errors import DataError
+
+    targets = [out / d for d in SPLIT_DIRS.values()] + [out / "keypoints.jsonl", out / "synth.json"]
+    existing = [t for t in targets if t.exists() or t.is_symlink()]
+    if existing and not is_synthetic_tree(out):
+        raise DataError(out, f"holds {existing[0].name} but is not a keyreid synthetic set (no "
+                             f"{MARKER} or synth.json); refusing to write into it: choose an empty "
+                             f"or new folder")
+    if existing and not overwrite:
+        raise DataError(out, f"a synthetic set is already there ({existing[0].name}); pass "
+                             f"--overwrite to replace it")
+    for t in existing:
+        if t.is_symlink() or not t.is_dir():
+            t.unlink()  # a link is removed, never what it points to
+        else:
+            shutil.rmtree(t)
+    out.mkdir(parents=True, exist_ok=True)
+    # written first, so a generation killed half-way can still be replaced
+    (out / MARKER).write_text(json.dumps({"format": SYNTH_FORMAT, "version": SYNTH_VERSION}) + "\n",
+                              encoding="utf-8")
+
+
 def generate(out: str | Path, cfg: SynthConfig | None = None, workers: int | None = None,
              overwrite: bool = False,
              progress: Callable[[int, int], None] | None = None) -> dict:
@@ -797,12 +839,7 @@ def generate(out: str | Path, cfg: SynthConfig | None = None, workers: int | Non
     """
     cfg = cfg or SynthConfig()
     out = Path(out)
-    targets = [out / d for d in SPLIT_DIRS.values()] + [out / "keypoints.jsonl", out / "synth.json"]
-    existing = [t for t in targets if t.exists()]
-    if existing and not overwrite:
-        raise FileExistsError(f"{existing[0]} exists; pass overwrite=True (--overwrite) to replace it")
-    for t in existing:  # only what this generator writes
-        shutil.rmtree(t) if t.is_dir() else t.unlink()
+    _clear_for_generation(out, overwrite)
     for d in SPLIT_DIRS.values():
         (out / d).mkdir(parents=True, exist_ok=True)
 

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from keyreid.config import Config, load_config
-from keyreid.data.synthetic import SynthConfig, generate
+from keyreid.data.synthetic import SynthConfig, generate, is_synthetic_tree
 from keyreid.engine.trainer import Trainer
 from keyreid.evaluation.model_metrics import reid_metrics, test_distances
 from keyreid.utils.io import atomic_write_text
@@ -42,8 +42,12 @@ class RunResult:
 
 
 def ensure_synthetic(root: Path, seed: int = 0, workers: Optional[int] = None) -> None:
-    """Generate the default synthetic benchmark unless a complete one is already there."""
-    if (root / "synth.json").is_file() and (root / "keypoints.jsonl").is_file():
+    """Generate the default synthetic benchmark unless a complete one is already there.
+
+    Only a folder keyreid generated is (re)generated: a real dataset at `root` is an error, never
+    overwritten (generate() checks the marker)."""
+    complete = (root / "synth.json").is_file() and (root / "keypoints.jsonl").is_file()
+    if complete and is_synthetic_tree(root):
         console.print(f"synthetic benchmark: reusing {root}")
         return
     console.print(f"synthetic benchmark: generating {root} (seed {seed})")

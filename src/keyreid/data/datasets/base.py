@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -24,8 +26,21 @@ def dataset_names() -> list[str]:
 
 
 def build_dataset(name: str, root: str | Path, **kwargs) -> "Dataset":
-    """Parse the dataset `name` under `root` (adapter keyword arguments pass through)."""
-    return DATASETS.build(name, root, **kwargs)
+    """Parse the dataset `name` under `root` (adapter keyword arguments pass through).
+
+    An option the adapter does not take is a DataError naming the options it does take."""
+    adapter = DATASETS.get(name)
+    try:
+        params = inspect.signature(adapter).parameters
+    except (TypeError, ValueError):  # a builtin or C callable: let the call decide
+        params = {}
+    if params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        takes = [n for n in list(params)[1:]]
+        unknown = sorted(set(kwargs) - set(takes))
+        if unknown:
+            raise DataError(None, f"dataset {name!r} has no option(s) {', '.join(unknown)}; its "
+                                  f"options: {', '.join(takes) or 'none'}")
+    return adapter(root, **kwargs)
 
 
 @dataclass
@@ -44,6 +59,7 @@ class Dataset:
     skeleton: Optional[str] = None
     protocol: str = "reid"
     problems: list[str] = field(default_factory=list)  # skipped items, when skipping is enabled
+    keypoint_coverage: Optional["KeypointCoverage"] = field(default=None, repr=False)
 
     def summary(self) -> dict[str, dict[str, int]]:
         """Identities, images and cameras per split (the numbers adapters document)."""
@@ -63,32 +79,69 @@ class Dataset:
 
         Keypoints with visibility below `min_confidence` are marked invisible (v = 0).
         With require_all, a sample missing from the sidecar is an error naming both files.
+        What matched is kept in `keypoint_coverage` (engine.data turns it into clear errors).
         """
         skel_name, entries = read_sidecar(sidecar)
         if self.skeleton is not None and skel_name != self.skeleton:
             raise DataError(sidecar, f"sidecar skeleton {skel_name!r} does not match dataset "
                                      f"{self.name!r} ({self.skeleton!r})")
-        count = 0
-        missing = []
-        for s in (*self.train, *self.query, *self.gallery):
-            rel = relative_key(self.root, s.path)
-            kp = entries.get(rel)
-            if kp is None:
-                missing.append(rel)
-                continue
-            kp = kp.copy()
-            kp[kp[:, 2] < min_confidence, 2] = 0.0
-            s.keypoints = kp
-            count += 1
+        cov = KeypointCoverage(str(sidecar), next(iter(entries), None))
+        for split in ("train", "query", "gallery"):
+            for s in getattr(self, split):
+                rel = relative_key(self.root, s.path)
+                kp = entries.get(rel)
+                if kp is None:
+                    cov.missing.setdefault(split, []).append(rel)
+                    continue
+                kp = kp.copy()
+                kp[kp[:, 2] < min_confidence, 2] = 0.0
+                s.keypoints = kp
+                cov.matched[split] = cov.matched.get(split, 0) + 1
+        self.keypoint_coverage = cov
+        missing = [k for keys in cov.missing.values() for k in keys]
         if missing and require_all:
-            raise DataError(sidecar, f"no keypoints for {len(missing)} image(s), first: {missing[0]}")
+            total = sum(cov.matched.values()) + len(missing)
+            raise DataError(sidecar, cov.describe_missing(missing, total, "image(s)", self.root))
         self.skeleton = skel_name
-        return count
+        return sum(cov.matched.values())
 
+
+@dataclass
+class KeypointCoverage:
+    """Which samples a sidecar covered: matched counts and missing keys per split."""
+
+    sidecar: str
+    first_key: Optional[str]  # the sidecar's first entry, to show how its keys look
+    matched: dict[str, int] = field(default_factory=dict)
+    missing: dict[str, list[str]] = field(default_factory=dict)
+
+    def describe_missing(self, missing: list[str], total: int, what: str, root) -> str:
+        """One line: how many of `total` lack an entry, with the keys that show why."""
+        if len(missing) < total:
+            return f"no keypoints for {len(missing)} of {total} {what}, first: {', '.join(missing[:3])}"
+        text = (f"0 of {total} {what} matched keys in {self.sidecar}; first key "
+                f"{self.first_key!r}, first image {missing[0]!r} (keys are paths relative to "
+                f"{root} with forward slashes)")
+        if self.first_key and "\\" in self.first_key:
+            text += "; the sidecar's keys use backslashes"
+        elif self.first_key and (self.first_key.startswith("/") or ":" in self.first_key[:3]):
+            text += "; the sidecar's keys are absolute paths"
+        return text
 
 def relative_key(root: str | Path, path: str | Path) -> str:
-    """Sidecar key of an image: its path relative to the dataset root, with forward slashes."""
-    return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
+    """Sidecar key of an image: its path relative to the dataset root, with forward slashes.
+
+    Compared as written first (absolute, not resolved): a split folder may be a symbolic link to
+    another disk, and resolving it would take the image out of the root. Resolving both is the
+    fall-back for paths written differently (`..`, a linked root)."""
+    try:
+        return Path(os.path.abspath(path)).relative_to(os.path.abspath(root)).as_posix()
+    except ValueError:
+        pass
+    try:
+        return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
+    except ValueError:
+        raise DataError(path, f"is not inside the dataset root {root}") from None
 
 
 def require_dir(path: Path, what: str) -> Path:
@@ -118,7 +171,8 @@ class ProblemLog:
 
     def __init__(self, on_error: str = "raise"):
         if on_error not in ON_ERROR_CHOICES:
-            raise ValueError(f"on_error must be one of {ON_ERROR_CHOICES}, got {on_error!r}")
+            raise DataError(None, f"option on_error={on_error!r} is not allowed; use one of: "
+                                  f"{', '.join(ON_ERROR_CHOICES)}")
         self.on_error = on_error
         self.problems: list[str] = []
 

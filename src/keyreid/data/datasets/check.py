@@ -2,21 +2,22 @@
 
 `check_dataset` parses the tree with the adapter in skip mode (so one bad file does not hide
 the next), then opens every image with PIL (a header check and a full decode, which is what
-catches truncated files), checks keypoints and boxes against the image sizes, and compares the
-counts with the official numbers the adapter module documents in OFFICIAL_COUNTS.
+catches truncated files), checks keypoints and boxes against the image sizes, reports an empty
+query or gallery split, and compares the counts with the official numbers the adapter module
+documents in OFFICIAL_COUNTS. Counts that differ are information (a subset, the synthetic
+benchmark), not problems, unless the official release is required (expect_official=True).
 """
 
 from __future__ import annotations
 
 import importlib
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 from keyreid.data.datasets.base import DATASETS, Dataset, build_dataset
 from keyreid.data.keypoints import get_skeleton, validate_keypoints
+from keyreid.data.loader import probe_images
 from keyreid.errors import DataError
 
 
@@ -56,24 +57,6 @@ def official_counts(name: str) -> Optional[dict[str, dict[str, int]]]:
     return getattr(module, "OFFICIAL_COUNTS", None)
 
 
-def _verify_image(path: str) -> tuple[Optional[tuple[int, int]], Optional[str]]:
-    """(width, height) of a readable image, or (None, problem)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            im.verify()  # structure / checksum errors
-        with Image.open(path) as im:
-            im.load()  # a full decode: verify() does not notice a truncated file
-            return im.size, None
-    except FileNotFoundError:
-        return None, "image file missing"
-    except UnidentifiedImageError:
-        return None, "not a readable image (unknown or corrupt format)"
-    except (OSError, SyntaxError, ValueError) as e:
-        return None, f"unreadable or truncated image ({e})"
-
-
 def _counts(ds: Dataset) -> dict[str, dict[str, int]]:
     counts = ds.summary()
     val = getattr(ds, "val", None)
@@ -84,20 +67,18 @@ def _counts(ds: Dataset) -> dict[str, dict[str, int]]:
     return counts
 
 
-def check_dataset(root: str | Path, name: str, expect_official: Optional[bool] = None,
+def check_dataset(root: str | Path, name: str, expect_official: bool = False,
                   verify_images: bool = True, workers: Optional[int] = None,
                   **options) -> CheckReport:
     """Check the tree at `root` as dataset `name` and report all its problems.
 
-    expect_official: compare the counts with the adapter's OFFICIAL_COUNTS and report every
-    difference as a problem (default: True when the adapter documents official counts; pass
-    False for synthetic or partial trees). verify_images: decode every image with PIL.
+    expect_official: report every count that differs from the adapter's OFFICIAL_COUNTS as a
+    problem (for a full release); otherwise the differences are only information
+    (CheckReport.mismatches()). verify_images: decode every image with PIL.
     `options` go to the adapter (its on_error is forced to "skip").
     """
     report = CheckReport(name=name, root=str(root))
     official = official_counts(name)
-    if expect_official is None:
-        expect_official = official is not None
     options = {k: v for k, v in options.items() if k != "on_error"}
     try:
         ds = build_dataset(name, root, on_error="skip", **options)
@@ -111,9 +92,7 @@ def check_dataset(root: str | Path, name: str, expect_official: Optional[bool] =
     if verify_images:
         samples = [*ds.train, *ds.query, *ds.gallery, *getattr(ds, "val", [])]
         paths = list(dict.fromkeys(s.path for s in samples))
-        workers = workers or min(8, os.cpu_count() or 1)
-        with ThreadPoolExecutor(max_workers=workers) as pool:  # PIL decodes without the GIL
-            results = dict(zip(paths, pool.map(_verify_image, paths)))
+        results = probe_images(paths, decode=True, workers=workers)
         report.images_checked = len(paths)
         for path in paths:
             if results[path][1] is not None:
@@ -137,6 +116,12 @@ def check_dataset(root: str | Path, name: str, expect_official: Optional[bool] =
                     report.problems.append(f"{s.path}: bounding box {tuple(s.bbox)} exceeds the "
                                            f"{size[0]}x{size[1]} image")
 
+    for split in ("query", "gallery"):
+        if not getattr(ds, split):
+            report.problems.append(f"{root}: the {split} split is empty: there is nothing to "
+                                   f"evaluate (check the layout or the adapter's options)")
+    if expect_official and official is None:
+        report.problems.append(f"dataset {name!r} has no official counts to compare with")
     if official is not None:
         report.official = official
         if expect_official:

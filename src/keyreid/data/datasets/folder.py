@@ -35,6 +35,7 @@ Options: ``on_error``, ``keypoints`` (keyreid sidecar to attach), ``cam_pattern`
 from __future__ import annotations
 
 import csv
+import os
 import random
 import re
 from pathlib import Path
@@ -59,9 +60,12 @@ def _identity_images(folder: Path) -> dict[str, list[Path]]:
 
 class _Cameras:
     def __init__(self, pattern: Optional[str], log: ProblemLog):
-        self.regex = re.compile(pattern) if pattern else None
+        try:
+            self.regex = re.compile(pattern) if pattern else None
+        except re.error as e:
+            raise DataError(None, f"option cam_pattern={pattern!r} is not a regular expression ({e})") from None
         if self.regex is not None and "cam" not in self.regex.groupindex:
-            raise ValueError(f"cam_pattern {pattern!r} needs a named group (?P<cam>...)")
+            raise DataError(None, f"option cam_pattern={pattern!r} needs a named group (?P<cam>...)")
         self.log = log
 
     def raw(self, path: Path) -> Optional[str]:
@@ -105,6 +109,7 @@ def _from_manifest(manifest: Path, log: ProblemLog) -> tuple[Path, list[tuple]]:
         raise DataError(manifest, "manifest file not found")
     base = manifest.parent.resolve()
     rows = []
+    seen: dict[str, tuple[int, str]] = {}  # normalised path -> (line, pid) of its first row
     with open(manifest, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         cols = [c.strip() for c in (reader.fieldnames or [])]
@@ -112,23 +117,51 @@ def _from_manifest(manifest: Path, log: ProblemLog) -> tuple[Path, list[tuple]]:
             raise DataError(manifest, f"manifest needs columns path,pid[,camid][,split]; got {cols}")
         for lineno, row in enumerate(reader, start=2):
             row = {k.strip(): (v or "").strip() for k, v in row.items() if k is not None}
-            path = base / row["path"]
             if not row["path"] or not row["pid"]:
                 log.report(manifest, f"line {lineno}: empty path or pid")
                 continue
+            path = base / row["path"]
             split = row.get("split") or None
             if split is not None and split not in SPLITS:
                 log.report(manifest, f"line {lineno}: split {split!r} is not one of {SPLITS}")
                 continue
             cam = row.get("camid") or None
-            if cam is not None and not cam.lstrip("-").isdigit():
+            if cam is not None and not _is_int(cam):
                 log.report(manifest, f"line {lineno}: camid {cam!r} is not an integer")
                 continue
+            key = os.path.normpath(path)
+            if key in seen:
+                first_line, first_pid = seen[key]
+                if first_pid == row["pid"]:
+                    log.report(manifest, f"line {lineno}: {row['path']} is listed twice (also on "
+                                         f"line {first_line})")
+                else:
+                    log.report(manifest, f"line {lineno}: {row['path']} is listed under pid "
+                                         f"{row['pid']!r} here and under pid {first_pid!r} on "
+                                         f"line {first_line}")
+                continue
+            seen[key] = (lineno, row["pid"])
             if not path.is_file():
                 log.report(path, f"listed in {manifest.name} line {lineno} but missing")
                 continue
-            rows.append((row["pid"], path, split, None if cam is None else int(cam)))
-    return base, rows
+            rows.append((row["pid"], path, split, None if cam is None else int(cam), lineno))
+    # pids are integers throughout or names throughout: one stray value must not renumber
+    # every identity (a typo such as "12a" among integers would otherwise do just that)
+    numeric = [r for r in rows if _is_int(r[0])]
+    if numeric and len(numeric) < len(rows):
+        names_are_stray = len(numeric) * 2 >= len(rows)
+        for r in rows:
+            if _is_int(r[0]) != names_are_stray:
+                log.report(manifest, f"line {r[4]}: pid {r[0]!r} is not an integer (the other pids are)"
+                           if names_are_stray else
+                           f"line {r[4]}: pid {r[0]!r} is a number but most pids are names; use "
+                           f"names throughout or integers throughout")
+        rows = [r for r in rows if _is_int(r[0]) == names_are_stray]
+    return base, [r[:4] for r in rows]
+
+
+def _is_int(text: str) -> bool:
+    return text.lstrip("-").isdigit() and text.count("-") <= 1
 
 
 @register_dataset("folder")
@@ -137,10 +170,10 @@ def folder(root: str | Path, on_error: str = "raise", keypoints: Optional[str | 
            seed: int = 0, manifest: Optional[str | Path] = None) -> Dataset:
     """Parse a user's own data (see the module docstring for the accepted layouts)."""
     log = ProblemLog(on_error)
-    if query_per_id < 1:
-        raise ValueError("query_per_id must be >= 1")
-    if not 0.0 <= test_fraction <= 1.0:
-        raise ValueError("test_fraction must be in [0, 1]")
+    if not isinstance(query_per_id, int) or query_per_id < 1:
+        raise DataError(None, f"option query_per_id={query_per_id!r} must be an integer >= 1")
+    if not isinstance(test_fraction, (int, float)) or not 0.0 <= test_fraction <= 1.0:
+        raise DataError(None, f"option test_fraction={test_fraction!r} must be a number in [0, 1]")
     rng = random.Random(seed)
     root = Path(root).expanduser()
     if manifest is None and root.is_file() and root.suffix.lower() == ".csv":
@@ -192,7 +225,7 @@ def folder(root: str | Path, on_error: str = "raise", keypoints: Optional[str | 
 
     # pids: integers as given when every identity is an integer, else sorted names -> 0..N-1
     names = sorted({e[0] for e in entries})
-    if all(n.lstrip("-").isdigit() for n in names) and manifest is not None:
+    if all(_is_int(n) for n in names) and manifest is not None:
         pid_of = {n: int(n) for n in names}
     else:
         pid_of = {n: i for i, n in enumerate(names)}

@@ -66,7 +66,7 @@ def _pick_dir(data_root: Path, names: tuple[str, ...], what: str) -> Path:
 
 def _files_under(folder: Path) -> set[str]:
     out = set()
-    for dirpath, _, files in os.walk(folder):
+    for dirpath, _, files in os.walk(folder, followlinks=True):  # split folders may be links
         rel = Path(dirpath).relative_to(folder).as_posix()
         prefix = "" if rel == "." else rel + "/"
         out.update(prefix + f for f in files)
