@@ -7,6 +7,7 @@ an image, 422 bad option, 503 busy); each is counted in /metrics by reason."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import hmac
 import io
 import logging
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from fastapi import FastAPI, Path as PathParam, Request
+from fastapi import FastAPI, Path as PathParam, Query as Query_, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -29,7 +30,7 @@ from keyreid.serve.limits import BodySizeLimit
 from keyreid.serve.metrics import Metrics, MetricsMiddleware
 from keyreid.serve.options import OptionError, parse_options
 from keyreid.serve.pool import InferencePool, Overloaded
-from keyreid.serve.service import NotFound, Query, SearchService
+from keyreid.serve.service import Explain, NotFound, Query, SearchService
 from keyreid.serve.uploads import UploadError, decode_upload
 
 STATIC = Path(__file__).parent / "static"
@@ -218,6 +219,20 @@ def create_app(service: SearchService, settings: Optional[ServeSettings] = None)
             "took_ms": {"total": round((done - start) * 1000, 2), "decode": round((decoded_at - start) * 1000, 2),
                         "inference": round((done - decoded_at) * 1000, 2)},
         }
+
+    @api.post("/api/explain")
+    async def explain(request: Request, gallery_id: int = Query_(ge=0)):
+        """Similarity Grad-CAM of the uploaded query and gallery image `gallery_id`."""
+        data, fields = await _read_upload(request)
+        if fields:
+            raise OptionError(sorted(fields)[0], "unknown field; explain takes the image and ?gallery_id=")
+        decoded = await decode(data)
+        await run_in_threadpool(service.metadata, gallery_id)  # 404 before any model work
+        png, similarity = await pool.submit(Explain(decoded.image, gallery_id))
+        return {"picture": "data:image/png;base64," + base64.b64encode(png).decode(), "score": round(similarity, 6),
+                "gallery_id": gallery_id, "method": "gradxact",
+                "note": "query, its similarity map, the match's map, the match"
+                        + (", predicted keypoint heatmaps of both" if service.has_keypoints else "")}
 
     @api.get("/api/gallery")
     async def gallery(limit: int = 24):

@@ -57,6 +57,13 @@ class Query:
 
 
 @dataclass
+class Explain:
+    """A similarity Grad-CAM of a query and one gallery image (runs alone, not batched)."""
+    image: Image.Image
+    gallery_id: int
+
+
+@dataclass
 class QueryResult:
     embedding: np.ndarray
     hits: list = field(default_factory=list)        # (Hit, re-ranked distance or None)
@@ -89,6 +96,8 @@ class SearchService:
             model.card.get("model", {}).get("head") in ("kae", "aacn", "pabr")
         self._thumbs: OrderedDict[int, bytes] = OrderedDict()
         self._thumb_lock = threading.Lock()
+        self._explain_net = None
+        self._explain_lock = threading.Lock()
 
     def on_index(self, fn, *args):
         """Run fn(*args) in the index's owner thread and return its result."""
@@ -120,18 +129,52 @@ class SearchService:
             keypoints = np.stack([heatmap_argmax_xy(m, (im.height, im.width)) for m, im in zip(maps, images)])
         return emb, keypoints
 
-    def run_batch(self, queries: list[Query]) -> list:
-        """The pool's job: one model call for the whole batch, then one search per query (one
-        search at a time keeps every answer independent of what else was in the batch)."""
-        emb, keypoints = self.embed_batch([q.image for q in queries])
-        results: list = []
-        for i, q in enumerate(queries):
-            try:
-                hits = self.search_vector(emb[i], q.options) if q.options is not None else []
-                results.append(QueryResult(emb[i], hits, None if keypoints is None else keypoints[i]))
-            except Exception as e:  # noqa: BLE001 - one bad query does not fail the batch
-                results.append(e)
+    def run_batch(self, jobs: list) -> list:
+        """The pool's job: one model call for all the queries of the batch, then one search per
+        query (one search at a time keeps every answer independent of what else was in the
+        batch); explanations one by one."""
+        results: list = [None] * len(jobs)
+        queries = [i for i, j in enumerate(jobs) if isinstance(j, Query)]
+        if queries:
+            emb, keypoints = self.embed_batch([jobs[i].image for i in queries])
+            for row, i in enumerate(queries):
+                q = jobs[i]
+                try:
+                    hits = self.search_vector(emb[row], q.options) if q.options is not None else []
+                    results[i] = QueryResult(emb[row], hits, None if keypoints is None else keypoints[row])
+                except Exception as e:  # noqa: BLE001 - one bad query does not fail the batch
+                    results[i] = e
+        for i, job in enumerate(jobs):
+            if isinstance(job, Explain):
+                try:
+                    results[i] = self.explain(job.image, job.gallery_id)
+                except Exception as e:  # noqa: BLE001
+                    results[i] = e
         return results
+
+    def explain(self, image: Image.Image, gallery_id: int) -> tuple[bytes, float]:
+        """PNG of keyreid.viz.gradcam's similarity maps for the query and a gallery image, and
+        their cosine similarity. Runs on a private copy of the network: the Grad-CAM hook must
+        not see the forward passes of searches running in other workers."""
+        import copy
+        import tempfile
+
+        from keyreid.viz.gradcam import render_explanation, similarity_cam
+        from keyreid.viz.heatmaps import denormalize_images
+
+        if not hasattr(self.model, "model"):
+            raise KeyreidError("explanations need gradients: serve the torch checkpoint (.pt), not an ONNX export")
+        match = self.gallery_image(gallery_id)
+        with self._explain_lock:
+            if self._explain_net is None:
+                self._explain_net = copy.deepcopy(self.model.model)
+            batch = self.model.preprocess([image, match])
+            cam = similarity_cam(self._explain_net, batch[0], batch[1])
+        inp = self.model.card["input"]
+        with tempfile.TemporaryDirectory() as tmp:
+            out = render_explanation(denormalize_images(batch, inp["mean"], inp["std"]), cam,
+                                     Path(tmp) / "explain.png")
+            return out.read_bytes(), cam.similarity
 
     # ------------------------------------------------------------------ search
     def search_vector(self, vector: np.ndarray, opts: SearchOptions) -> list[tuple[Hit, Optional[float]]]:
@@ -280,4 +323,4 @@ def out_embedding(model, out, batch: torch.Tensor, flip: bool) -> np.ndarray:
     return f.float().cpu().numpy()
 
 
-__all__ = ["NotFound", "Query", "QueryResult", "SearchOptions", "SearchService", "out_embedding"]
+__all__ = ["Explain", "NotFound", "Query", "QueryResult", "SearchOptions", "SearchService", "out_embedding"]

@@ -187,15 +187,14 @@ async function selectMatch(li, hit) {
   if (seq !== state.explainSeq) return;  // a later click won
   if (!r.ok) {
     $("explain").hidden = false;
-    $("explain-query").removeAttribute("src");
-    $("explain-match").removeAttribute("src");
+    $("explain-picture").removeAttribute("src");
+    $("explain-caption").textContent = "";
     $("explain-note").textContent = `no explanation: ${await errorText(r)}`;
     return;
   }
   const body = await r.json();
-  $("explain-query").src = body.query;
-  $("explain-match").src = body.match;
-  $("explain-caption").textContent = `#${hit.id}, score ${body.score.toFixed(4)}`;
+  $("explain-picture").src = body.picture;
+  $("explain-caption").textContent = `query vs gallery #${hit.id}: cosine similarity ${body.score.toFixed(4)}`;
   $("explain-note").textContent = body.note || "";
   $("explain").hidden = false;
 }
