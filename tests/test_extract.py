@@ -208,3 +208,18 @@ def test_pattern_and_shard_parsing(monkeypatch):
     monkeypatch.setenv("RANK", "2")
     assert resolve_shard(None) == (2, 3)
     assert [ex.shard_block(10, i, 3) for i in range(3)] == [(0, 3), (3, 6), (6, 10)]
+
+
+def test_dataset_split_rows_carry_the_adapters_identities(tiny_synth, tmp_path):
+    from keyreid.data.datasets import build_dataset
+    from keyreid.search.extract import list_dataset
+
+    items, source = list_dataset("market1501", tiny_synth, "query")
+    extract(PixelModel(), items, source, tmp_path / "q", batch_size=8)
+    fs = read_features(tmp_path / "q")
+    query = build_dataset("market1501", tiny_synth).query
+    assert [(r["path"], r["pid"], r["camid"]) for r in fs.rows] == \
+        [(str(Path(s.path).resolve()), s.pid, s.camid) for s in query]
+    assert fs.manifest["source"]["split"] == "query" and fs.manifest["source"]["dataset"] == "market1501"
+    with pytest.raises(KeyreidError, match="--split"):
+        list_dataset("market1501", tiny_synth, "test")

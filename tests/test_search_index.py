@@ -199,6 +199,17 @@ def test_approximate_recall_against_exact(index_type, make):
     assert [h.id for h in again.search(q[:20], 10)[5]] == [h.id for h in got[5]]
 
 
+@pytest.mark.parametrize("index_type,opts", [("ivf", {"nlist": 8, "nprobe": 8}), ("hnsw", {"ef_search": 400})])
+def test_filters_on_approximate_types(index_type, opts, make):
+    """Filters reach inside IVF and HNSW (through the id map): with every list probed / a wide
+    beam, a filtered search equals the filtered brute force."""
+    v, q, meta = clustered(400, 16, seed=14), clustered(4, 16, seed=15), metadata(400, seed=14)
+    index = make("faiss", v, meta, index_type=index_type, **opts)
+    for filt in FILTERS:
+        keep = np.array([filt.keeps(m) for m in meta])
+        assert_same(index.search(q, 10, filt), brute_force(v, q, 10, keep=keep))
+
+
 def test_hnsw_remove_rebuilds_without_the_removed(make):
     v = clustered(500, 16, seed=10)
     index = make("faiss", v, metadata(500), index_type="hnsw", ef_search=200)

@@ -63,7 +63,13 @@ def extract(
     with progress_bar(True) as bar:
         task = bar.add_task("extract", total=None)
 
+        first = [True]
+
         def progress(done: int, total: int) -> None:
+            if first[0] and 0 < done:
+                console.print(f"continuing {where}: {done} of {total} images already done", markup=False,
+                              highlight=False)
+            first[0] = False
             bar.update(task, completed=done, total=total)
 
         writer = run_extract(model, items, source, output, batch_size=batch_size, flip=flip, dtype=dtype,
