@@ -356,26 +356,28 @@ class Trainer:
             e, step = self.last_saved
             kept = (f"{path} holds the last good state (end of epoch {e})" if step == 0 else
                     f"{path} holds the last good state (epoch {e + 1}, step {step})")
+            then = "run again with --allow-config-change to resume from it, or --no-resume to start over"
         else:
-            kept = "no checkpoint was written by this run"
+            kept, then = "no checkpoint was written by this run", "run again"
         raise TrainingDiverged(
             f"training diverged at epoch {epoch + 1}, step {self.state.step_in_epoch + 1}: {what}; "
             f"{kept}. Lower optim.lr (now {self.cfg.optim.lr:g}) or set optim.grad_clip (e.g. 5.0), "
-            f"then run again with --allow-config-change to resume or --no-resume to start over")
+            f"then {then}")
 
     def _watch_loss(self, epoch: int, loss: float) -> None:
-        """A loss that grows to divergence_factor x the mean of the run's first steps (smoothed
-        over ~10 steps) is a diverging run, even while it is still finite."""
+        """A running loss (~10-step memory) above divergence_factor x the mean loss of the run's
+        first steps is a diverging run, even while it is still finite: Adam at lr 1e6 reaches
+        1e13 at its second step. Checked from the second step on against the steps seen so far."""
         st, factor = self.state, self.cfg.optim.divergence_factor
         st.loss_ema = loss if st.loss_ema is None else (1 - EMA_WEIGHT) * st.loss_ema + EMA_WEIGHT * loss
+        if factor and st.loss_ref_count:
+            reference = max(st.loss_ref_sum / st.loss_ref_count, 1e-3)
+            if st.loss_ema > factor * reference:
+                self._diverged(epoch, f"the running loss {st.loss_ema:.4g} is over {factor:g}x its "
+                                      f"early value {reference:.4g} (optim.divergence_factor)")
         if st.loss_ref_count < REFERENCE_STEPS:
             st.loss_ref_sum += loss
             st.loss_ref_count += 1
-            return
-        reference = max(st.loss_ref_sum / st.loss_ref_count, 1e-3)
-        if factor and st.loss_ema > factor * reference:
-            self._diverged(epoch, f"the running loss {st.loss_ema:.4g} is over {factor:g}x its early "
-                                  f"value {reference:.4g} (optim.divergence_factor)")
 
     def _check_weights(self, epoch: int) -> None:
         bad = [n for n, p in self.model.named_parameters() if not torch.isfinite(p).all()]
