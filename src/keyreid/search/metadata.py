@@ -2,12 +2,15 @@
 
 A saved generation is opened read-only; the first change copies it into memory, and `save_to`
 writes the copy to a temporary file that is renamed into place, so the file an older manifest
-names is never modified (see faiss_backend.py for the generations).
+names is never modified (see faiss_backend.py for the generations). The connection may be used
+from any thread (one lock around every statement), e.g. by the HTTP service's workers.
 """
 
 from __future__ import annotations
 
+import functools
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -21,19 +24,30 @@ _SCHEMA = ("CREATE TABLE IF NOT EXISTS meta (id INTEGER PRIMARY KEY, path TEXT, 
 _COLUMNS = ("id", "path", "pid", "camid", "timestamp", "track")
 
 
+def _locked(method):
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with self.lock:
+            return method(self, *args, **kwargs)
+
+    return run
+
+
 class MetadataStore:
     def __init__(self, path: Optional[Path] = None):
         """`path` None: a new empty in-memory store; else a saved store, opened read-only."""
         self.path = path
+        self.lock = threading.RLock()
         if path is None:
-            self.conn = sqlite3.connect(":memory:")
+            self.conn = sqlite3.connect(":memory:", check_same_thread=False)
             self.conn.execute(_SCHEMA)
             self.writable = True
             return
         if not Path(path).is_file():
             raise DataError(path, "index metadata file is missing")
         try:
-            self.conn = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro&immutable=1", uri=True)
+            self.conn = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro&immutable=1", uri=True,
+                                        check_same_thread=False)
             self.conn.execute("SELECT COUNT(*) FROM meta").fetchone()
         except sqlite3.DatabaseError as e:
             raise DataError(path, f"index metadata is not a readable SQLite store ({e})") from None
@@ -41,15 +55,17 @@ class MetadataStore:
 
     def _writable(self) -> None:
         if not self.writable:
-            mem = sqlite3.connect(":memory:")
+            mem = sqlite3.connect(":memory:", check_same_thread=False)
             self.conn.backup(mem)
             self.conn.close()
             self.conn = mem
             self.writable = True
 
+    @_locked
     def __len__(self) -> int:
         return self.conn.execute("SELECT COUNT(*) FROM meta").fetchone()[0]
 
+    @_locked
     def add(self, ids: np.ndarray, metadata: list[dict]) -> None:
         self._writable()
         taken = self.existing(ids)
@@ -63,6 +79,7 @@ class MetadataStore:
                 [(int(i), m.get("path"), m.get("pid"), m.get("camid"), m.get("timestamp"), m.get("track"))
                  for i, m in zip(ids, metadata)])
 
+    @_locked
     def existing(self, ids: Iterable[int]) -> set[int]:
         ids = [int(i) for i in ids]
         found: set[int] = set()
@@ -72,16 +89,19 @@ class MetadataStore:
             found.update(r[0] for r in self.conn.execute(q, chunk))
         return found
 
+    @_locked
     def delete(self, ids: Iterable[int]) -> None:
         self._writable()
         with self.conn:
             self.conn.executemany("DELETE FROM meta WHERE id = ?", [(int(i),) for i in ids])
 
+    @_locked
     def ids_with_cameras(self, cameras: Iterable[int]) -> np.ndarray:
         cams = [int(c) for c in cameras]
         q = f"SELECT id FROM meta WHERE camid IN ({','.join('?' * len(cams))})"
         return np.array([r[0] for r in self.conn.execute(q, cams)], dtype=np.int64)
 
+    @_locked
     def get(self, ids: Iterable[int]) -> list[Optional[dict]]:
         ids = [int(i) for i in ids]
         by_id: dict[int, dict] = {}
@@ -92,6 +112,7 @@ class MetadataStore:
                 by_id[row[0]] = dict(zip(_COLUMNS, row))
         return [by_id.get(i) for i in ids]
 
+    @_locked
     def filtered_ids(self, filt) -> np.ndarray:
         """Ids kept by a SearchFilter (same semantics as SearchFilter.keeps)."""
         where, args = [], []
@@ -110,9 +131,11 @@ class MetadataStore:
         q = "SELECT id FROM meta" + (" WHERE " + " AND ".join(where) if where else "")
         return np.array([r[0] for r in self.conn.execute(q, args)], dtype=np.int64)
 
+    @_locked
     def all_ids(self) -> np.ndarray:
         return np.array([r[0] for r in self.conn.execute("SELECT id FROM meta ORDER BY id")], dtype=np.int64)
 
+    @_locked
     def save_to(self, path: Path) -> None:
         def write(tmp: str) -> None:
             target = sqlite3.connect(tmp)
@@ -123,6 +146,7 @@ class MetadataStore:
 
         atomic_write(path, write)
 
+    @_locked
     def close(self) -> None:
         self.conn.close()
 
