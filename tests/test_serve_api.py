@@ -494,3 +494,28 @@ def test_demo_index_is_built_once_from_the_checkpoint(built, tiny_synth, tmp_pat
     stamp = (index / "manifest.json").stat().st_mtime_ns
     assert prepare_demo_index(built["checkpoint"], tiny_synth, tmp_path / "serve", show_progress=False) == index
     assert (index / "manifest.json").stat().st_mtime_ns == stamp
+
+
+def test_explain_returns_the_similarity_cam_of_query_and_match(client, built, query, baseline):
+    from keyreid.inference import load_model
+    from keyreid.viz.gradcam import panel_scale, picture_size, similarity_cam
+
+    match_id = baseline[0]["id"]
+    r = client.post(f"/api/explain?gallery_id={match_id}", content=query)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    model = load_model(built["checkpoint"], device="cpu")
+    batch = model.preprocess([Image.open(io.BytesIO(query)), Image.open(built["gallery"][match_id])])
+    reference = similarity_cam(model.model, batch[0], batch[1])
+    assert body["score"] == pytest.approx(reference.similarity, abs=1e-5)
+    assert body["score"] == pytest.approx(baseline[0]["score"], abs=1e-4)  # the cosine the search reported
+    import base64
+
+    picture = Image.open(io.BytesIO(base64.b64decode(body["picture"].split(",", 1)[1])))
+    h, w = model.input_size
+    assert picture.format == "PNG" and picture.size[::-1] == picture_size((h, w), 6, panel_scale(h))
+    assert client.post("/api/explain?gallery_id=99999", content=query).status_code == 404
+    r = client.post("/api/explain", content=query)
+    assert r.status_code == 422 and r.json()["field"] == "gallery_id"
+    assert client.post(f"/api/explain?gallery_id={match_id}", content=b"text").status_code == 415
+    assert_healthy(client, query, baseline)
