@@ -39,8 +39,8 @@ def tiny_checkpoint(path: Path, head: str = "bnneck", backbone: str = "resnet18"
     model = build_model(cfg.model, NUM_CLASSES, skeleton)
     model.train()
     with torch.no_grad():
-        for _ in range(3):
-            model(torch.randn(8, 3, height, width) * 0.8 + 0.1)
+        for _ in range(2):
+            model(torch.randn(4, 3, height, width) * 0.8 + 0.1)
     model.eval()
     state = model.state_dict()
     import dataclasses
