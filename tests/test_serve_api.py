@@ -519,3 +519,21 @@ def test_explain_returns_the_similarity_cam_of_query_and_match(client, built, qu
     assert r.status_code == 422 and r.json()["field"] == "gallery_id"
     assert client.post(f"/api/explain?gallery_id={match_id}", content=b"text").status_code == 415
     assert_healthy(client, query, baseline)
+
+
+def test_an_onnx_export_serves_the_same_ranking(built, tmp_path, query, baseline):
+    from keyreid.export.onnx import export_onnx
+    from keyreid.inference import load_model
+    from keyreid.search import open_index
+    from keyreid.serve import SearchService, create_app
+
+    onnx = tmp_path / "model.onnx"
+    export_onnx(built["checkpoint"], onnx, log=lambda s: None)
+    service = SearchService(load_model(onnx), open_index(built["index"]), uploads_dir=tmp_path / "up")
+    with Server(create_app(service)) as s, httpx.Client(base_url=s.url, timeout=60) as c:
+        body = c.post("/api/search?top_k=5", content=query).json()
+        assert [h["id"] for h in body["results"]] == [h["id"] for h in baseline]
+        assert [h["score"] for h in body["results"]] == pytest.approx([h["score"] for h in baseline], abs=1e-4)
+        assert body["keypoints"] is None and c.get("/api/info").json()["model"]["keypoints"] is False
+        r = c.post(f"/api/explain?gallery_id={baseline[0]['id']}", content=query)
+        assert r.status_code == 501 and "ONNX" in r.json()["error"]

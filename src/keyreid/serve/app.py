@@ -30,7 +30,7 @@ from keyreid.serve.limits import BodySizeLimit
 from keyreid.serve.metrics import Metrics, MetricsMiddleware
 from keyreid.serve.options import OptionError, parse_options
 from keyreid.serve.pool import InferencePool, Overloaded
-from keyreid.serve.service import Explain, NotFound, Query, SearchService
+from keyreid.serve.service import Explain, NotFound, Query, SearchService, Unavailable
 from keyreid.serve.uploads import UploadError, decode_upload
 
 STATIC = Path(__file__).parent / "static"
@@ -141,6 +141,8 @@ def create_app(service: SearchService, settings: Optional[ServeSettings] = None)
             return _error(422, "invalid_option", str(e), metrics, field=e.field)
         if isinstance(e, NotFound):
             return _error(404, "not_found", str(e), metrics)
+        if isinstance(e, Unavailable):
+            return _error(501, "unavailable", str(e), metrics)
         log.error("request failed: %s", e)
         return _error(500, "internal", str(e), metrics)
 

@@ -74,6 +74,10 @@ class NotFound(KeyreidError):
     """No gallery image has that id."""
 
 
+class Unavailable(KeyreidError):
+    """The served model cannot do this (an ONNX export has no gradients)."""
+
+
 class SearchService:
     def __init__(self, model, index: GalleryIndex, uploads_dir: Path, flip: Optional[bool] = None,
                  max_top_k: int = 100, rerank_candidates: int = 100):
@@ -163,7 +167,7 @@ class SearchService:
         from keyreid.viz.heatmaps import denormalize_images
 
         if not hasattr(self.model, "model"):
-            raise KeyreidError("explanations need gradients: serve the torch checkpoint (.pt), not an ONNX export")
+            raise Unavailable("explanations need gradients: serve the torch checkpoint (.pt), not an ONNX export")
         match = self.gallery_image(gallery_id)
         with self._explain_lock:
             if self._explain_net is None:
@@ -323,4 +327,4 @@ def out_embedding(model, out, batch: torch.Tensor, flip: bool) -> np.ndarray:
     return f.float().cpu().numpy()
 
 
-__all__ = ["Explain", "NotFound", "Query", "QueryResult", "SearchOptions", "SearchService", "out_embedding"]
+__all__ = ["Explain", "NotFound", "Unavailable", "Query", "QueryResult", "SearchOptions", "SearchService", "out_embedding"]
