@@ -110,4 +110,6 @@ def run_demo(output: Path = Path("runs/demo"), data_root: Path = Path("data/synt
 
         path = write_demo_report(output / f"seed{seed}", results, trainers, distmats)
         console.print(f"report: {path}")
+    if (output, data_root, seed) == (Path("runs/demo"), Path("data/synth"), 0) and "kae" in (runs or DEMO_RUNS):
+        console.print("search the synthetic gallery in a browser: keyreid serve --demo  (http://127.0.0.1:8000)")
     return results
