@@ -36,7 +36,8 @@ ROWS = {
     "square-edge": ("square-edge", None),
     "tall-black": ("tall-black", None),
     "tall-edge": ("tall-edge", None),
-    "tall-edge+retry": ("tall-edge", "square-edge"),
+    "tall-edge+square-edge": ("tall-edge", "square-edge"),
+    "tall-edge+retry": ("tall-edge", "tall-edge-1.5"),
 }
 DESCRIPTION = {
     "raw": "raw 64x128 crop",
@@ -45,7 +46,8 @@ DESCRIPTION = {
     "square-edge": "upscale to 256, square canvas, 25% margin, edge-replicated",
     "tall-black": "upscale to 256, canvas 2x the height, black",
     "tall-edge": "upscale to 256, canvas 2x the height, edge-replicated",
-    "tall-edge+retry": "tall-edge, then square-edge where nobody is found (default)",
+    "tall-edge+square-edge": "tall-edge, then square-edge where nobody is found",
+    "tall-edge+retry": "tall-edge, then a canvas 1.5x the height where nobody is found (default)",
 }
 
 

@@ -528,7 +528,7 @@ def test_real_crops_default_layout_finds_people_the_old_one_missed(real_crops, t
     """Real people (three photos shipped in scikit-image / matplotlib, cut into 24 re-ID-like
     crops: squashed to 64x128, mirrored, blurred, JPEG 25-90, hand-marked keypoints). Measured
     with mediapipe 0.10.21 on CPU (deterministic): the default (tall canvas, edge borders,
-    square-edge retry) finds 24 / 24 (23 plausible), the old square black canvas 19 / 24."""
+    retry on a 1.5x canvas) finds 24 / 24 (23 plausible), the old square black canvas 19 / 24."""
     from keyreid.pose import build_estimator
 
     ds = build_dataset("folder", real_crops)

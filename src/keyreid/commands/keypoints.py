@@ -55,7 +55,7 @@ def estimate(
         f"{', '.join(PREPROCESS_NAMES)} (default tall-edge; square-black was the old default)."),
     retry: Optional[str] = typer.Option(
         None, "--retry", help="mediapipe: a second layout for images where nobody is found, or "
-        "'none' (default square-edge)."),
+        "'none' (default tall-edge-1.5)."),
     option: Optional[list[str]] = typer.Option(None, "--option",
                                                help="Adapter option KEY=VALUE (repeatable)."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),

@@ -201,6 +201,7 @@ PREPROCESS = {
     "square-black": Preprocess(canvas="square", fill="black"),
     "square-edge": Preprocess(canvas="square", fill="edge"),
     "tall-black": Preprocess(canvas="tall", fill="black"),
+    "tall-edge-1.5": Preprocess(height_factor=1.5),  # the default retry
     "crop": Preprocess(canvas="plain", fill="black", min_long_side=256, margin=0.0),
     "raw": Preprocess(canvas="plain", fill="black", min_long_side=0, margin=0.0),
 }
