@@ -175,3 +175,10 @@ def test_errors_name_the_problem():
     zero[0] = 0
     with pytest.raises(ValueError, match="all zeros"):
         evaluate(zero, y)
+
+
+def test_no_embeddings_is_a_clear_error_not_a_division_by_zero():
+    with pytest.raises(EvaluationError, match=r"no embeddings to evaluate: shape \(0, 8\)"):
+        evaluate(np.zeros((0, 8), np.float32), np.zeros(0, np.int64))
+    with pytest.raises(EvaluationError, match=r"no embeddings to evaluate: shape \(5, 0\)"):
+        evaluate(np.zeros((5, 0), np.float32), np.arange(5))

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from keyreid.errors import KeyreidError
-from keyreid.evaluation.distance import distance_matrix
-from keyreid.evaluation.reid import evaluate
+from keyreid.evaluation import nearest
+from keyreid.evaluation.distance import as_tensor, distance_matrix
+from keyreid.evaluation.reid import EvaluationError, evaluate
 from keyreid.evaluation.rerank import re_ranking
 from peers import peer_module
 
@@ -91,24 +93,166 @@ def test_reranking_raises_map_where_neighbours_share_identity():
 
 def test_bad_arguments_are_clear_errors():
     q, g, _, _ = _clustered(seed=5, num_query=4, num_gallery=10)
-    with pytest.raises(ValueError, match="k2"):
-        re_ranking(q, g, k1=3, k2=5)
-    with pytest.raises(ValueError, match="more than 20 images"):
-        re_ranking(q, g, k1=20)
-    with pytest.raises(ValueError, match="lambda"):
-        re_ranking(q, g, k1=3, k2=2, lambda_value=1.5)
-    with pytest.raises(ValueError, match="same dimension"):
+    for kwargs, message in [
+        (dict(k1=3, k2=5), r"1 <= k2 <= k1 \+ 1 \(got k1=3, k2=5\)"),
+        (dict(k1=20), "k1=20 needs more than 20 images"),
+        (dict(k1=3, k2=2, lambda_value=1.5), r"lambda must lie in \[0, 1\]"),
+        (dict(k1=3, k2=2, lambda_value=-0.1), r"lambda must lie in \[0, 1\]"),
+        (dict(k1=3, k2=2, lambda_value="0.3"), "lambda must be a number"),
+        (dict(k1=0, k2=1), "k1 must be >= 1"),
+        (dict(k1=2.5, k2=2), "k1 must be a whole number, got 2.5"),
+        (dict(k1="3", k2=2), "k1 must be a whole number, got '3'"),
+        (dict(k1=True, k2=1), "k1 must be a whole number"),
+        (dict(k1=3, k2=1.5), "k2 must be a whole number, got 1.5"),
+        (dict(k1=3, k2=2, chunk=0), "chunk must be >= 1"),
+    ]:
+        with pytest.raises(EvaluationError, match=message):
+            re_ranking(q, g, **kwargs)
+    with pytest.raises(KeyreidError, match="same dimension"):
         re_ranking(q, g[:, :5], k1=3, k2=2)
+    with pytest.raises(KeyreidError, match=r"dist_qg has shape \(4, 9\)"):
+        re_ranking(q, g, k1=3, k2=2, dist_qg=np.zeros((4, 9)))
     bad = g.copy()
     bad[7, 0] = np.nan
     with pytest.raises(KeyreidError, match="gallery features.*row 7"):
         re_ranking(q, bad, k1=3, k2=2)
 
 
-def test_identical_features_give_finite_distances():
-    """A model that collapsed (every feature equal) must not produce NaN: ties everywhere, some
-    reciprocal sets may come out empty."""
-    q = np.ones((5, 4), np.float32)
-    g = np.ones((30, 4), np.float32)
-    out = re_ranking(q, g, k1=6, k2=3)
-    assert np.isfinite(out).all()
+def test_integral_float_k1_k2_are_the_integers():
+    """20.0 (YAML, arithmetic) is 20, not a TypeError."""
+    q, g, _, _ = _clustered(seed=6)
+    np.testing.assert_array_equal(re_ranking(q, g, k1=7.0, k2=np.float64(3.0)), re_ranking(q, g, k1=7, k2=3))
+    np.testing.assert_array_equal(re_ranking(q, g, k1=np.int64(7), k2=3), re_ranking(q, g, k1=7, k2=3))
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_identical_features_give_finite_distances(exact):
+    """A model that collapsed (every feature equal) must not produce NaN. The float32 distances
+    of identical vectors are rounding noise around 0 (of either sign) that the peers divide by;
+    here every image is at distance 0: lambda 1 gives exactly 0, any lambda a finite [0, 1]."""
+    rng = np.random.default_rng(0)
+    one = rng.normal(size=(1, 64)).astype(np.float32)
+    q, g = np.repeat(one, 5, 0), np.repeat(one, 30, 0)
+    assert np.abs(distance_matrix(q, g)).max() > 0  # the noise the old code divided by
+    for distance in ("cosine", "euclidean"):
+        base_only = re_ranking(q, g, k1=6, k2=3, lambda_value=1.0, distance=distance, exact=exact)
+        np.testing.assert_array_equal(base_only, np.zeros((5, 30), np.float32))
+        out = re_ranking(q, g, k1=6, k2=3, distance=distance, exact=exact)
+        assert np.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
+    ones = re_ranking(np.ones((5, 4), np.float32), np.ones((30, 4), np.float32), k1=6, k2=3, exact=exact)
+    assert np.isfinite(ones).all()
+
+
+# ------------------------------------------------------------- the bf16 candidate pass
+
+
+def _tight_clusters(seed: int, ids: int, per_id: int, dim: int = 32, metric: str = "cosine"):
+    """Well separated identities whose members lie 0.05-0.1 rad from their centre, at
+    distances that differ by ~1e-4 (float32 resolves them, bfloat16, whose dot products are
+    good to ~4e-3, does not): bf16 alone would order most neighbour lists wrongly."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(ids, dim))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    offsets = rng.normal(size=(ids, per_id, dim))
+    offsets -= (offsets * centres[:, None]).sum(-1, keepdims=True) * centres[:, None]  # orthogonal
+    offsets /= np.linalg.norm(offsets, axis=-1, keepdims=True)
+    angle = rng.uniform(0.05, 0.1, size=(ids, per_id, 1))
+    feats = np.cos(angle) * centres[:, None] + np.sin(angle) * offsets
+    if metric == "euclidean":  # unnormalised, scale varying per identity
+        feats = feats * rng.uniform(1, 30, size=(ids, 1, 1))
+    pids = np.repeat(np.arange(ids), per_id)
+    return feats.reshape(-1, dim).astype(np.float32), pids
+
+
+def _split(feats, pids, every: int = 4):
+    is_query = np.arange(len(feats)) % every == 0
+    return feats[is_query], feats[~is_query], pids[is_query], pids[~is_query]
+
+
+def _lists(q, g, metric, k):
+    feats = as_tensor(np.concatenate([q, g]), metric)
+    exact, exact_max = nearest.exact_neighbours(feats, k, metric, chunk=37)
+    fast, fast_max, stats = nearest.fast_neighbours(feats, len(q), distance_matrix(q, g, metric), k, metric,
+                                                    chunk=37)
+    bf16 = feats.to(torch.bfloat16)
+    dot = (bf16 @ bf16.T).float()  # what the fast pass ranks its candidates by
+    sq = (feats * feats).sum(1)
+    d = (1 - dot) if metric == "cosine" else sq[:, None] + sq[None] - 2 * dot
+    bf16_only = torch.topk(d, k, dim=1, largest=False, sorted=True).indices.numpy()
+    return exact, exact_max, fast, fast_max, stats, bf16_only
+
+
+def _assert_same_up_to_float32_ties(fast, exact, q, g, metric):
+    """Equal lists, except that images whose float64 distances differ by less than float32
+    resolves (the exact pass's own limit) may swap: row by row the float64 distances along
+    both lists agree to 1e-6 of the scale, and such swaps are rare."""
+    x = as_tensor(np.concatenate([q, g]), metric).double().numpy()
+    differ = np.flatnonzero((fast != exact).any(1))
+    assert len(differ) <= 0.01 * len(fast)
+    for i in differ:
+        dist = lambda idx: (1 - x[idx] @ x[i]) if metric == "cosine" else ((x[idx] - x[i]) ** 2).sum(1)  # noqa: E731
+        scale = 1.0 if metric == "cosine" else (x[i] ** 2).sum()
+        np.testing.assert_allclose(dist(fast[i]), dist(exact[i]), atol=1e-6 * scale, rtol=0)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_fast_neighbour_lists_equal_the_exact_ones_where_bf16_reorders_near_ties(metric):
+    feats, pids = _tight_clusters(seed=0, ids=40, per_id=12, metric=metric)
+    q, g, _, _ = _split(feats, pids)
+    exact, exact_max, fast, fast_max, stats, bf16_only = _lists(q, g, metric, k=8)
+    assert (bf16_only != exact).any(1).mean() > 0.5  # the data do defeat bf16 alone
+    _assert_same_up_to_float32_ties(fast, exact, q, g, metric)
+    np.testing.assert_allclose(fast_max, exact_max, rtol=1e-6)
+    assert stats.rows == len(feats) and stats.fallback_rows == 0  # certified from candidates
+
+
+def test_rows_the_bound_cannot_certify_fall_back_to_float32_and_stay_exact():
+    """One identity of 150: more images within bf16's error of each other than any candidate
+    round holds."""
+    feats, pids = _tight_clusters(seed=1, ids=12, per_id=12)
+    crowd, _ = _tight_clusters(seed=2, ids=1, per_id=150)
+    feats = np.concatenate([feats, crowd])
+    q, g, _, _ = _split(feats, np.zeros(len(feats), int), every=5)
+    exact, exact_max, fast, fast_max, stats, _ = _lists(q, g, "cosine", k=8)
+    assert stats.fallback_rows >= 100
+    _assert_same_up_to_float32_ties(fast, exact, q, g, "cosine")
+    np.testing.assert_allclose(fast_max, exact_max, rtol=1e-6)
+
+
+def test_bf16_error_bound_holds():
+    """The bound the certification rests on, against float64 dot products, at several scales."""
+    rng = np.random.default_rng(0)
+    for scale in (1e-3, 1.0, 1e3):
+        x = (rng.normal(size=(300, 512)) * rng.uniform(0.1, 10, size=(300, 1)) * scale).astype(np.float32)
+        t = torch.from_numpy(x)
+        b = t.to(torch.bfloat16)
+        approx = (b @ b.T).double().numpy()
+        true = x.astype(np.float64) @ x.astype(np.float64).T
+        norm = np.linalg.norm(x.astype(np.float64), axis=1)
+        norm_b = np.linalg.norm(b.double().numpy(), axis=1)
+        norm_r = np.linalg.norm(x.astype(np.float64) - b.double().numpy(), axis=1)
+        gamma = 512 * 2.0 ** -24 / (1 - 512 * 2.0 ** -24)
+        bound = (nearest.U_BF16 * np.abs(approx) + gamma * np.outer(norm_b, norm_b)
+                 + np.outer(norm_r, norm_b) + np.outer(norm, norm_r))
+        assert (np.abs(approx - true) <= bound).all()
+        assert np.abs(approx - true).max() > 1e-3 * bound.max()  # and it is not vacuous
+
+
+@pytest.mark.parametrize("distance", ["cosine", "euclidean"])
+def test_fast_reranking_equals_the_exact_one_matrix_and_metrics(distance):
+    feats, pids = _tight_clusters(seed=3, ids=40, per_id=12, metric=distance)
+    q, g, qp, gp = _split(feats, pids)
+    qc, gc = np.zeros(len(q), int), np.ones(len(g), int)
+    exact = re_ranking(q, g, k1=7, k2=3, distance=distance, exact=True)
+    fast = re_ranking(q, g, k1=7, k2=3, distance=distance, exact=False)
+    np.testing.assert_allclose(fast, exact, atol=1e-6, rtol=0)
+    a, b = evaluate(exact, qp, gp, qc, gc), evaluate(fast, qp, gp, qc, gc)
+    assert abs(a.mAP - b.mAP) <= 1e-4 and np.abs(a.cmc - b.cmc).max() <= 1e-4
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_one_query_against_a_candidate_set_equals_torchreid(exact):
+    """The search command's use: one query, re-ranked over its top candidates."""
+    q, g, _, _ = _clustered(seed=8, num_query=1, num_gallery=60)
+    ours = re_ranking(q, g, k1=10, k2=4, lambda_value=0.3, exact=exact)
+    np.testing.assert_allclose(ours, _torchreid(q, g, "cosine", 10, 4, 0.3), atol=2e-5, rtol=0)

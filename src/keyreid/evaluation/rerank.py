@@ -29,30 +29,47 @@ import scipy.sparse as sp
 import torch
 
 from keyreid.evaluation.distance import as_tensor, block_distance, check_finite
+from keyreid.evaluation.nearest import bf16_fast, exact_neighbours, fast_neighbours, pair_distances
+from keyreid.evaluation.reid import EvaluationError
 
-__all__ = ["re_ranking"]
+__all__ = ["re_ranking", "FAST_MIN_IMAGES"]
+
+# Below this many images (query + gallery) the float32 pass takes well under a second and the
+# bf16 candidates' bookkeeping would not pay.
+FAST_MIN_IMAGES = 4096
 
 
 def _prepare(query: np.ndarray, gallery: np.ndarray, distance: str) -> torch.Tensor:
     check_finite(query, "query features")
     check_finite(gallery, "gallery features")
     if query.ndim != 2 or gallery.ndim != 2 or query.shape[1] != gallery.shape[1]:
-        raise ValueError(f"query {query.shape} and gallery {gallery.shape} features must be "
-                         "2-D with the same dimension")
+        raise EvaluationError(f"query {query.shape} and gallery {gallery.shape} features must be "
+                              "2-D with the same dimension")
     return as_tensor(np.concatenate([query, gallery]), distance)
 
 
-def _neighbours(feats: torch.Tensor, k: int, distance: str, chunk: int) -> tuple[np.ndarray, np.ndarray]:
-    """The k nearest images of each image (itself included), nearest first, and each row's
-    largest distance. Memory: one chunk x N block at a time."""
-    n = len(feats)
-    nearest = np.empty((n, k), dtype=np.int64)
-    row_max = np.empty(n, dtype=np.float32)
-    for s in range(0, n, chunk):
-        d = block_distance(feats[s:s + chunk], feats, distance)
-        row_max[s:s + chunk] = d.max(1).values.numpy()
-        nearest[s:s + chunk] = torch.topk(d, k, dim=1, largest=False, sorted=True).indices.numpy()
-    return nearest, row_max
+def _integer(value, name: str) -> int:
+    """k1 / k2 as an int: ints and integral floats (20.0, as YAML or arithmetic may give them)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise EvaluationError(f"re-ranking {name} must be a whole number, got {value!r}")
+    if isinstance(value, (float, np.floating)) and not float(value).is_integer():
+        raise EvaluationError(f"re-ranking {name} must be a whole number, got {value!r}")
+    return int(value)
+
+
+def _check_arguments(k1, k2, lambda_value, chunk) -> tuple[int, int, float, int]:
+    k1, k2, chunk = _integer(k1, "k1"), _integer(k2, "k2"), _integer(chunk, "chunk")
+    if k1 < 1:
+        raise EvaluationError(f"re-ranking k1 must be >= 1 (got k1={k1})")
+    if not 1 <= k2 <= k1 + 1:
+        raise EvaluationError(f"re-ranking needs 1 <= k2 <= k1 + 1 (got k1={k1}, k2={k2})")
+    if isinstance(lambda_value, (bool, np.bool_)) or not isinstance(lambda_value, (int, float, np.integer, np.floating)):
+        raise EvaluationError(f"re-ranking lambda must be a number in [0, 1], got {lambda_value!r}")
+    if not 0.0 <= float(lambda_value) <= 1.0:
+        raise EvaluationError(f"re-ranking lambda must lie in [0, 1] (got {lambda_value})")
+    if chunk < 1:
+        raise EvaluationError(f"re-ranking chunk must be >= 1 (got {chunk})")
+    return k1, k2, float(lambda_value), chunk
 
 
 @nb.njit(cache=True, inline="always")
@@ -105,78 +122,90 @@ def _expanded_sets(nearest: np.ndarray, k1: int, k_half: int) -> tuple[np.ndarra
 
 
 @nb.njit(parallel=True, cache=True)
-def _set_distances(feats: np.ndarray, indptr: np.ndarray, indices: np.ndarray, cosine: bool) -> np.ndarray:
-    """Distance from each image to each member of its R*(i), straight from the features (cosine
-    on L2-normalised rows, else squared Euclidean), without gathering feature copies."""
-    out = np.empty(len(indices), dtype=np.float64)
-    for i in nb.prange(len(indptr) - 1):
-        fi = feats[i]
-        for p in range(indptr[i], indptr[i + 1]):
-            fj = feats[indices[p]]
-            acc = 0.0
-            if cosine:
-                for d in range(fi.shape[0]):
-                    acc += fi[d] * fj[d]
-                out[p] = 1.0 - acc
-            else:
-                for d in range(fi.shape[0]):
-                    diff = fi[d] - fj[d]
-                    acc += diff * diff
-                out[p] = acc
-    return out
-
-
-@nb.njit(parallel=True, cache=True)
-def _jaccard(v_indptr, v_indices, v_data, c_indptr, c_indices, c_data, num_query, out):
-    """out[i, j - Q] = Jaccard distance between row i < Q and row j >= Q of V, given V as CSR
-    (rows) and CSC (columns)."""
+def _jaccard_and_base(v_indptr, v_indices, v_data, c_indptr, c_indices, c_data, num_query,
+                      scale, degenerate, lambda_value, out):
+    """In place: out[i, j - Q] (the base distance on entry) becomes (1 - lambda) * Jaccard
+    distance between rows i < Q and j >= Q of V + lambda * out[i, j - Q] * scale[i], with the
+    normalised base clipped to [0, 1] (0 for a degenerate row); V as CSR (rows) and CSC (columns)."""
+    num_gallery = out.shape[1]
     for i in nb.prange(num_query):
-        row = out[i]
-        row[:] = 0.0
+        acc = np.zeros(num_gallery, dtype=np.float64)
         for p in range(v_indptr[i], v_indptr[i + 1]):
             k = v_indices[p]
             vi = v_data[p]
             for q in range(c_indptr[k], c_indptr[k + 1]):
                 j = c_indices[q]
                 if j >= num_query:
-                    row[j - num_query] += min(vi, c_data[q])
-        for j in range(row.shape[0]):
-            row[j] = 1.0 - row[j] / (2.0 - row[j])
+                    acc[j - num_query] += min(vi, c_data[q])
+        row = out[i]
+        for j in range(num_gallery):
+            base = 0.0 if degenerate[i] else min(max(row[j] * scale[i], 0.0), 1.0)
+            row[j] = (1.0 - lambda_value) * (1.0 - acc[j] / (2.0 - acc[j])) + lambda_value * base
+
+
+def _normalised(d: np.ndarray, row_max: np.ndarray, degenerate: np.ndarray) -> np.ndarray:
+    """d / the row's largest distance, in [0, 1]: the quotient of a float64 distance and a float32
+    maximum can stray past 1 by rounding, and a row of identical images has only rounding noise
+    to divide by (then 0: all its images are at distance zero)."""
+    out = np.clip(d / np.where(degenerate, 1.0, row_max), 0.0, 1.0)
+    out[degenerate] = 0.0
+    return out
 
 
 def re_ranking(query: np.ndarray, gallery: np.ndarray, k1: int = 20, k2: int = 6,
                lambda_value: float = 0.3, distance: str = "cosine",
-               dist_qg: np.ndarray | None = None, chunk: int = 1024) -> np.ndarray:
+               dist_qg: np.ndarray | None = None, chunk: int = 1024,
+               exact: bool | None = None) -> np.ndarray:
     """Re-ranked float32 [Q, G] distances from query and gallery features.
 
     ``distance`` is the base distance (cosine: 1 - cos; euclidean: squared Euclidean, as
     keyreid.evaluation.distance.distance_matrix). ``dist_qg``, when the caller already has
     that matrix, saves recomputing its query x gallery block. Defaults are the paper's
-    (k1 20, k2 6, lambda 0.3).
+    (k1 20, k2 6, lambda 0.3). The gallery may be any candidate set (``keyreid search``).
+
+    ``exact``: True finds every image's k1 + 1 nearest neighbours from float32 distances over
+    all N^2 pairs (the reference); False from bfloat16 candidates checked against a proven error
+    bound (keyreid.evaluation.nearest: the same lists, a float32 recomputation for the rows the
+    bound cannot certify); None (default) takes the bf16 path where it pays (a CPU with a
+    bf16 GEMM, at least FAST_MIN_IMAGES images).
     """
     query = np.asarray(query)
     gallery = np.asarray(gallery)
+    k1, k2, lambda_value, chunk = _check_arguments(k1, k2, lambda_value, chunk)
     feats = _prepare(query, gallery, distance)
     num_query, n = len(query), len(feats)
-    if not 1 <= k2 <= k1 + 1:
-        raise ValueError(f"re-ranking needs 1 <= k2 <= k1 + 1 (got k1={k1}, k2={k2})")
-    if not 0.0 <= lambda_value <= 1.0:
-        raise ValueError(f"re-ranking lambda must lie in [0, 1] (got {lambda_value})")
     if n < k1 + 1:
-        raise ValueError(f"re-ranking with k1={k1} needs more than {k1} images in query + gallery "
-                         f"(got {n}); lower eval.rerank_k1")
-    if dist_qg is not None and dist_qg.shape != (num_query, n - num_query):
-        raise ValueError(f"dist_qg has shape {dist_qg.shape}, expected {(num_query, n - num_query)}")
+        raise EvaluationError(f"re-ranking with k1={k1} needs more than {k1} images in query + gallery "
+                              f"(got {n}); lower eval.rerank_k1")
+    if dist_qg is not None and np.shape(dist_qg) != (num_query, n - num_query):
+        raise EvaluationError(f"dist_qg has shape {np.shape(dist_qg)}, expected {(num_query, n - num_query)}")
 
-    nearest, row_max = _neighbours(feats, k1 + 1, distance, chunk)
-    row_max = np.maximum(row_max, np.finfo(np.float32).tiny)  # all-identical rows: no 0 / 0
+    # The base query x gallery distances, in the output array (the Jaccard term joins them in place).
+    out = np.empty((num_query, n - num_query), dtype=np.float32)
+    q_feats, g_feats = feats[:num_query], feats[num_query:]
+    g2 = (g_feats * g_feats).sum(1) if distance == "euclidean" else None
+    for s in range(0, num_query, chunk):
+        e = min(s + chunk, num_query)
+        out[s:e] = (block_distance(q_feats[s:e], g_feats, distance, g2).numpy() if dist_qg is None
+                    else np.asarray(dist_qg[s:e], dtype=np.float32))
+
+    if exact is None:
+        exact = not (n >= FAST_MIN_IMAGES and bf16_fast())
+    if exact:
+        nearest, row_max = exact_neighbours(feats, k1 + 1, distance, chunk)
+    else:
+        nearest, row_max, _ = fast_neighbours(feats, num_query, out, k1 + 1, distance, chunk)
+    # A row whose farthest image is within float32 rounding of distance 0 holds identical images.
+    sq = (feats * feats).sum(1).double().numpy()
+    noise = 2 * feats.shape[1] * 2.0 ** -24 * (np.ones(n) if distance == "cosine" else sq + sq.max())
+    degenerate = row_max <= noise
     k_half = int(np.around(k1 / 2.0))
     indptr, indices = _expanded_sets(nearest, k1, k_half)
 
     # V: exp(-normalised distance) over each R*(i), rows summing to 1.
     rows = np.repeat(np.arange(n), np.diff(indptr))
-    weights = _set_distances(feats.numpy(), indptr, indices, distance == "cosine")
-    weights = np.exp(-weights / row_max[rows])
+    weights = pair_distances(feats.numpy(), rows, indices, distance == "cosine")
+    weights = np.exp(-_normalised(weights, row_max[rows], degenerate[rows]))
     weights /= np.bincount(rows, weights, minlength=n)[rows]  # (bincount: empty rows allowed)
     v = sp.csr_matrix((weights, indices, indptr), shape=(n, n))
     if k2 > 1:
@@ -187,15 +216,7 @@ def re_ranking(query: np.ndarray, gallery: np.ndarray, k1: int = 20, k2: int = 6
     vc = v.tocsc()
     vc.sort_indices()
 
-    out = np.empty((num_query, n - num_query), dtype=np.float32)
-    _jaccard(v.indptr, v.indices, v.data, vc.indptr, vc.indices, vc.data, num_query, out)
-    out *= 1.0 - lambda_value
-    q_feats, g_feats = feats[:num_query], feats[num_query:]
-    for s in range(0, num_query, chunk):
-        e = min(s + chunk, num_query)
-        if dist_qg is None:
-            base = block_distance(q_feats[s:e], g_feats, distance).numpy()
-        else:
-            base = np.asarray(dist_qg[s:e], dtype=np.float32)
-        out[s:e] += (lambda_value / row_max[s:e, None]) * base
+    scale = 1.0 / np.where(degenerate[:num_query], 1.0, row_max[:num_query])
+    _jaccard_and_base(v.indptr, v.indices, v.data, vc.indptr, vc.indices, vc.data, num_query,
+                      scale, degenerate[:num_query], lambda_value, out)
     return out

@@ -129,6 +129,8 @@ def evaluate(
         )
     if distance not in DISTANCES:
         raise EvaluationError(f"distance must be one of {DISTANCES}, got {distance!r}")
+    if len(x) == 0 or x.shape[1] == 0:
+        raise EvaluationError(f"no embeddings to evaluate: shape {x.shape} (an empty test split?)")
     ks = tuple(int(k) for k in ks)
     if any(k < 1 for k in ks):
         raise EvaluationError(f"every K must be >= 1, got {ks}")
