@@ -620,6 +620,13 @@ def test_cli_estimate_reports_rate_lists_missing_and_show_draws_them(synth, tmp_
     res = CliRunner().invoke(app, args + ["--preprocess", "tall-edge"])
     assert res.exit_code == 2 and "--preprocess is for --estimator mediapipe" in res.output
 
+    if HAVE_MEDIAPIPE:  # --margin has no meaning on the default tall canvas: refused, not ignored
+        before = out.read_bytes()
+        res = CliRunner().invoke(app, [*args[:-3], "--margin", "0.3"])
+        assert res.exit_code == 2, res.output
+        assert "error: --margin applies to square and crop layouts, not to 'tall-edge'" in res.output
+        assert out.read_bytes() == before
+
 
 def test_cli_estimate_prints_plain_progress_lines_without_a_terminal(synth, tmp_path, monkeypatch):
     from keyreid.cli import app

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from keyreid.data.keypoints import COCO17
+from keyreid.errors import KeyreidError
 from keyreid.pose.estimators import (CanvasGeometry, EstimatorUnavailable, PoseEstimator,
                                      Preprocess, finish_keypoints, get_preprocess,
                                      register_estimator)
@@ -130,6 +131,11 @@ class MediaPipeEstimator(PoseEstimator):
             raise EstimatorUnavailable("only model_complexity=1 ships inside the mediapipe wheel "
                                        "(0 and 2 are downloaded at first use)")
         first = get_preprocess(preprocess)
+        if margin is not None and first.canvas == "tall":
+            # a tall canvas has no margin: ignoring the value would silently run another layout
+            raise KeyreidError(f"--margin applies to square and crop layouts, not to "
+                               f"{preprocess if isinstance(preprocess, str) else 'a tall canvas'!r}; "
+                               "add --preprocess square-edge (or square-black, the old default)")
         changes = {k: v for k, v in (("min_long_side", min_long_side), ("margin", margin))
                    if v is not None}
         self.preprocess = replace(first, **changes) if changes else first
