@@ -79,6 +79,16 @@ def test_page_searches_shows_scores_keypoints_explains_and_rejects(built, browse
         assert browser.find_elements(By.CSS_SELECTOR, "#results li.result") == []
         browser.save_screenshot(str(ARTIFACTS / "page-rejected.png"))
 
+        # a gallery image clicked is the next query: it finds itself first
+        thumb = browser.find_elements(By.CSS_SELECTOR, "#gallery li.gallery-item")[2]
+        picked = int(thumb.get_attribute("data-id"))
+        thumb.click()
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results li.result")) > 0)
+        top = browser.find_elements(By.CSS_SELECTOR, "#results li.result")[0]
+        assert int(top.get_attribute("data-id")) == picked
+        assert top.find_element(By.CLASS_NAME, "score").text in ("1. 1.0000", "1. 0.9999")
+        assert browser.find_element(By.ID, "message").is_displayed() is False
+
         # the service is unharmed: the same search gives the same answer
         assert httpx.get(f"{server.url}/healthz").json()["status"] == "ok"
         again = httpx.post(f"{server.url}/api/search?top_k=10", content=query.read_bytes(), timeout=60)

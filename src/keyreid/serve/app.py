@@ -24,6 +24,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from keyreid.errors import KeyreidError
 from keyreid.serve.limits import BodySizeLimit
@@ -155,6 +156,11 @@ def create_app(service: SearchService, settings: Optional[ServeSettings] = None)
         first = e.errors()[0]
         field = str(first["loc"][-1]) if first.get("loc") else "request"
         return _error(422, "invalid_option", f"{field}: {first.get('msg', 'invalid')}", metrics, field=field)
+
+    @api.exception_handler(ClientDisconnect)
+    async def gone(_request: Request, _e: ClientDisconnect):
+        # the client hung up mid-upload: nobody reads this answer, but it is counted
+        return _error(400, "client_disconnected", "the client closed the connection during the upload", metrics)
 
     @api.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, e: StarletteHTTPException):

@@ -55,6 +55,7 @@ async function loadGallery() {
     list.replaceChildren(...body.items.map((it) => {
       const li = document.createElement("li");
       li.className = "gallery-item";
+      li.dataset.id = it.id;
       li.title = `gallery #${it.id}` + (it.camid != null ? `, camera ${it.camid}` : "");
       const img = document.createElement("img");
       img.src = it.thumbnail;
@@ -67,7 +68,10 @@ async function loadGallery() {
 }
 
 async function searchGalleryImage(id) {
-  const r = await fetch(`/api/gallery/${id}/image`);
+  let r;
+  try {
+    r = await fetch(`/api/gallery/${id}/image`);
+  } catch (e) { showMessage("Cannot reach the service."); return; }
   if (!r.ok) { showMessage(await errorText(r)); return; }
   setQuery(await r.blob(), `gallery #${id}`);
 }
