@@ -4,6 +4,7 @@ writes the side-by-side picture."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -184,3 +185,88 @@ def test_keyreid_explain_refuses_bad_input_in_one_line(tmp_path):
         result = CliRunner().invoke(app, ["explain", *args])
         assert isinstance(result.exception, KeyreidError) and expected in str(result.exception)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "photos"]
+
+
+# ------------------------------------------------------------------------- keyreid viz ranked
+def test_ranked_summary_matches_the_protocol():
+    """Per-query AP and first-hit ranks average to evaluate()'s mAP and R1; top lists are the
+    protocol's order (same-pid-same-camera items dropped)."""
+    from keyreid.evaluation.reid import evaluate
+    from keyreid.viz.ranking import rank_gallery, ranked_summary
+
+    rng = np.random.default_rng(3)
+    qp, qc = rng.integers(0, 6, 20), rng.integers(0, 3, 20)
+    gp, gc = rng.integers(0, 8, 60), rng.integers(0, 3, 60)
+    d = rng.random((20, 60)).astype(np.float32)
+    d[:, 5] = d[:, 7]                                  # ties keep gallery order
+    s = ranked_summary(d, qp, qc, gp, gc, top_k=15)
+    m = evaluate(d, qp, gp, qc, gc)
+    valid = ~np.isnan(s["ap"])
+    assert valid.sum() == m.num_valid_queries
+    assert np.nanmean(s["ap"]) == pytest.approx(m.mAP, abs=1e-9)
+    assert np.mean(s["first_hit"][valid] == 1) == pytest.approx(m.rank(1), abs=1e-9)
+    for i in range(20):
+        assert list(s["index"][i]) == [it.index for it in rank_gallery(d[i], qp[i], qc[i], gp, gc, 15)]
+
+
+def test_select_queries_worst_best_and_chosen():
+    from keyreid.viz.ranking import select_queries
+
+    ap = np.array([0.5, np.nan, 0.1, 1.0, 0.1, 1.0])
+    first = np.array([2, 0, 9, 1, 3, 1])
+    rows = select_queries(ap, first, worst=2, best=1, chosen=[1])
+    # ties on AP: the later first true match is worse; then the lower index first
+    assert rows == [(2, "worst AP 0.10"), (4, "worst AP 0.10"), (3, "best AP 1.00"), (1, "no true match")]
+
+
+def test_keyreid_eval_then_viz_ranked(tiny_synth, tmp_path):
+    from conftest import tiny_overrides
+    from keyreid.cli import app
+    from keyreid.viz.ranking import MATCH_RGB, MISMATCH_RGB, grid_layout, load_ranked
+
+    run = tmp_path / "run"
+    run.mkdir()
+    ckpt = tiny_checkpoint(run / "best.pt", "bnneck")
+    config = tmp_path / "tiny.yaml"
+    config.write_text("name: tiny\n")
+    sets = [a for o in tiny_overrides(tiny_synth, run) for a in ("--set", o)]
+    runner = CliRunner()
+    r = runner.invoke(app, ["eval", str(config), *sets, "--checkpoint", str(ckpt)])
+    assert r.exit_code == 0, r.output
+    report = json.loads((run / "best.eval.json").read_text())
+    data = load_ranked(report["ranked"])
+    assert report["ranked"] == str(run / "best.eval.ranked.npz")
+    assert np.nanmean(data["ap"]) == pytest.approx(report["metrics"]["mAP"], abs=1e-6)
+    assert len(data["query_path"]) == report["queries"] and len(data["gallery_path"]) == report["gallery"]
+
+    out = tmp_path / "ranked.png"
+    r = runner.invoke(app, ["viz", "ranked", str(run / "best.eval.json"), "-o", str(out), "--worst", "2",
+                            "--best", "1", "--queries", "0", "--top-k", "5"])
+    assert r.exit_code == 0, r.output
+    worst = int(np.nanargmin(np.where(np.isnan(data["ap"]), np.inf, data["ap"])))
+    assert Path(str(data["query_path"][worst])).name in r.output.split(",")[0]
+    layout = grid_layout(4, 5)
+    with Image.open(out) as im:
+        assert im.size == (layout.width, layout.height)
+        a = np.asarray(im.convert("RGB"))
+    rows = [worst, None, None, 0]
+    for row, qi in enumerate(rows):
+        if qi is None:
+            continue
+        for c in range(1, 6):   # each frame says whether that gallery image is the same identity
+            x0, y0 = layout.boxes[(row, c)][:2]
+            g = data["top_index"][qi][c - 1]
+            same = data["gallery_pid"][g] == data["query_pid"][qi]
+            assert tuple(a[y0 + 1, x0 + 1]) == (MATCH_RGB if same else MISMATCH_RGB)
+
+    # the checkpoint stands for its report; bad input is one line and writes nothing
+    r = runner.invoke(app, ["viz", "ranked", str(ckpt), "-o", str(tmp_path / "again.png")])
+    assert r.exit_code == 0, r.output
+    for args, expected in [([str(tmp_path / "none.eval.json"), "-o", str(tmp_path / "x.png")], "run `keyreid eval` first"),
+                           ([str(ckpt), "-o", str(tmp_path / "x")], "must be a .png"),
+                           ([str(ckpt), str(ckpt), "-o", str(tmp_path / "x.png")], "give a folder"),
+                           ([str(ckpt), "-o", str(tmp_path / "x.png"), "--queries", "nope.jpg"], "'nope.jpg'")]:
+        result = runner.invoke(app, ["viz", "ranked", *args])
+        assert isinstance(result.exception, KeyreidError), result.output
+        assert expected in str(result.exception) and "\n" not in str(result.exception)
+    assert not (tmp_path / "x.png").exists() and not (tmp_path / "x").exists()

@@ -7,6 +7,7 @@ import typer
 from keyreid.commands import datasets as datasets_cmd
 from keyreid.commands import demo as demo_cmd
 from keyreid.commands import export as export_cmd
+from keyreid.commands import viz as viz_cmd
 from keyreid.commands import explain as explain_cmd
 from keyreid.commands import extract as extract_cmd
 from keyreid.commands import index as index_cmd
@@ -25,6 +26,7 @@ app.command("train")(train_cmd.train)
 app.command("eval")(train_cmd.evaluate)
 app.command("demo")(demo_cmd.demo)
 app.command("export")(export_cmd.export)
+app.add_typer(viz_cmd.app, name="viz")
 app.command("explain")(explain_cmd.explain)
 app.command("extract")(extract_cmd.extract)
 app.add_typer(index_cmd.app, name="index")

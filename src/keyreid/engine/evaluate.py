@@ -14,7 +14,7 @@ from typing import Callable, Optional
 
 from keyreid.config import Config, save_config, to_dict
 from keyreid.engine.data import prepare_data
-from keyreid.evaluation.model_metrics import evaluate_model
+from keyreid.evaluation.model_metrics import evaluate_model, reid_metrics, test_distances
 from keyreid.inference import load_model
 from keyreid.utils.io import atomic_write_text
 
@@ -42,17 +42,28 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, output: Optional[st
              f"used: {'; '.join(diffs)}")
     data = prepare_data(cfg, need_keypoints=False)
     t0 = time.time()
-    metrics = evaluate_model(loaded.model, data.dataset.query, data.dataset.gallery, loaded.transform,
-                             cfg, loaded.device, show_progress=show_progress,
-                             protocol=data.dataset.protocol)
+    query, gallery, distmat = data.dataset.query, data.dataset.gallery, None
+    if data.dataset.protocol == "reid":  # keep the distances: ranked lists for `keyreid viz ranked`
+        distmat = test_distances(loaded.model, query, gallery, loaded.transform, cfg, loaded.device,
+                                 show_progress)
+        metrics = reid_metrics(distmat, query, gallery, cfg.eval.max_rank)
+        metrics["score"] = metrics["mAP"]
+    else:
+        metrics = evaluate_model(loaded.model, query, gallery, loaded.transform, cfg, loaded.device,
+                                 show_progress=show_progress, protocol=data.dataset.protocol)
     path = Path(output) if output else Path(checkpoint).with_suffix(".eval.json")
+    ranked = None
+    if distmat is not None:
+        from keyreid.viz.ranking import save_ranked
+
+        ranked = str(save_ranked(path.with_suffix(".ranked.npz"), distmat, query, gallery, cfg.data.root))
     report = {"checkpoint": str(checkpoint), "fingerprint": loaded.fingerprint,
               "dataset": cfg.data.dataset, "root": cfg.data.root,
               "queries": len(data.dataset.query), "gallery": len(data.dataset.gallery),
               "distance": cfg.eval.distance, "flip": cfg.eval.flip, "rerank": cfg.eval.rerank,
               "protocol": data.dataset.protocol, "metrics": metrics,
               "seconds": round(time.time() - t0, 2), "config_differences": diffs,
-              "config": to_dict(cfg), "path": str(path)}
+              "config": to_dict(cfg), "path": str(path), "ranked": ranked}
     atomic_write_text(path, json.dumps(report, indent=2))
     save_config(cfg, path.with_suffix(".config.yaml"))
     return report

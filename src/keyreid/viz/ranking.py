@@ -12,6 +12,7 @@ unscaled into the figure, so each cell's position in the PNG is known exactly.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -21,7 +22,8 @@ from PIL import Image
 
 from keyreid.viz.report import save_figure
 
-__all__ = ["RankedItem", "rank_gallery", "grid_layout", "plot_ranked_lists",
+__all__ = ["RankedItem", "RankedRow", "rank_gallery", "grid_layout", "plot_ranked_lists", "plot_ranked_rows",
+           "ranked_summary", "save_ranked", "load_ranked", "select_queries", "plot_saved_ranking",
            "MATCH_RGB", "MISMATCH_RGB", "JUNK_RGB", "QUERY_RGB"]
 
 MATCH_RGB = (0, 190, 0)
@@ -163,8 +165,6 @@ def plot_ranked_lists(query_samples: Sequence, gallery_samples: Sequence, distma
     [num_query, num_gallery] (numpy or torch). Labels: "pid/cam" and the distance, "junk" for
     greyed same-camera matches.
     """
-    from matplotlib.figure import Figure
-
     d = _np(distmat)
     if d.shape != (len(query_samples), len(gallery_samples)):
         raise ValueError(f"distmat shape {d.shape} does not match "
@@ -181,6 +181,31 @@ def plot_ranked_lists(query_samples: Sequence, gallery_samples: Sequence, distma
     if not query_indices:
         raise ValueError("no query to show")
 
+    rows = [RankedRow(query_samples[qi], [(gallery_samples[it.index], it) for it in
+                                          rank_gallery(d[qi], query_samples[qi].pid, query_samples[qi].camid,
+                                                       g_pids, g_cams, top_k, junk)])
+            for qi in query_indices]
+    return plot_ranked_rows(rows, out_png, top_k, root=root, cell_hw=cell_hw, load_image=load_image)
+
+
+@dataclass(frozen=True)
+class RankedRow:
+    """One row of a ranked-list picture: the query (.path, .pid, .camid), its ranked gallery
+    items as (gallery sample, RankedItem), and the first line of the query's label."""
+
+    query: object
+    items: list
+    title: str = "query"
+
+
+def plot_ranked_rows(rows: Sequence[RankedRow], out_png: str | Path, top_k: int,
+                     root: Optional[str | Path] = None, cell_hw: tuple[int, int] = (128, 64),
+                     load_image: Optional[Callable[[object], Image.Image]] = None) -> Path:
+    """Draw ranked rows (see plot_ranked_lists for frames, labels and the layout)."""
+    from matplotlib.figure import Figure
+
+    if not rows:
+        raise ValueError("no query to show")
     root_path = Path(root) if root is not None else None
     ch, cw = cell_hw
     cache: dict[int, np.ndarray] = {}
@@ -195,16 +220,14 @@ def plot_ranked_lists(query_samples: Sequence, gallery_samples: Sequence, distma
                 cache[key] = _placeholder(ch, cw)
         return cache[key]
 
-    layout = grid_layout(len(query_indices), top_k, cell_hw)
+    layout = grid_layout(len(rows), top_k, cell_hw)
     canvas = np.full((layout.height, layout.width, 3), _BACKGROUND, dtype=np.uint8)
     texts = []
-    for r, qi in enumerate(query_indices):
-        q = query_samples[qi]
+    for r, row in enumerate(rows):
+        q = row.query
         _paste(canvas, layout.boxes[(r, 0)], picture(q), QUERY_RGB)
-        texts.append((layout.labels[(r, 0)], f"query\n{q.pid}/c{q.camid}", "black"))
-        ranked = rank_gallery(d[qi], q.pid, q.camid, g_pids, g_cams, top_k, junk)
-        for c, item in enumerate(ranked, start=1):
-            g = gallery_samples[item.index]
+        texts.append((layout.labels[(r, 0)], f"{row.title}\n{q.pid}/c{q.camid}", "black"))
+        for c, (g, item) in enumerate(row.items[:top_k], start=1):
             colour = JUNK_RGB if item.junk else MATCH_RGB if item.match else MISMATCH_RGB
             _paste(canvas, layout.boxes[(r, c)], picture(g), colour, faded=item.junk)
             tag = "junk" if item.junk else f"#{c}"
@@ -218,3 +241,116 @@ def plot_ranked_lists(query_samples: Sequence, gallery_samples: Sequence, distma
         fig.text(x / layout.width, 1 - (y + 2) / layout.height, text, ha="center", va="top",
                  fontsize=6.5, color=colour, linespacing=1.1)
     return save_figure(fig, out_png, dpi=DPI)
+
+
+# ------------------------------------------------------------------ an evaluation run's rankings
+RANKED_FORMAT = "keyreid-ranked"
+
+
+def ranked_summary(distmat, q_pids, q_camids, g_pids, g_camids, top_k: int = 50) -> dict:
+    """Per query, by the re-ID protocol (stable ascending order, same-pid-same-camera items
+    dropped): the top-k gallery indices and distances (-1 / NaN past the end), the 1-based rank
+    of the first true match (0: none) and the AP (NaN: no true match, a query the protocol skips).
+    Small enough to keep beside an evaluation report where the full matrix (Q x G floats) is not."""
+    d = _np(distmat)
+    qp, qc, gp, gc = (np.asarray(a) for a in (q_pids, q_camids, g_pids, g_camids))
+    nq = d.shape[0]
+    k = min(top_k, d.shape[1])
+    index = np.full((nq, k), -1, np.int64)
+    dist = np.full((nq, k), np.nan, np.float32)
+    first = np.zeros(nq, np.int64)
+    ap = np.full(nq, np.nan, np.float64)
+    for i in range(nq):
+        order = np.argsort(d[i], kind="stable")
+        order = order[~((gp[order] == qp[i]) & (gc[order] == qc[i]))]
+        index[i, :min(k, len(order))] = order[:k]
+        dist[i, :min(k, len(order))] = d[i, order[:k]]
+        hits = np.flatnonzero(gp[order] == qp[i]) + 1   # 1-based ranks of the true matches
+        if len(hits):
+            first[i] = hits[0]
+            ap[i] = float(np.mean(np.arange(1, len(hits) + 1) / hits))
+    return {"index": index, "distance": dist, "first_hit": first, "ap": ap}
+
+
+def save_ranked(path: str | Path, distmat, query: Sequence, gallery: Sequence,
+                root: Optional[str] = None, top_k: int = 50) -> Path:
+    """Write ranked_summary and the samples' path / pid / camera to `path` (.npz), atomically."""
+    from keyreid.utils.io import atomic_write
+
+    summary = ranked_summary(distmat, [s.pid for s in query], [s.camid for s in query],
+                             [s.pid for s in gallery], [s.camid for s in gallery], top_k)
+    arrays = {"top_index": summary["index"], "top_distance": summary["distance"],
+              "first_hit": summary["first_hit"], "ap": summary["ap"]}
+    for name, samples in (("query", query), ("gallery", gallery)):
+        # absolute: the picture can be drawn from another working directory
+        arrays[f"{name}_path"] = np.array([os.path.abspath(str(s.path)) for s in samples])
+        arrays[f"{name}_pid"] = np.array([s.pid for s in samples], np.int64)
+        arrays[f"{name}_camid"] = np.array([s.camid for s in samples], np.int64)
+    arrays["format"] = np.array(RANKED_FORMAT)
+    arrays["root"] = np.array(str(root or ""))
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+    path = Path(path)
+    atomic_write(path, write)
+    return path
+
+
+def load_ranked(path: str | Path) -> dict:
+    """The arrays save_ranked wrote; a missing or foreign file is one clear error."""
+    from keyreid.errors import KeyreidError
+
+    path = Path(path)
+    if not path.is_file():
+        raise KeyreidError(f"{path}: ranked lists not found; run `keyreid eval` again (it writes them "
+                           "beside the report for re-ID datasets)")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as e:
+        raise KeyreidError(f"{path}: not readable ({e})") from None
+    if str(data.get("format", "")) != RANKED_FORMAT:
+        raise KeyreidError(f"{path}: not a keyreid ranked-lists file")
+    return data
+
+
+def select_queries(ap: np.ndarray, first_hit: np.ndarray, worst: int = 0, best: int = 0,
+                   chosen: Sequence[int] = ()) -> list[tuple[int, str]]:
+    """(query index, label) rows: the `worst` lowest-AP and `best` highest-AP queries among those
+    the protocol evaluates (a true match exists), ties broken by the rank of the first true match
+    then the index, then the `chosen` indices in the order given."""
+    ap = np.asarray(ap, np.float64)
+    first_hit = np.asarray(first_hit)
+    valid = np.flatnonzero(~np.isnan(ap))
+    ascending = valid[np.lexsort((valid, -first_hit[valid], ap[valid]))]
+    descending = valid[np.lexsort((valid, first_hit[valid], -ap[valid]))]
+    rows = [(int(i), f"worst AP {ap[i]:.2f}") for i in ascending[:worst]]
+    rows += [(int(i), f"best AP {ap[i]:.2f}") for i in descending[:best]]
+    rows += [(int(i), "no true match" if np.isnan(ap[i]) else f"AP {ap[i]:.2f}") for i in chosen]
+    return rows
+
+
+@dataclass(frozen=True)
+class _Item:
+    path: str
+    pid: int
+    camid: int
+
+
+def plot_saved_ranking(data: dict, rows: Sequence[tuple[int, str]], out_png: str | Path,
+                       top_k: int = 10, cell_hw: tuple[int, int] = (128, 64)) -> Path:
+    """Draw `rows` (from select_queries) of a saved ranking (load_ranked's arrays)."""
+    def item(name: str, i: int) -> _Item:
+        return _Item(str(data[f"{name}_path"][i]), int(data[f"{name}_pid"][i]), int(data[f"{name}_camid"][i]))
+
+    ranked_rows = []
+    for qi, label in rows:
+        q = item("query", qi)
+        items = [(item("gallery", int(j)), RankedItem(int(j), float(dist), int(data["gallery_pid"][j]) == q.pid,
+                                                     False))
+                 for j, dist in zip(data["top_index"][qi], data["top_distance"][qi]) if j >= 0]
+        ranked_rows.append(RankedRow(q, items, label))
+    top_k = max(1, min(top_k, data["top_index"].shape[1]))
+    return plot_ranked_rows(ranked_rows, out_png, top_k, cell_hw=cell_hw)
