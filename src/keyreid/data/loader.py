@@ -73,13 +73,15 @@ def probe_image(path: str, decode: bool = False) -> tuple[Optional[tuple[int, in
 
 def probe_images(paths: Sequence[str], decode: bool = False, workers: Optional[int] = None
                  ) -> dict[str, tuple[Optional[tuple[int, int]], Optional[str]]]:
-    """probe_image for many files, in threads (PIL reads and decodes without holding the GIL)."""
+    """probe_image for many files. Decoding runs in threads (PIL decodes without holding the
+    GIL); header reads stay in this thread, since parsing headers is Python code that threads
+    only slow down (measured 4x slower in 8 threads than in one)."""
     import os
     from concurrent.futures import ThreadPoolExecutor
 
     paths = list(dict.fromkeys(paths))
     workers = workers or min(8, os.cpu_count() or 1)
-    if len(paths) < 64 or workers == 1:
+    if not decode or len(paths) < 64 or workers == 1:
         return {p: probe_image(p, decode) for p in paths}
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return dict(zip(paths, pool.map(lambda p: probe_image(p, decode), paths, chunksize=64)))
