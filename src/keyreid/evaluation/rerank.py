@@ -15,10 +15,14 @@ The method, as in the authors' code that torchreid, fast-reid and BoT carry:
 
 The peers build every one of these as a dense N x N matrix (N^2 floats several times over:
 about 6 GB for Market-1501, out of reach for MSMT17). Here only the k1 + 1 nearest
-neighbours of each image are kept (found chunk by chunk), V is a sparse matrix with a few
-dozen entries per row, and the only dense array is the Q x G result. The neighbour sets and
-the Jaccard sums are numba kernels. :func:`re_ranking` equals torchreid's dense
-implementation (the test holds it to that) when given the same base distance.
+neighbours of each image and its largest distance are kept (keyreid.evaluation.nearest:
+float32 over all pairs with ``exact=True``, by default bfloat16 candidates certified by an
+error bound, the same lists), V is a sparse matrix with a few dozen entries per row, and the
+only dense array is the Q x G result, which holds the base distances until the Jaccard term
+joins them in place. The neighbour sets and the Jaccard sums are numba kernels.
+:func:`re_ranking` equals torchreid's dense implementation (the test holds it to that) when
+given the same base distance, except on rows of identical images, where the peers divide
+rounding noise by rounding noise (NaN) and here every distance is 0.
 """
 
 from __future__ import annotations
