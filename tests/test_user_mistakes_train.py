@@ -9,11 +9,12 @@ crops, one epoch)."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
+import io
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -22,9 +23,6 @@ import torch
 
 import keyreid.cli as cli
 from keyreid.config import load_config
-
-PYTHON = sys.executable
-
 
 def run_cli(args, monkeypatch, capsys, env=None):
     """keyreid ARGS in this process, exactly as the console script runs it: (exit code, out, err)."""
@@ -249,15 +247,22 @@ def test_data_dependent_mistakes_stop_before_training(user_config, tmp_path, tin
 # ------------------------------------------------------------------ an existing run folder
 @pytest.fixture(scope="module")
 def trained_run(tiny_synth, tmp_path_factory):
-    """One finished one-epoch run (config.yaml, last.pt, best.pt, metrics.csv, tb/)."""
+    """One finished one-epoch run (config.yaml, last.pt, best.pt, metrics.csv, tb/), trained
+    through keyreid.cli.main with stdout a pipe, as in a CI log."""
     out = tmp_path_factory.mktemp("trained") / "run"
     config = out.parent / "my.yaml"
     config.write_text("name: mine\nmodel:\n  head: bnneck\n")
-    r = subprocess.run([PYTHON, "-m", "keyreid.cli", "train", str(config), *map(str, tiny_sets(tiny_synth, out))],
-                       capture_output=True, text=True, env={**os.environ, "KEYREID_PROGRESS": "plain"})
-    assert r.returncode == 0, r.stderr
+    stdout = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(stdout):
+        mp.setattr(sys, "argv", ["keyreid", "train", str(config), *map(str, tiny_sets(tiny_synth, out))])
+        mp.delenv("KEYREID_PROGRESS", raising=False)
+        mp.delenv("CI", raising=False)
+        with pytest.raises(SystemExit) as exc:
+            cli.main()
+    assert exc.value.code in (0, None), stdout.getvalue()
     # no terminal: one plain line per epoch with loss, lr and speed
-    assert "epoch 1/1  loss " in r.stdout and " lr " in r.stdout and "img/s" in r.stdout, r.stdout
+    text = stdout.getvalue()
+    assert "epoch 1/1  loss " in text and " lr " in text and "img/s" in text, text
     return config, out
 
 
@@ -306,20 +311,22 @@ def test_allow_config_change_resumes_with_the_new_values(run_copy, tiny_synth, m
 def test_no_resume_sets_the_old_run_aside(run_copy, tiny_synth, monkeypatch, capsys):
     config, out = run_copy
     old = snapshot(out)
+    (out / "previous-1").mkdir()  # an earlier set-aside run: the next free number is used
+    (out / "previous-1" / "notes.txt").write_text("mine")
     code, stdout, err = run_cli(["train", config, "--no-resume", *tiny_sets(tiny_synth, out)],
                                 monkeypatch, capsys)
     assert code == 0, err
-    assert "previous-1" in stdout
-    moved = snapshot(out / "previous-1")
-    # every file of the old run is there, byte for byte
-    assert sorted(v for v in old.values()) == sorted(v for v in moved.values())
+    assert "previous-2" in stdout
+    moved = snapshot(out / "previous-2")
+    # every file of the old run is there, byte for byte; the older set-aside folder untouched
+    assert sorted(old.values()) == sorted(moved.values())
+    assert (out / "previous-1" / "notes.txt").read_text() == "mine"
     assert len((out / "metrics.csv").read_text().splitlines()) == 2   # header + this run's epoch
-    tb_files = list((out / "tb").iterdir())
-    assert tb_files and not set(p.name for p in tb_files) & set(p.name for p in (out / "previous-1" / "tb").iterdir())
-    # again: previous-2, previous-1 untouched
-    code, _, err = run_cli(["train", config, "--no-resume", *tiny_sets(tiny_synth, out)], monkeypatch, capsys)
-    assert code == 0, err
-    assert snapshot(out / "previous-1") == moved and (out / "previous-2" / "last.pt").is_file()
+    new_tb = {p.name for p in (out / "tb").iterdir()}
+    assert new_tb and not new_tb & {p.name for p in (out / "previous-2" / "tb").iterdir()}
+    ck = torch.load(out / "last.pt", weights_only=False)
+    assert ck["state"]["epoch"] == 1 and ck["state"]["global_step"] == \
+        torch.load(out / "previous-2" / "last.pt", weights_only=False)["state"]["global_step"]
 
 
 def test_divergence_stops_with_the_last_good_checkpoint_intact(run_copy, tiny_synth, monkeypatch, capsys):
@@ -386,12 +393,13 @@ def test_eval_config_is_optional_and_an_error_is_one_line(run_copy, tiny_synth, 
     assert code == 2 and "eval.distance" in one_error_line(err)
 
 
-def test_debug_shows_the_traceback(user_config, tmp_path):
-    args = [PYTHON, "-m", "keyreid.cli"]
-    sets = ["train", str(user_config), "--set", "optim.epochs=0"]
-    r = subprocess.run([*args, *sets], capture_output=True, text=True)
-    assert r.returncode == 2 and r.stderr.strip() == "error: optim.epochs=0 is out of range: must be >= 1"
-    r = subprocess.run([*args, "--debug", *sets], capture_output=True, text=True)
-    assert r.returncode != 0 and "Traceback" in r.stderr and "ConfigError" in r.stderr
-    r = subprocess.run([*args, *sets], capture_output=True, text=True, env={**os.environ, "KEYREID_DEBUG": "1"})
-    assert "Traceback" in r.stderr
+def test_debug_shows_the_traceback(user_config, monkeypatch, capsys):
+    from keyreid.config import ConfigError
+
+    args = ["train", user_config, "--set", "optim.epochs=0"]
+    code, _, err = run_cli(args, monkeypatch, capsys)
+    assert code == 2 and err.strip() == "error: optim.epochs=0 is out of range: must be >= 1"
+    # --debug (or KEYREID_DEBUG=1): main() lets the error through, so Python prints its traceback
+    for argv, env in ((["--debug", *args], {}), (args, {"KEYREID_DEBUG": "1"})):
+        with pytest.raises(ConfigError, match="optim.epochs=0"):
+            run_cli(argv, monkeypatch, capsys, env=env)
