@@ -34,10 +34,10 @@ __all__ = ["exact_neighbours", "fast_neighbours", "pair_distances", "FastStats",
 U_BF16 = 2.0 ** -8
 U_F32 = 2.0 ** -24
 # bf16 candidates per row beyond the k needed, and for the row's farthest image; a row the
-# first round cannot certify gets the second round's, then float32. Each candidate costs one
-# random read of a feature row; a float32 row costs as much as a few hundred candidates.
+# first round cannot certify gets the second round's (kept by the same scan), then float32.
+# Each candidate costs one random read of a feature row; a float32 row about as much as 300.
 NEAR_EXTRA, FAR_CANDIDATES = 6, 4
-MORE_NEAR_EXTRA, MORE_FAR_CANDIDATES = 96, 32
+MORE_NEAR_EXTRA, MORE_FAR_CANDIDATES = 40, 16
 
 
 @dataclass
@@ -130,17 +130,18 @@ class _Part:
         self.sq_max = float(sq[start:stop].max())
 
 
-def _bounds(rows: slice, part: _Part, norm: np.ndarray, norm_b: np.ndarray, norm_r: np.ndarray,
+def _bounds(rows, part: _Part, norm: np.ndarray, norm_b: np.ndarray, norm_r: np.ndarray,
             sq: np.ndarray, dim: int, metric: str):
-    """Per row: the error bound of a bf16 dot product without its u |c~| term (`rest`), and for
-    the Euclidean key sq_j - 2 c~ the whole uniform bound."""
+    """Per row i, a bound on |a_ij - d_ij| for every column j of the part, where a is the
+    approximate distance (cosine: 1 - c~; Euclidean: sq_i + sq_j - 2 c~ in float32): for
+    cosine without the u |c~_ij| term, which the caller adds for the value at hand."""
     gamma = dim * U_F32 / (1 - dim * U_F32)
     rest = (gamma * norm_b[rows] * part.y_max + norm_r[rows] * part.y_max + norm[rows] * part.r_max) * 1.01 + 1e-30
     if metric == "cosine":
         return rest + 4 * U_F32  # + the float32 rounding of 1 - c~ and of the bound's own terms
     c_max = norm_b[rows] * part.y_max * (1 + U_BF16) * (1 + gamma)
-    key_round = 2 * U_F32 * (part.sq_max + 2 * c_max)
-    return 2 * (U_BF16 * c_max + rest) + gamma * (part.sq_max + sq[rows]) + key_round + 1e-30
+    rounding = 3 * U_F32 * (sq[rows] + part.sq_max + 2 * c_max)  # the float32 sums forming a
+    return 2 * (U_BF16 * c_max + rest) + gamma * (part.sq_max + sq[rows]) + rounding + 1e-30
 
 
 def fast_neighbours(feats: torch.Tensor, num_query: int, base_qg: np.ndarray, k: int, metric: str,
@@ -165,22 +166,24 @@ def fast_neighbours(feats: torch.Tensor, num_query: int, base_qg: np.ndarray, k:
         if stop == start:
             continue
         part = _Part(feats, feats_bf16, norm_b, norm_r, sq, start, stop, metric)
+        # the scan keeps the most candidates any round uses, plus one: the boundary
+        kn2 = min(k + MORE_NEAR_EXTRA, part.size)
+        kf2 = min(MORE_FAR_CANDIDATES, part.size)
+        near, far = _symmetric_candidates(part, kn2, kf2, cosine, chunk)
+        kn1, kf1 = min(k + NEAR_EXTRA, kn2), min(FAR_CANDIDATES, kf2)
         for s in range(start, stop, chunk):
             e = min(s + chunk, stop)
-            # cosine: the bf16 dot products themselves (larger = nearer); Euclidean: the float32
-            # key sq_j - 2 c~ (smaller = nearer; the row's own sq_i is the same for all j)
-            c = part.bf16[s - start:e - start] @ part.bf16.T
-            key = c if cosine else c.float().mul_(-2).add_(part.sq32[None])
             rows = np.arange(s, e)
-            bound = _bounds(slice(s, e), part, norm, norm_b, norm_r, sq, dim, metric)
+            bound = _bounds(rows, part, norm, norm_b, norm_r, sq, dim, metric)
             todo = np.arange(len(rows))
-            # Few candidates first; the rows they cannot certify try many, then float32.
-            for extra, far in ((NEAR_EXTRA, FAR_CANDIDATES), (MORE_NEAR_EXTRA, MORE_FAR_CANDIDATES)):
-                ok = _certify(key[torch.from_numpy(todo)] if len(todo) < len(rows) else key, rows[todo],
-                              bound[todo], part, exact_info, k, k + extra, far, cosine, feats_np, sq,
-                              nearest, row_max)
+            # few candidates first; the rows they cannot certify try all kept, then float32
+            for kn, kf in ((kn1, kf1), (kn2, kf2)):
+                local = todo + (s - start)
+                ok = _certify(near[0][local], near[1][local], far[0][local], far[1][local], rows[todo],
+                              bound[todo], part, exact_info, k, kn, kf, cosine, feats_np, nearest, row_max)
                 todo = todo[~ok]
-                stats.second_round += int(extra == NEAR_EXTRA) * len(todo)
+                if kn == kn1:
+                    stats.second_round += len(todo)
                 if not len(todo):
                     break
             stats.rows += len(rows)
@@ -188,6 +191,68 @@ def fast_neighbours(feats: torch.Tensor, num_query: int, base_qg: np.ndarray, k:
                 stats.fallback_rows += len(todo)
                 _fallback(feats, rows[todo], part, exact_info, k, metric, nearest, row_max)
     return nearest, row_max, stats
+
+
+def _approx(part: _Part, rows, cols: slice, cosine: bool) -> torch.Tensor:
+    """float32 approximate distances of part rows `rows` to part columns `cols` from the bf16
+    GEMM: 1 - c~, or sq_i + sq_j - 2 c~."""
+    c = (part.bf16[rows] @ part.bf16[cols].T).float()
+    if cosine:
+        return c.neg_().add_(1.0)
+    return c.mul_(-2).add_(part.sq32[cols][None]).add_(part.sq32[rows][:, None])
+
+
+@nb.njit(cache=True, inline="always")
+def _offer(v: float, j: int, vals: np.ndarray, idx: np.ndarray, sign: float) -> None:
+    """Insert (v, j) into the sorted best list (vals, idx) when it beats the worst entry;
+    sign 1 keeps the smallest values, -1 the largest."""
+    m = len(vals)
+    if sign * v >= sign * vals[m - 1]:
+        return
+    p = m - 1
+    while p > 0 and sign * vals[p - 1] > sign * v:
+        vals[p] = vals[p - 1]
+        idx[p] = idx[p - 1]
+        p -= 1
+    vals[p] = v
+    idx[p] = j
+
+
+@nb.njit(parallel=True, cache=True)
+def _scan_strip(a, r0, near_v, near_i, far_v, far_i):
+    """One pass over the block a = rows r0:r0+h x columns r0:r0+w of the symmetric matrix:
+    each row keeps its nearest and farthest columns, and (the block read by columns) each row
+    below the strip, r0+h.., keeps its nearest and farthest among rows r0:r0+h."""
+    h, w = a.shape
+    for r in nb.prange(h):
+        row = r0 + r
+        for c in range(w):
+            _offer(a[r, c], r0 + c, near_v[row], near_i[row], 1.0)
+            _offer(a[r, c], r0 + c, far_v[row], far_i[row], -1.0)
+    width = 64
+    blocks = (w - h + width - 1) // width
+    for b in nb.prange(blocks):
+        c0 = h + b * width
+        c1 = min(c0 + width, w)
+        for r in range(h):
+            for c in range(c0, c1):
+                _offer(a[r, c], r0 + r, near_v[r0 + c], near_i[r0 + c], 1.0)
+                _offer(a[r, c], r0 + r, far_v[r0 + c], far_i[r0 + c], -1.0)
+
+
+def _symmetric_candidates(part: _Part, kn: int, kf: int, cosine: bool, chunk: int):
+    """Each part row's kn + 1 nearest and kf + 1 farthest columns by the approximate distance
+    (values sorted, part-local indices), computing only the upper triangle of the symmetric
+    part x part matrix: a row strip serves its own rows and, transposed, the rows below it."""
+    size = part.size
+    cn, cf = min(kn + 1, size), min(kf + 1, size)
+    near_v, near_i = np.full((size, cn), np.inf, np.float32), np.full((size, cn), -1, np.int64)
+    far_v, far_i = np.full((size, cf), -np.inf, np.float32), np.full((size, cf), -1, np.int64)
+    for r0 in range(0, size, chunk):
+        r1 = min(r0 + chunk, size)
+        a = _approx(part, slice(r0, r1), slice(r0, size), cosine)  # rows r0:r1, columns r0:size
+        _scan_strip(a.numpy(), r0, near_v, near_i, far_v, far_i)
+    return (near_v, near_i), (far_v, far_i)
 
 
 def _merge(exact_info, rows, start, val, idx, k, nearest):
@@ -210,28 +275,25 @@ def _merge(exact_info, rows, start, val, idx, k, nearest):
     return cand_val[:, k - 1]
 
 
-def _certify(key, rows, bound, part, exact_info, k, kn, kf, cosine, feats_np, sq, nearest, row_max):
-    """Lists and maxima of `rows` from their kn nearest and kf farthest bf16 candidates (exact
-    float64 distances); True where the bound proves that no other image is nearer than the
-    k-th or farther than the farthest."""
-    kn, kf = min(kn, part.size), min(kf, part.size)
-    near = torch.topk(key, min(kn + 1, part.size), dim=1, largest=cosine, sorted=True)
-    far = torch.topk(key, min(kf + 1, part.size), dim=1, largest=not cosine, sorted=True)
-    both = np.concatenate([near.indices[:, :kn].numpy(), far.indices[:, :kf].numpy()], 1) + part.start
+def _certify(near_v, near_i, far_v, far_i, rows, bound, part, exact_info, k, kn, kf, cosine, feats_np,
+             nearest, row_max):
+    """Lists and maxima of `rows` from their kn nearest and kf farthest bf16 candidates
+    (part-local indices, approximate distances sorted, one more than used: the boundary) with
+    exact float64 distances; True where the bound proves that no other image of the part is
+    nearer than the k-th or farther than the farthest."""
+    both = np.concatenate([near_i[:, :kn], far_i[:, :kf]], 1) + part.start
     exact = pair_distances(feats_np, np.repeat(rows, both.shape[1]), both.ravel(), cosine).reshape(len(rows), -1)
     kth = _merge(exact_info, rows, part.start, exact, both, k, nearest)
     row_max[rows] = np.maximum(exact_info[2][rows - part.start], exact.max(1))
-    margin = 1e-6 * (np.abs(kth) + (1.0 if cosine else sq[rows]))
+    margin = 1e-6 * (np.abs(kth) + (1.0 if cosine else row_max[rows]))  # float32-level near-ties
+    slack = (lambda a: U_BF16 * np.abs(1.0 - a) + bound) if cosine else (lambda a: bound)
     ok = np.ones(len(rows), dtype=bool)
-    # approximate distance of a boundary value, and the bound on its error
-    dist = (lambda v: 1.0 - v) if cosine else (lambda v: sq[rows] + v)
-    slack = (lambda v: U_BF16 * np.abs(v) + bound) if cosine else (lambda v: bound)
     if kn < part.size:  # no image outside the candidates may be as near as the k-th
-        b = near.values[:, kn].double().numpy()
-        ok &= dist(b) - slack(b) > kth + margin
+        b = near_v[:, kn].astype(np.float64)
+        ok &= b - slack(b) > kth + margin
     if kf < part.size:  # nor farther than the farthest
-        b = far.values[:, kf].double().numpy()
-        ok &= dist(b) + slack(b) <= row_max[rows] - margin
+        b = far_v[:, kf].astype(np.float64)
+        ok &= b + slack(b) <= row_max[rows] - margin
     return ok
 
 
