@@ -55,9 +55,48 @@ def test_resume_after_kill_mid_epoch_is_exact(tiny_synth, tmp_path, monkeypatch)
     got = _params(resumed.model)
     for k in expected:
         assert torch.equal(expected[k], got[k]), k
-    # the logs hold each epoch once, even though the killed run was interrupted
+    # the logs hold each epoch once, even though the killed run was interrupted, and the resumed
+    # epoch's row is the mean over all its steps (partial sums travel in the checkpoint), so it
+    # equals the uninterrupted run's row
     rows = list(csv.DictReader(open(tmp_path / "b" / "metrics.csv")))
     assert [r["epoch"] for r in rows] == ["0", "1"]
+    ref_rows = list(csv.DictReader(open(tmp_path / "a" / "metrics.csv")))
+    for got_row, ref_row in zip(rows, ref_rows):
+        for key in ("images", "loss", "id", "metric", "heatmap", "l2", "acc", "lambda_mean"):
+            assert float(got_row[key]) == pytest.approx(float(ref_row[key]), rel=1e-9), key
+
+
+def test_crash_at_validation_loses_no_training(tiny_synth, tmp_path, monkeypatch):
+    extra = {"data.val_identities": 0.3, "eval.every": 1}
+    ref = Trainer(load_config(None, tiny_overrides(tiny_synth, tmp_path / "a", **extra)), resume=False,
+                  show_progress=False)
+    ref.fit()
+    cfg = load_config(None, tiny_overrides(tiny_synth, tmp_path / "b", **extra))
+    victim = Trainer(cfg, resume=False, show_progress=False)
+    steps = {}
+
+    def crashing_validate(self):
+        steps["at_crash"] = self.state.global_step
+        raise Killed()
+
+    monkeypatch.setattr(Trainer, "validate", crashing_validate)
+    with pytest.raises(Killed):
+        victim.fit()
+    monkeypatch.undo()
+    # the epoch was checkpointed before validating, its row waits in the checkpoint
+    ck = load_checkpoint(tmp_path / "b" / "last.pt")
+    assert ck["state"]["epoch"] == 1 and ck["state"]["global_step"] == steps["at_crash"]
+    assert ck["state"]["pending"]["row"]["epoch"] == 0
+    resumed = Trainer(cfg, resume=True, show_progress=False)
+    resumed.fit()  # validates epoch 1 first, then trains epoch 2
+    for k, v in _params(ref.model).items():
+        assert torch.equal(v, _params(resumed.model)[k]), k
+    rows = list(csv.DictReader(open(tmp_path / "b" / "metrics.csv")))
+    ref_rows = list(csv.DictReader(open(tmp_path / "a" / "metrics.csv")))
+    assert [r["epoch"] for r in rows] == ["0", "1"]
+    for got_row, ref_row in zip(rows, ref_rows):
+        for key in ("loss", "val_mAP", "val_R1"):
+            assert float(got_row[key]) == pytest.approx(float(ref_row[key]), rel=1e-9), key
 
 
 def test_checkpoints_logs_and_lambdas(tiny_synth, tmp_path):
