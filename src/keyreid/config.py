@@ -103,6 +103,7 @@ class EvalConfig:
     rerank_k1: int = 20
     rerank_k2: int = 6
     rerank_lambda: float = 0.3
+    rerank_exact: bool = False                        # True: the float32 neighbour pass (reference)
     max_rank: int = 50
 
 

@@ -25,6 +25,7 @@ def test_distances(model: torch.nn.Module, query, gallery, transform, cfg: Confi
     dist_qg = distance_matrix(qf, gf, ec.distance)
     if ec.rerank:
         dist_qg = re_ranking(qf, gf, k1=ec.rerank_k1, k2=ec.rerank_k2, lambda_value=ec.rerank_lambda,
+                             exact=True if ec.rerank_exact else None,
                              distance=ec.distance, dist_qg=dist_qg)
     return dist_qg
 
