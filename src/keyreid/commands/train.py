@@ -10,38 +10,63 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from keyreid.errors import KeyreidError
+
 console = Console()
 
 
 def train(config: Path = typer.Argument(..., help="YAML config (see configs/)."),
           set_: Optional[list[str]] = typer.Option(None, "--set", help="Override: key.sub=value (repeatable)."),
           no_resume: bool = typer.Option(False, "--no-resume", help="Start over even if OUTPUT_DIR/last.pt exists."),
-          checkpoint_every: int = typer.Option(0, help="Also write last.pt every N steps (0: each epoch)."),
+          checkpoint_every: int = typer.Option(0, min=0, help="Also write last.pt every N steps (0: each epoch)."),
+          allow_config_change: bool = typer.Option(
+              False, "--allow-config-change",
+              help="Resume OUTPUT_DIR/last.pt although the config differs from the one it was trained "
+                   "with (lr, epochs, ...; never a different model)."),
           ) -> None:
-    """Train a model; resumes from OUTPUT_DIR/last.pt when it exists."""
+    """Train a model; resumes from OUTPUT_DIR/last.pt when it exists (with the same config)."""
     from keyreid.config import load_config
     from keyreid.engine.trainer import Trainer
 
     cfg = load_config(config, set_ or [])
-    trainer = Trainer(cfg, resume=not no_resume, checkpoint_every_steps=checkpoint_every)
-    if trainer.state.epoch:
+    trainer = Trainer(cfg, resume=not no_resume, checkpoint_every_steps=checkpoint_every,
+                      allow_config_change=allow_config_change)
+    if trainer.set_aside is not None:
+        console.print(f"an earlier run's files in {cfg.output_dir} were moved to {trainer.set_aside}")
+    if trainer.config_changes:
+        console.print("resuming with a changed config: " + "; ".join(trainer.config_changes),
+                      markup=False)
+    if trainer.state.epoch or trainer.state.step_in_epoch:
         console.print(f"resuming {cfg.output_dir} at epoch {trainer.state.epoch + 1}, "
                       f"step {trainer.state.step_in_epoch}")
     result = trainer.fit()
     console.print(f"done: {json.dumps(result)}; checkpoints in {cfg.output_dir}")
 
 
-def evaluate(config: Path = typer.Argument(..., help="YAML config used for training."),
+def evaluate(config: Optional[Path] = typer.Argument(
+                 None, help="YAML config naming the data and the evaluation settings; default: the "
+                            "config stored in the checkpoint."),
              checkpoint: Path = typer.Option(..., help="Checkpoint file (best.pt or last.pt)."),
              set_: Optional[list[str]] = typer.Option(None, "--set", help="Override: key.sub=value."),
              output: Optional[Path] = typer.Option(None, help="Report file (JSON); default beside the checkpoint."),
              ) -> None:
-    """Evaluate a checkpoint on the dataset's test split (query vs gallery)."""
-    from keyreid.config import load_config
+    """Evaluate a checkpoint on the dataset's test split (query vs gallery). The checkpoint
+    decides the model; the config (default: the checkpoint's own) the data and evaluation."""
+    from keyreid.config import config_from_dict, load_config
+    from keyreid.engine.checkpoint import load_checkpoint
+    from keyreid.engine.checks import check_names
     from keyreid.engine.evaluate import evaluate_checkpoint
 
-    cfg = load_config(config, set_ or [])
-    report = evaluate_checkpoint(cfg, checkpoint, output)
+    if config is not None:
+        cfg = load_config(config, set_ or [])
+    else:
+        stored = load_checkpoint(checkpoint).get("config")
+        if stored is None:
+            raise KeyreidError(f"{checkpoint}: stores no config; give the YAML it was trained with")
+        cfg = config_from_dict(stored, f"{checkpoint}: stored config", set_ or [])
+    check_names(cfg, model=False)  # the model comes from the checkpoint
+    report = evaluate_checkpoint(cfg, checkpoint, output,
+                                 warn=lambda text: console.print(text, markup=False))
     m = report["metrics"]
     keys = [k for k in ("R1", "R2", "R4", "R5", "R8", "R10", "mAP", "mINP", "MAP@R", "NMI") if k in m]
     table = Table(title=f"{cfg.name}: {cfg.data.dataset} test, {report['protocol']} protocol "
