@@ -27,7 +27,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from keyreid.search.index import BACKENDS
+from keyreid.search.index import BACKENDS, add_calibrated
 
 CLUSTER = 20
 
@@ -75,8 +75,7 @@ def build(backend: str, folder: Path, gallery: np.ndarray, index_type: str, **op
                                          normalized=True, distance="cosine", vectors=gallery, **opts)
     meta = [{"path": f"g/{i}.jpg", "pid": i // CLUSTER, "camid": i % 6, "timestamp": float(i), "track": None}
             for i in range(len(gallery))]
-    ids = index.add(gallery, meta, "bench")
-    index.calibrate(gallery, ids)
+    add_calibrated(index, gallery, meta, "bench")
     index.save()
     return index, time.perf_counter() - t
 
@@ -106,6 +105,9 @@ def run_size(n: int, args, console: Console, rows: list) -> None:
             rows.append((f"{n:,}", name, index.manifest["type"], setting, f"{took:.1f}", f"{lat['p50']:.2f}",
                          f"{lat['p99']:.2f}", f"{lat['batched']:.3f}", f"{rec:.3f}"))
             console.print(" | ".join(rows[-1]), highlight=False)
+            if index.build_report.get("tried"):
+                console.print(f"    build-time tuning on {index.build_report['held_out']} held-out vectors "
+                              f"(setting: recall@10): {index.build_report['tried']}", highlight=False)
             index.close()
             del index
         finally:

@@ -15,7 +15,7 @@ import pytest
 from keyreid.errors import DataError
 from keyreid.search import faiss_backend
 from keyreid.search.faiss_backend import FaissIndex
-from keyreid.search.index import BACKENDS, SearchFilter, SearchIndexError, open_index
+from keyreid.search.index import BACKENDS, SearchFilter, SearchIndexError, add_calibrated, open_index
 
 QDRANT_URL = os.environ.get("QDRANT_URL")
 BACKEND_PARAMS = ["faiss", "qdrant", pytest.param("qdrant-server", marks=pytest.mark.skipif(
@@ -64,8 +64,7 @@ def make(fast_dir):
         index = BACKENDS.get(name).create(out, index_type=index_type, fingerprint=fingerprint,
                                           dim=vectors.shape[1], normalized=normalized,
                                           distance="cosine" if normalized else "euclidean", vectors=vectors, **opts)
-        ids = index.add(vectors, meta, fingerprint)
-        index.calibrate(vectors, ids)
+        add_calibrated(index, vectors, meta, fingerprint)
         index.save()
         made.append(index)
         return index

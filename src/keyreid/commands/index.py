@@ -35,12 +35,14 @@ def build(
     nlist: Optional[int] = typer.Option(None, "--nlist", help="IVF lists [default: ~sqrt(N)]."),
     nprobe: Optional[int] = typer.Option(None, "--nprobe", help="IVF lists probed [default: tuned to recall@10 >= 0.95]."),
     ef_search: Optional[int] = typer.Option(None, "--ef-search", help="HNSW efSearch [default: tuned]."),
+    storage: Optional[str] = typer.Option(None, "--ivf-storage", help="IVF vectors: flat (exact scores) | fp16 | sq8 "
+                                          "(faster probes) [default: flat; auto picks by size]."),
 ) -> None:
     """Build an index over one model's features."""
     from keyreid.search.index import build_index
 
     opts = {k: v for k, v in {"nlist": nlist, "nprobe": nprobe, "ef_search": ef_search,
-                              "qdrant_url": qdrant_url}.items() if v is not None}
+                              "qdrant_url": qdrant_url, "storage": storage}.items() if v is not None}
     index = build_index(output, features, backend=backend, index_type=index_type, **opts)
     rep = index.build_report
     how = "exact search" if rep.get("exact") else (

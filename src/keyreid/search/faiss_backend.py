@@ -7,7 +7,8 @@ Index types
         the target recall@10 against exact search on a held-out sample.
 - hnsw: IndexIDMap2 over IndexHNSWFlat; efSearch chosen the same way. HNSW cannot delete, so
         `remove` rebuilds the graph from the remaining vectors.
-- auto: flat up to AUTO_FLAT_MAX vectors, IVF above (see bench/search_speed.py for why).
+- auto: flat up to AUTO_FLAT_MAX vectors, above that IVF with float16 storage (half the bytes
+        to scan per probe, scores to ~1e-3) and the tuned nprobe (see bench/search_speed.py).
 
 Files and atomic saves: every save writes a new generation, ``vectors-<g>.faiss`` and
 ``metadata-<g>.sqlite`` (each through a temporary file and a rename), then the manifest naming
@@ -32,7 +33,7 @@ import numpy as np
 
 from keyreid.errors import DataError, KeyreidError
 from keyreid.search.index import (MANIFEST, GalleryIndex, Hit, SearchFilter, SearchIndexError, check_vectors,
-                                  new_manifest, register_backend)
+                                  exact_neighbours, new_manifest, recall_at_10, register_backend)
 from keyreid.search.metadata import MetadataStore
 from keyreid.utils.io import atomic_write, atomic_write_text
 
@@ -41,6 +42,7 @@ TARGET_RECALL = 0.95
 NPROBE_STEPS = (1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 EF_STEPS = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 HELD_OUT = 500
+IVF_STORAGE = {"flat": None, "fp16": faiss.ScalarQuantizer.QT_fp16, "sq8": faiss.ScalarQuantizer.QT_8bit}
 SMALL_BATCH = 4  # up to this many queries run on one thread (see _one_thread_for)
 
 
@@ -62,46 +64,13 @@ def _one_thread_for(nq: int):
 
 
 def default_nlist(n: int) -> int:
-    """A power of two near sqrt(N), with >= 39 training points per list (faiss's minimum)."""
+    """A power of two near min(N / 100, 4 sqrt(N)): about 100 vectors per list up to 160k,
+    fewer lists above (k-means training time grows with lists x training points); never fewer
+    than 39 training points per list (faiss's minimum)."""
     if n < 78:
         return 1
-    target = min(math.sqrt(n), n / 39)
-    return int(2 ** max(0, math.floor(math.log2(target))))
-
-
-def exact_neighbours(vectors: np.ndarray, ids: np.ndarray, sample: np.ndarray, normalized: bool,
-                     k: int = 11) -> np.ndarray:
-    """Ids of the exact k nearest gallery vectors of each held-out row (brute force, chunked so
-    no second copy of the gallery is made)."""
-    best_s = np.full((len(sample), k), -np.inf, np.float32)
-    best_i = np.zeros((len(sample), k), np.int64)
-    q = vectors[sample]
-    for s in range(0, len(vectors), 65536):
-        block = vectors[s:s + 65536]
-        if normalized:
-            scores = q @ block.T
-        else:
-            scores = -(np.square(q).sum(1)[:, None] - 2 * q @ block.T + np.square(block).sum(1)[None])
-        both_s = np.concatenate([best_s, scores], 1)
-        both_i = np.concatenate([best_i, np.broadcast_to(ids[s:s + 65536], scores.shape)], 1)
-        top = np.argsort(-both_s, axis=1, kind="stable")[:, :k]
-        best_s, best_i = np.take_along_axis(both_s, top, 1), np.take_along_axis(both_i, top, 1)
-    return best_i
-
-
-def recall_at_10(index: "FaissIndex", vectors: np.ndarray, ids: np.ndarray, sample: np.ndarray,
-                 truth: np.ndarray) -> float:
-    """recall@10 of `index` against the exact neighbours `truth` of the held-out rows `sample`
-    (each query's own id left out of both lists, so finding itself earns nothing)."""
-    hits = index.search(vectors[sample], 11)
-    total = found = 0
-    for q, (row, got) in enumerate(zip(truth, hits)):
-        own = ids[sample[q]]
-        want = [i for i in row.tolist() if i != own][:10]
-        have = {h.id for h in got if h.id != own}
-        found += len(set(want) & have)
-        total += len(want)
-    return found / max(total, 1)
+    target = min(n / 100, 4 * math.sqrt(n))
+    return int(min(2 ** max(0, round(math.log2(max(target, 1)))), 2 ** math.floor(math.log2(n / 39))))
 
 
 @register_backend("faiss")
@@ -118,7 +87,7 @@ class FaissIndex(GalleryIndex):
     @classmethod
     def create(cls, out: Path, *, index_type: str, fingerprint: str, dim: int, normalized: bool, distance: str,
                vectors: Optional[np.ndarray] = None, extra: Optional[dict] = None, nlist: Optional[int] = None,
-               nprobe: Optional[int] = None, hnsw_m: int = 32, ef_search: Optional[int] = None,
+               nprobe: Optional[int] = None, storage: Optional[str] = None, hnsw_m: int = 32, ef_search: Optional[int] = None,
                ef_construction: int = 64, **unused) -> "FaissIndex":
         if unused.get("qdrant_url"):
             raise KeyreidError("--qdrant-url is for --backend qdrant")
@@ -126,6 +95,7 @@ class FaissIndex(GalleryIndex):
         chosen = index_type
         if index_type == "auto":
             chosen = "flat" if n <= AUTO_FLAT_MAX else "ivf"
+            storage = storage or "fp16"  # half the bytes per probe (bench/search_speed.py)
         params: dict = {}
         metric = faiss.METRIC_INNER_PRODUCT if normalized else faiss.METRIC_L2
         if chosen == "flat":
@@ -135,11 +105,19 @@ class FaissIndex(GalleryIndex):
             if vectors is None or n < params["nlist"]:
                 raise SearchIndexError(f"an IVF index with {params['nlist']} lists needs at least that many "
                                        f"vectors to train on (got {n}); use --type flat")
+            params["storage"] = storage or "flat"
+            if params["storage"] not in IVF_STORAGE:
+                raise KeyreidError(f"IVF storage must be one of {sorted(IVF_STORAGE)}, got {storage!r}")
             quantizer = faiss.IndexFlatIP(dim) if normalized else faiss.IndexFlatL2(dim)
-            index = faiss.IndexIVFFlat(quantizer, dim, params["nlist"], metric)
+            if params["storage"] == "flat":
+                index = faiss.IndexIVFFlat(quantizer, dim, params["nlist"], metric)
+            else:  # fewer bytes to scan per vector: faster probes, scores to ~1e-3
+                index = faiss.IndexIVFScalarQuantizer(quantizer, dim, params["nlist"], IVF_STORAGE[params["storage"]],
+                                                      metric)
             index.set_direct_map_type(faiss.DirectMap.Hashtable)
+            index.cp.niter = 12  # k-means dominates the build; more iterations gained no recall in bench/
             rng = np.random.default_rng(0)
-            train = vectors[np.sort(rng.choice(n, size=min(n, 64 * params["nlist"]), replace=False))]
+            train = vectors[np.sort(rng.choice(n, size=min(n, 40 * params["nlist"]), replace=False))]
             index.train(np.ascontiguousarray(train, dtype=np.float32))
             params["nprobe"] = int(nprobe) if nprobe else None
         elif chosen == "hnsw":
@@ -306,30 +284,35 @@ class FaissIndex(GalleryIndex):
             raise SearchIndexError(f"ids not in the index: {missing[:5]}")
         return rows
 
-    def calibrate(self, vectors: np.ndarray, ids: np.ndarray, target: float = TARGET_RECALL) -> dict:
-        """For ivf / hnsw: pick the smallest nprobe / efSearch reaching `target` recall@10 on a
-        held-out sample (unless given), and report the recall reached."""
+    @property
+    def approximate(self) -> bool:
+        return self.manifest["type"] != "flat"
+
+    def calibrate(self, queries: np.ndarray, gallery: np.ndarray, gallery_ids: np.ndarray,
+                  target: float = TARGET_RECALL) -> dict:
+        """For ivf / hnsw: pick the smallest nprobe / efSearch that reaches `target` recall@10
+        against exact search for `queries` (held-out gallery vectors, not in the index yet), unless
+        it was given, and report the recall reached."""
         kind = self.manifest["type"]
-        if kind == "flat" or len(vectors) < 2:
+        if not self.approximate or len(queries) == 0:
             self.build_report = {"type": kind, "recall@10": 1.0, "exact": True}
             return self.build_report
-        rng = np.random.default_rng(1)
-        sample = np.sort(rng.choice(len(vectors), size=min(HELD_OUT, len(vectors)), replace=False))
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
         p = self.manifest["params"]
         key, steps = ("nprobe", NPROBE_STEPS) if kind == "ivf" else ("ef_search", EF_STEPS)
         if kind == "ivf":
             steps = [s for s in steps if s < p["nlist"]] + [p["nlist"]]
-        truth = exact_neighbours(vectors, ids, sample, self.manifest["normalized"])
+        truth = exact_neighbours(np.ascontiguousarray(gallery, dtype=np.float32), gallery_ids, queries,
+                                 self.manifest["normalized"])
         tried = {}
         for value in ([p[key]] if p.get(key) else steps):
             p[key] = int(value)
             self._apply_search_params()
-            tried[int(value)] = recall_at_10(self, vectors, ids, sample, truth)
+            tried[int(value)] = recall_at_10(self, queries, truth)
             if tried[int(value)] >= target:
                 break
         self._dirty = True
-        self.build_report = {"type": kind, key: p[key], "recall@10": tried[p[key]], "held_out": len(sample),
+        self.build_report = {"type": kind, key: p[key], "recall@10": tried[p[key]], "held_out": len(queries),
                              "tried": tried}
         self.manifest["build_recall@10"] = tried[p[key]]
         return self.build_report
@@ -357,4 +340,4 @@ class FaissIndex(GalleryIndex):
         return out
 
 
-__all__ = ["AUTO_FLAT_MAX", "FaissIndex", "default_nlist", "exact_neighbours", "recall_at_10"]
+__all__ = ["AUTO_FLAT_MAX", "FaissIndex", "default_nlist"]

@@ -104,7 +104,7 @@ class GalleryIndex(ABC):
     def info(self) -> dict:
         return dict(self.manifest)
 
-    def calibrate(self, vectors: np.ndarray, ids: np.ndarray) -> dict:
+    def calibrate(self, queries: np.ndarray, gallery: np.ndarray, gallery_ids: np.ndarray) -> dict:
         """After a build: tune approximate search on a held-out sample and report its recall@10
         against exact search (exact backends report 1.0)."""
         self.build_report = {"type": self.manifest["type"], "recall@10": 1.0, "exact": True}
@@ -155,6 +155,33 @@ def check_vectors(manifest: dict, vectors: np.ndarray, fingerprint: str, what: s
             raise SearchIndexError(f"{what} are not L2-normalised (row {bad[0]} has norm {norms[bad[0]]:.4g}) "
                               "but the index is a cosine index of unit vectors")
     return np.ascontiguousarray(v)
+
+
+def exact_neighbours(gallery: np.ndarray, ids: np.ndarray, queries: np.ndarray, normalized: bool,
+                     k: int = 10) -> np.ndarray:
+    """Ids of the exact k nearest gallery vectors of each query (brute force in blocks, so no
+    second copy of the gallery is made)."""
+    k = min(k, len(gallery))
+    best_s = np.full((len(queries), k), -np.inf, np.float32)
+    best_i = np.zeros((len(queries), k), np.int64)
+    for s in range(0, len(gallery), 65536):
+        block = gallery[s:s + 65536]
+        if normalized:
+            scores = queries @ block.T
+        else:
+            scores = -(np.square(queries).sum(1)[:, None] - 2 * queries @ block.T + np.square(block).sum(1)[None])
+        both_s = np.concatenate([best_s, scores], 1)
+        both_i = np.concatenate([best_i, np.broadcast_to(ids[s:s + 65536], scores.shape)], 1)
+        top = np.argsort(-both_s, axis=1, kind="stable")[:, :k]
+        best_s, best_i = np.take_along_axis(both_s, top, 1), np.take_along_axis(both_i, top, 1)
+    return best_i
+
+
+def recall_at_10(index: "GalleryIndex", queries: np.ndarray, truth: np.ndarray) -> float:
+    """recall@10 of `index` against the exact neighbours `truth` of `queries`."""
+    hits = index.search(queries, truth.shape[1])
+    return float(np.mean([len({h.id for h in got} & set(want.tolist())) / len(want)
+                          for got, want in zip(hits, truth)]))
 
 
 def new_manifest(backend: str, index_type: str, fingerprint: str, dim: int, normalized: bool,
@@ -224,10 +251,30 @@ def build_index(out: Path, features: list[Path], backend: str = "faiss", index_t
     index = _backend(backend).create(out, index_type=index_type, fingerprint=first["fingerprint"],
                                      dim=first["dim"], normalized=first["normalized"],
                                      distance=first["distance"], vectors=vectors, extra=extra, **opts)
-    ids = index.add(vectors, rows_metadata(rows), first["fingerprint"])
-    index.calibrate(vectors, ids)
+    add_calibrated(index, vectors, rows_metadata(rows), first["fingerprint"])
     index.save()
     return index
+
+
+def add_calibrated(index: GalleryIndex, vectors: np.ndarray, metadata: list[dict], fingerprint: str,
+                   held_out: int = 500) -> np.ndarray:
+    """Fill a new index; for an approximate one, hold a random sample of the gallery back, tune
+    the search on it against exact search over the rest (so the recall printed is that of queries
+    the index has never seen), then add the sample too. Ids follow row order either way."""
+    ids = index.assign_ids(len(vectors), None)
+    n_out = min(held_out, len(vectors) // 10) if getattr(index, "approximate", False) else 0
+    if n_out == 0:
+        index.add(vectors, metadata, fingerprint, ids=ids)
+        index.calibrate(vectors[:0], vectors[:0], ids[:0])
+        return ids
+    out = np.zeros(len(vectors), bool)
+    out[np.random.default_rng(1).choice(len(vectors), n_out, replace=False)] = True
+    rest = np.flatnonzero(~out)
+    index.add(vectors[rest], [metadata[i] for i in rest], fingerprint, ids=ids[rest])
+    sample = np.flatnonzero(out)
+    index.calibrate(np.asarray(vectors[sample]), np.asarray(vectors[rest]), ids[rest])
+    index.add(vectors[sample], [metadata[i] for i in sample], fingerprint, ids=ids[sample])
+    return ids
 
 
 def add_features(index: GalleryIndex, features: Path) -> np.ndarray:
@@ -245,6 +292,7 @@ def open_index(path: Path, qdrant_url: Optional[str] = None) -> GalleryIndex:
     return _backend(manifest["backend"]).open(Path(path), manifest, qdrant_url=qdrant_url)
 
 
-__all__ = ["BACKENDS", "GalleryIndex", "Hit", "INDEX_TYPES", "SearchIndexError", "SearchFilter", "add_features",
+__all__ = ["BACKENDS", "GalleryIndex", "Hit", "INDEX_TYPES", "SearchIndexError", "SearchFilter", "add_calibrated", "add_features",
+           "exact_neighbours", "recall_at_10",
            "build_index", "check_vectors", "new_manifest", "open_index", "read_index_manifest",
            "register_backend", "rows_metadata"]

@@ -21,7 +21,7 @@ import numpy as np
 
 from keyreid.errors import DataError, KeyreidError
 from keyreid.search.index import (MANIFEST, GalleryIndex, Hit, SearchFilter, SearchIndexError, check_vectors,
-                                  new_manifest, register_backend)
+                                  exact_neighbours, new_manifest, recall_at_10, register_backend)
 from keyreid.utils.io import atomic_write_text
 
 AUTO_FLAT_MAX = 50_000
@@ -129,6 +129,21 @@ class QdrantIndex(GalleryIndex):
         if not manifest["params"].get("url") and not qdrant_url and not (Path(folder) / LOCAL_DIR).is_dir():
             raise DataError(Path(folder) / LOCAL_DIR, "the index's local Qdrant storage is missing")
         return cls(folder, manifest, qdrant_url)
+
+    @property
+    def approximate(self) -> bool:
+        return self.manifest["type"] == "hnsw"
+
+    def calibrate(self, queries: np.ndarray, gallery: np.ndarray, gallery_ids: np.ndarray) -> dict:
+        """Qdrant tunes its own graph: report the recall@10 it reaches on the held-out queries."""
+        if not self.approximate or len(queries) == 0:
+            return super().calibrate(queries, gallery, gallery_ids)
+        truth = exact_neighbours(np.asarray(gallery, np.float32), gallery_ids, np.asarray(queries, np.float32),
+                                 self.manifest["normalized"])
+        r = recall_at_10(self, np.asarray(queries, np.float32), truth)
+        self.manifest["build_recall@10"] = r
+        self.build_report = {"type": "hnsw", "recall@10": r, "held_out": len(queries)}
+        return self.build_report
 
     # ------------------------------------------------------------------ the interface
     def _score(self, s: float) -> float:
