@@ -10,7 +10,9 @@ Unless --url is given, the service is started as a subprocess (`keyreid serve --
 --max-batch value (default 8 and 1, so micro-batching is measured against none), and stopped
 afterwards. Clients are threads with one HTTP connection each, uploading the query images in
 turn (PNG, the same bytes every time). "direct" is SearchService.embed_batch + search_vector on
-batches of `clients` images in this process: what the model and index can do at best.
+batches of `clients` images in this process: what the model and index can do at best. It runs in
+a worker thread, as in the service: on a busy CPU, torch called from the main thread was 10-50x
+slower here (OpenMP threads spinning against other processes), which is no ceiling at all.
 """
 
 from __future__ import annotations
@@ -173,8 +175,12 @@ def main() -> None:
 
         service = SearchService(load_model(args.checkpoint, device="cpu"), open_index(args.index),
                                 uploads_dir=Path("/nonexistent"))
-        for c in clients:
-            rows.append(("direct", c, c, run_direct(service, images, c, max(4, per(c) // 2), args.top_k)))
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1) as worker:
+            for c in clients:
+                rows.append(("direct", c, c, worker.submit(run_direct, service, images, c, max(4, per(c) // 2),
+                                                           args.top_k).result()))
         service.close()
 
     import torch
