@@ -39,6 +39,10 @@ from keyreid.utils.io import atomic_write, atomic_write_text
 
 AUTO_FLAT_MAX = 20_000
 TARGET_RECALL = 0.95
+# tuning stops at the first setting that clears target + margin on the held-out sample: 500
+# queries estimate recall to about +-0.005, and stopping at the first crossing favours lucky
+# estimates (bench: 0.952 on the sample, 0.938 on fresh queries without the margin)
+TUNE_MARGIN = 0.01
 NPROBE_STEPS = (1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 EF_STEPS = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 HELD_OUT = 500
@@ -309,7 +313,7 @@ class FaissIndex(GalleryIndex):
             p[key] = int(value)
             self._apply_search_params()
             tried[int(value)] = recall_at_10(self, queries, truth)
-            if tried[int(value)] >= target:
+            if tried[int(value)] >= target + TUNE_MARGIN:
                 break
         self._dirty = True
         self.build_report = {"type": kind, key: p[key], "recall@10": tried[p[key]], "held_out": len(queries),
