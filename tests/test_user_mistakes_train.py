@@ -162,6 +162,18 @@ def test_enum_messages_list_the_allowed_values(user_config, tmp_path, tiny_synth
         assert code == 2 and all(a in line for a in allowed), line
 
 
+def test_registry_lookup_of_an_unknown_name_is_a_keyreid_error_and_a_key_error():
+    from keyreid.errors import KeyreidError
+    from keyreid.losses.registry import LOSSES
+    from keyreid.models.heads import HEADS
+
+    for registry, known in ((HEADS, "bnneck"), (LOSSES, "triplet")):
+        with pytest.raises(KeyError) as exc:  # callers that caught KeyError still do
+            registry.get("nope")
+        assert isinstance(exc.value, KeyreidError)
+        assert str(exc.value).startswith(f"unknown {registry.kind} 'nope'; known: ") and known in str(exc.value)
+
+
 def test_yaml_1_1_numbers_are_floats(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("optim:\n  lr: 1e-3\n  weight_decay: 5e-4\n  grad_clip: 1e6\n")

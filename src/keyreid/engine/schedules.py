@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from keyreid.config import OptimConfig
+from keyreid.config import ConfigValueError, OptimConfig
 
 
 def lr_factor(epoch: float, cfg: OptimConfig) -> float:
@@ -18,4 +18,4 @@ def lr_factor(epoch: float, cfg: OptimConfig) -> float:
         span = max(1, cfg.epochs - cfg.warmup_epochs)
         t = min(1.0, (epoch - cfg.warmup_epochs) / span)
         return 0.5 * (1 + math.cos(math.pi * t))
-    raise ValueError(f"unknown schedule {cfg.schedule!r}; use multistep or cosine")
+    raise ConfigValueError(f"optim.schedule={cfg.schedule!r} is not allowed; use multistep or cosine")
