@@ -212,3 +212,35 @@ def test_criterion_sums_id_and_metric_losses_over_the_branches():
     assert parts["id"] == pytest.approx(want_id, rel=1e-5)
     assert parts["metric"] == pytest.approx(want_metric, rel=1e-5)
     assert float(total.detach()) == pytest.approx(want_id + want_metric, rel=1e-5)
+
+
+def test_pabr_global_part_is_the_average_appearance_and_sqrt_can_be_dropped():
+    torch.manual_seed(0)
+    fmap = torch.randn(2, 16, 8, 4)
+    head = build_head("pabr", in_channels=16, num_classes=3, skeleton=COCO17, appearance_channels=4,
+                      part_hidden=8, global_part=True, signed_sqrt=False, feature_scale=1.0).eval()
+    out = head(fmap)
+    assert out.feature.shape == (2, 4 * 18) and head.dim == 72
+    a = head.appearance(fmap)
+    torch.testing.assert_close(out.part_features[:, 0], a.mean(dim=(-2, -1)))   # uniform part map
+    # without the signed square root the descriptor is the L2-normalised bilinear pooling itself
+    want = out.part_features.flatten(1)
+    torch.testing.assert_close(out.feature, want / want.norm(dim=1, keepdim=True))
+
+
+def test_aacn_map_loss_weight_scales_only_the_part_map_losses_and_visibility_can_be_off():
+    torch.manual_seed(0)
+    fmap, kp = torch.randn(2, 16, 8, 4), _kp(2, h=128, w=64)
+    kw = dict(in_channels=16, num_classes=3, skeleton=COCO17, part_channels=4, global_channels=8, hidden=8)
+    torch.manual_seed(1)
+    full = build_head("aacn", **kw)
+    torch.manual_seed(1)
+    light = build_head("aacn", map_loss_weight=0.1, visibility_weighting=False, **kw)
+    lf = full.keypoint_losses(full(fmap), kp, (128, 64), 1.5)
+    out = light(fmap)
+    ll = light.keypoint_losses(out, kp, (128, 64), 1.5)
+    assert float(ll["heatmap"].detach()) == pytest.approx(float(lf["heatmap"].detach()))
+    for name in ("nonrigid", "rigid"):
+        assert float(ll[name].detach()) == pytest.approx(0.1 * float(lf[name].detach()), rel=1e-5)
+    torch.testing.assert_close(out.part_weights, torch.ones_like(out.part_weights))
+    torch.testing.assert_close(out.feature[:, 8:], out.part_features.flatten(1))

@@ -39,7 +39,7 @@ def _verdict(by_name: dict) -> str:
 
 
 @torch.no_grad()
-def _heatmap_figure(trainer, out_png: Path, n: int = 6) -> Path:
+def _heatmap_figure(trainer, out_png: Path, name: str, n: int = 6) -> Path:
     ds = trainer.data.dataset
     rng = np.random.default_rng(0)
     picks = [ds.query[i] for i in rng.choice(len(ds.query), size=min(n, len(ds.query)), replace=False)]
@@ -54,7 +54,7 @@ def _heatmap_figure(trainer, out_png: Path, n: int = 6) -> Path:
     tf = trainer.test_transform.cfg
     return plot_heatmap_overlays(images, heatmaps, trainer.data.skeleton, out_png, mean=tf.mean,
                                  std=tf.std, keypoints=keypoints,
-                                 title="kae: predicted keypoint heatmaps on test queries (crosses: truth)")
+                                 title=f"{name}: predicted keypoint heatmaps on test queries (crosses: truth)")
 
 
 def write_demo_report(out_dir: Path, results, trainers: dict, distmats: dict) -> Path:
@@ -96,11 +96,12 @@ def write_demo_report(out_dir: Path, results, trainers: dict, distmats: dict) ->
         sections.append((f"Ranked lists ({name})", "Green: same identity; red: another identity. "
                          "Same-identity images from the query's camera are excluded, as in the protocol.",
                          [png]))
+    # one figure per keypoint head (kae, aacn, pabr): their maps differ, so each is shown; kae's
+    # adaptive-L2 twin repeats kae's maps and is skipped
     for name, t in trainers.items():
-        if t.model.uses_keypoints:
-            png = _heatmap_figure(t, figs / f"heatmaps_{name.replace('+', '_')}.png")
+        if t.model.uses_keypoints and not (name.endswith("adaptiveL2") and "kae" in trainers):
+            png = _heatmap_figure(t, figs / f"heatmaps_{name.replace('+', '_')}.png", name)
             sections.append((f"Predicted keypoint heatmaps ({name})",
-                             "The auxiliary decoder's heatmaps on test images (no keypoints are used at "
-                             "test time); crosses are the generator's true keypoints.", [png]))
-            break
+                             "The head's predicted keypoint heatmaps on test images (no keypoints are "
+                             "used at test time); crosses are the generator's true keypoints.", [png]))
     return write_markdown_report(out_dir / "report.md", "keyreid demo", sections)

@@ -54,7 +54,8 @@ RIGID_PARTS: dict[str, list[tuple[str, ...]]] = {
 class AACNHead(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, skeleton: Skeleton,
                  part_channels: int = 64, global_channels: int = 256, hidden: int = 128,
-                 limb_sigma: float = 1.0):
+                 limb_sigma: float = 1.0, map_loss_weight: float = 1.0,
+                 visibility_weighting: bool = True):
         super().__init__()
         if skeleton is None:
             raise ValueError("the aacn head needs a keypoint skeleton (dataset with keypoints)")
@@ -66,6 +67,9 @@ class AACNHead(nn.Module):
         k, n, r = skeleton.num_keypoints, len(self.limbs), len(self.rigid)
         self.num_keypoints, self.num_limbs, self.num_rigid = k, n, r
         self.limb_sigma = limb_sigma
+        self.map_loss_weight = map_loss_weight
+        self.visibility_weighting = visibility_weighting
+        self.global_dim = global_channels
         self.attention = nn.Sequential(nn.Conv2d(in_channels, hidden, 3, padding=1, bias=False),
                                        nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
                                        nn.Conv2d(hidden, k + n + r, 1))
@@ -88,6 +92,8 @@ class AACNHead(nn.Module):
         parts = torch.einsum("bphw,bchw->bpc", m, f) / (f.shape[-1] * f.shape[-2])
         visibility = parts_maps.mean(dim=(-2, -1))                             # [B, P]
         weights = visibility.shape[1] * visibility / visibility.sum(1, keepdim=True).clamp_min(1e-6)
+        if not self.visibility_weighting:
+            weights = torch.ones_like(weights)
         global_feature = self.global_reduce(fmap).mean(dim=(-2, -1))
         feature = torch.cat([global_feature, (parts * weights.unsqueeze(-1)).flatten(1)], 1)
         embedding, logits = self.neck(feature)
@@ -102,6 +108,6 @@ class AACNHead(nn.Module):
         rt, rw = box_maps(keypoints, self.rigid, image_hw, size)
         return {
             "heatmap": heatmap_loss(self.heatmap_loss, out.heatmaps, keypoints, image_hw, sigma),
-            "nonrigid": self.heatmap_loss(out.maps["nonrigid"], nt, nw),
-            "rigid": self.heatmap_loss(out.maps["rigid"], rt, rw),
+            "nonrigid": self.map_loss_weight * self.heatmap_loss(out.maps["nonrigid"], nt, nw),
+            "rigid": self.map_loss_weight * self.heatmap_loss(out.maps["rigid"], rt, rw),
         }

@@ -28,19 +28,23 @@ from keyreid.models.output import ModelOutput
 class PABRHead(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, skeleton: Skeleton,
                  appearance_channels: int = 64, part_hidden: int = 128,
-                 pose_epochs: Optional[int] = None):
+                 pose_epochs: Optional[int] = None, feature_scale: float = 1.0,
+                 signed_sqrt: bool = True, global_part: bool = False):
         super().__init__()
         if skeleton is None:
             raise ValueError("the pabr head needs a keypoint skeleton (dataset with keypoints)")
         k = skeleton.num_keypoints
         self.num_keypoints = k
         self.pose_epochs = pose_epochs
+        self.feature_scale = feature_scale
+        self.signed_sqrt = signed_sqrt
+        self.global_part = global_part
         self.appearance = nn.Sequential(nn.Conv2d(in_channels, appearance_channels, 1, bias=False),
                                         nn.BatchNorm2d(appearance_channels), nn.ReLU(inplace=True))
         self.part = nn.Sequential(nn.Conv2d(in_channels, part_hidden, 3, padding=1, bias=False),
                                   nn.BatchNorm2d(part_hidden), nn.ReLU(inplace=True),
                                   nn.Conv2d(part_hidden, k, 1))
-        self.dim = appearance_channels * k
+        self.dim = appearance_channels * (k + int(global_part))
         self.neck = BNNeck(self.dim, num_classes)
         self.heatmap_loss = HeatmapMSELoss()
         init_conv(self)
@@ -49,11 +53,15 @@ class PABRHead(nn.Module):
         a = self.appearance(fmap)                                        # [B, Ca, h, w]
         heatmaps = self.part(fmap)                                       # [B, K, h, w]
         p = heatmaps.relu()
+        if self.global_part:
+            # a uniform part map: its bilinear block is the plain average of A, the global feature
+            p = torch.cat([torch.ones_like(p[:, :1]), p], 1)
         bilinear = torch.einsum("bchw,bkhw->bkc", a, p) / (a.shape[-1] * a.shape[-2])
         parts = bilinear
         f = bilinear.flatten(1)
-        f = torch.sign(f) * torch.sqrt(f.abs() + 1e-8)
-        feature = F.normalize(f, dim=1)
+        if self.signed_sqrt:
+            f = torch.sign(f) * torch.sqrt(f.abs() + 1e-8)
+        feature = self.feature_scale * F.normalize(f, dim=1)
         embedding, logits = self.neck(feature)
         return ModelOutput(embedding=embedding, feature=feature, logits=logits, heatmaps=heatmaps,
                            part_features=parts)

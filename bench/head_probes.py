@@ -1,0 +1,140 @@
+"""What a trained part head has learned, measured on the test split of its dataset.
+
+    .venv/bin/python bench/head_probes.py runs/heads/seed0/aacn/best.pt [more checkpoints]
+
+Per checkpoint, one table of:
+- test mAP / R1 of the post-BN embedding (what retrieval uses) and of the pre-BN feature, and for
+  aacn of the global slice alone and the part slice alone;
+- mAP of each part block alone (which parts carry identity);
+- PCK of the predicted keypoint heatmaps (argmax cell centre within 0.1 / 0.2 of the image height
+  of a visible true keypoint), against a pose prior that predicts every keypoint at its mean
+  position, so that "localises" means better than knowing where a keypoint usually is;
+- for aacn: the share of each max-normalised part map's mass inside its rendered target (band or
+  box), against the same share for a uniform map (the target's area share).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from keyreid.data.loader import ImageDataset
+from keyreid.engine.data import prepare_data
+from keyreid.evaluation.distance import distance_matrix
+from keyreid.evaluation.model_metrics import reid_metrics
+from keyreid.inference import load_model
+from keyreid.models.targets import box_maps, limb_maps
+
+
+@torch.no_grad()
+def forward_all(lm, samples, k: int, batch: int = 128) -> dict:
+    ds = ImageDataset(samples, lm.transform, k)
+    keep: dict[str, list] = {}
+    for start in range(0, len(ds), batch):
+        items = [ds[i] for i in range(start, min(len(ds), start + batch))]
+        out = lm.model(torch.stack([it["image"] for it in items]).to(lm.device))
+        pieces = {"embedding": out.embedding, "feature": out.feature, "heatmaps": out.heatmaps,
+                  "part_features": out.part_features, "keypoints": torch.stack([it["keypoints"] for it in items])}
+        for name, m in out.maps.items():
+            pieces[f"map_{name}"] = m
+        for name, v in pieces.items():
+            if v is not None:
+                keep.setdefault(name, []).append(v.float().cpu())
+    return {name: torch.cat(v) for name, v in keep.items()}
+
+
+def metrics(q: np.ndarray, g: np.ndarray, query, gallery) -> dict:
+    return reid_metrics(distance_matrix(q, g, "cosine"), query, gallery)
+
+
+def pck(heatmaps: torch.Tensor, keypoints: torch.Tensor, image_hw, fractions=(0.1, 0.2)) -> dict:
+    """PCK of argmax cell centres, and of the pose prior (mean true position of each keypoint)."""
+    b, k, h, w = heatmaps.shape
+    flat = heatmaps.flatten(2).argmax(-1)
+    py = (flat // w + 0.5) * image_hw[0] / h
+    px = (flat % w + 0.5) * image_hw[1] / w
+    vis = keypoints[..., 2] > 0
+    tx, ty = keypoints[..., 0], keypoints[..., 1]
+    prior_x = (tx * vis).sum(0) / vis.sum(0).clamp_min(1)
+    prior_y = (ty * vis).sum(0) / vis.sum(0).clamp_min(1)
+    err = ((px - tx) ** 2 + (py - ty) ** 2).sqrt()[vis]
+    err_prior = ((prior_x - tx) ** 2 + (prior_y - ty) ** 2).sqrt()[vis]
+    out = {}
+    for f in fractions:
+        t = f * image_hw[0]
+        out[f"PCK@{f}"] = float((err <= t).float().mean())
+        out[f"prior PCK@{f}"] = float((err_prior <= t).float().mean())
+    return out
+
+
+def attention_mass(maps: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> tuple[float, float]:
+    """Share of |map| (max-normalised) inside target > 0.5, over parts with weight > 0; and the
+    share a uniform map would have (the target's area share)."""
+    m = maps.abs()
+    m = m / m.amax(dim=(-2, -1), keepdim=True).clamp_min(1e-6)
+    inside = (target > 0.5).float()
+    share = (m * inside).sum((-2, -1)) / m.sum((-2, -1)).clamp_min(1e-6)
+    area = inside.mean((-2, -1))
+    ok = weights > 0
+    return float(share[ok].mean()), float(area[ok].mean())
+
+
+def probe(ckpt: Path) -> list[str]:
+    lm = load_model(ckpt, device="cpu")
+    cfg = lm.config
+    data = prepare_data(cfg, need_keypoints=True, notify=lambda m: None)
+    query, gallery = data.dataset.query, data.dataset.gallery
+    k = data.skeleton.num_keypoints
+    head = lm.model.head
+    fq, fg = forward_all(lm, query, k), forward_all(lm, gallery, k)
+    lines = [f"## {ckpt}", "", "| probe | R1 | mAP |", "|---|---|---|"]
+
+    def row(name, q, g):
+        m = metrics(q.numpy(), g.numpy(), query, gallery)
+        lines.append(f"| {name} | {100 * m['R1']:.1f} | {100 * m['mAP']:.1f} |")
+        return m
+
+    row("embedding (post-BN)", fq["embedding"], fg["embedding"])
+    row("feature (pre-BN)", fq["feature"], fg["feature"])
+    gdim = getattr(head, "global_dim", None)
+    if cfg.model.head == "aacn" and gdim is None:
+        gdim = head.global_reduce[0].out_channels
+    if gdim:
+        row("global slice (post-BN)", fq["embedding"][:, :gdim], fg["embedding"][:, :gdim])
+        row("part slice (post-BN)", fq["embedding"][:, gdim:], fg["embedding"][:, gdim:])
+    if "part_features" in fq:
+        pq, pg = fq["part_features"], fg["part_features"]
+        per = [metrics(pq[:, p].numpy(), pg[:, p].numpy(), query, gallery)["mAP"] for p in range(pq.shape[1])]
+        lines += ["", "mAP of each part block alone (%): " + ", ".join(f"{100 * v:.1f}" for v in per)]
+    hw = (cfg.data.height, cfg.data.width)
+    if "heatmaps" in fq:
+        kp = torch.cat([fq["keypoints"], fg["keypoints"]])
+        res = pck(torch.cat([fq["heatmaps"], fg["heatmaps"]]), kp, hw)
+        lines += ["", "keypoint heatmaps: " + ", ".join(f"{n} {100 * v:.1f}" for n, v in res.items())]
+        if "map_nonrigid" in fq:
+            size = tuple(fq["map_nonrigid"].shape[-2:])
+            nt, nw = limb_maps(kp, head.limbs, hw, size, head.limb_sigma)
+            rt, rw = box_maps(kp, head.rigid, hw, size)
+            for name, t, w in (("nonrigid", nt, nw), ("rigid", rt, rw)):
+                share, area = attention_mass(torch.cat([fq[f"map_{name}"], fg[f"map_{name}"]]), t, w)
+                lines.append(f"{name} attention: {100 * share:.1f}% of the mass inside the target "
+                             f"(uniform map: {100 * area:.1f}%)")
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("checkpoints", type=Path, nargs="+")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    for ckpt in args.checkpoints:
+        print("\n".join(probe(ckpt)) + "\n")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""Every head on the demo budget over seeds, with the part heads' ablations as named variants.
+
+configs/demo.yaml (MobileNetV2 offline weights, 128x64, PK 16x4, 10 epochs), best checkpoint on the
+validation identities, test split of the synthetic benchmark. Prints one table (R1 / mAP / mINP
+mean ± spread over seeds, train s) and the per-seed mAP. A finished run (test_metrics.json in its
+folder) is read, not retrained, and a killed one resumes, so the script can be stopped and rerun.
+
+    .venv/bin/python bench/heads.py --seeds 0 1 2 --variants bnneck kae aacn pabr
+    .venv/bin/python bench/heads.py --seeds 0 --variants pabr_unscaled pabr_global ...   # ablations
+    .venv/bin/python bench/heads.py --list
+
+A benchmark, not a test: each run takes ~200 s on a quiet 2-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from keyreid.config import load_config
+from keyreid.demo.run import DEMO_CONFIG, train_and_test
+
+# name -> overrides of configs/demo.yaml. The plain head names are each head's defaults, i.e. what
+# a user gets by switching model.head; the other names change one thing of that default.
+VARIANTS: dict[str, list[str]] = {
+    "bnneck": ["model.head=bnneck"],
+    "kae": ["model.head=kae"],
+    "aacn": ["model.head=aacn"],
+    "pabr": ["model.head=pabr"],
+    # PABR: the L2-normalised descriptor at scale 1 (the old default: a triplet margin of 0.3 is
+    # then ~ the whole spread of distances), no global part, heatmaps kept or dropped, widths
+    "pabr_unscaled": ["model.head=pabr", "model.head_options={feature_scale: 1.0}"],
+    "pabr_no_sqrt": ["model.head=pabr", "model.head_options={signed_sqrt: false}"],
+    "pabr_global": ["model.head=pabr", "model.head_options={global_part: true}"],
+    "pabr_pose4": ["model.head=pabr", "model.head_options={pose_epochs: 4}"],
+    "pabr_wide": ["model.head=pabr", "model.head_options={appearance_channels: 128}"],
+    "pabr_margin_soft": ["model.head=pabr", "loss.margin=null"],
+    # AACN: map-loss weights, visibility weighting, widths
+    "aacn_maps_light": ["model.head=aacn", "model.head_options={map_loss_weight: 0.1}"],
+    "aacn_no_visibility": ["model.head=aacn", "model.head_options={visibility_weighting: false}"],
+    "aacn_global_wide": ["model.head=aacn", "model.head_options={global_channels: 1280}"],
+    "aacn_parts_narrow": ["model.head=aacn", "model.head_options={part_channels: 16}"],
+}
+
+
+def run_one(name: str, seed: int, output: Path, data_root: Path, extra: list[str]) -> dict:
+    out = output / f"seed{seed}" / name
+    done = out / "test_metrics.json"
+    if done.is_file():
+        saved = json.loads(done.read_text())
+        return {**saved["metrics"], "train_seconds": saved["train_seconds"]}
+    cfg = load_config(DEMO_CONFIG, [*VARIANTS[name], f"data.root={data_root}", f"seed={seed}",
+                                    f"output_dir={out}", f"name={name}", *extra])
+    result, _, _ = train_and_test(name, cfg)
+    return {**result.metrics, "train_seconds": result.train_seconds}
+
+
+def table(per: dict[str, list[dict]], seeds: list[int]) -> list[str]:
+    cols = ("R1", "mAP", "mINP")
+    lines = ["| variant | seeds | " + " | ".join(cols) + " | train s |", "|---" * (len(cols) + 3) + "|"]
+    for name, runs in per.items():
+        if not runs:
+            continue
+        cells = []
+        for c in cols:
+            v = 100 * np.array([r[c] for r in runs])
+            # spread: half the range over seeds (0 with one seed)
+            cells.append(f"{v.mean():.1f} ± {(v.max() - v.min()) / 2:.1f}")
+        secs = np.mean([r["train_seconds"] for r in runs])
+        lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + f" | {secs:.0f} |")
+    lines += ["", "per seed (mAP %, seeds " + ", ".join(map(str, seeds)) + "): " + "; ".join(
+        f"{name} " + ", ".join(f"{100 * r['mAP']:.1f}" for r in runs) for name, runs in per.items() if runs)]
+    if per.get("bnneck"):
+        base = np.mean([r["mAP"] for r in per["bnneck"]])
+        lines.append("minus bnneck (mAP points): " + ", ".join(
+            f"{name} {100 * (np.mean([r['mAP'] for r in runs]) - base):+.1f}"
+            for name, runs in per.items() if runs and name != "bnneck"))
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--variants", nargs="+", default=["bnneck", "kae", "aacn", "pabr"])
+    ap.add_argument("--output", type=Path, default=Path("runs/heads"))
+    ap.add_argument("--data-root", type=Path, default=Path("data/synth"))
+    ap.add_argument("--set", dest="overrides", action="append", default=[],
+                    help="extra key=value for every run (e.g. eval.every=1 for per-epoch curves)")
+    ap.add_argument("--list", action="store_true", help="print the variants and exit")
+    args = ap.parse_args()
+    if args.list:
+        for name, ov in VARIANTS.items():
+            print(f"{name:22s} {' '.join(ov)}")
+        return
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown:
+        ap.error(f"unknown variant(s) {unknown}; --list shows them")
+    t0 = time.time()
+    per: dict[str, list[dict]] = {name: [] for name in args.variants}
+    for seed in args.seeds:
+        for name in args.variants:
+            per[name].append(run_one(name, seed, args.output, args.data_root, args.overrides))
+    text = "\n".join([f"seeds {args.seeds}; wall {(time.time() - t0) / 60:.1f} min; "
+                      f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
+                      "", *table(per, args.seeds)])
+    print(text)
+    args.output.mkdir(parents=True, exist_ok=True)
+    (args.output / "summary.md").write_text(text + "\n")
+    (args.output / "summary.json").write_text(json.dumps(per, indent=2))
+
+
+if __name__ == "__main__":
+    main()
