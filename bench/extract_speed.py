@@ -149,8 +149,11 @@ def main() -> None:
         for name in args.models.split(","):
             for size in args.sizes.split(","):
                 h, w = (int(v) for v in size.split("x"))
-                rows += bench(name, h, w, args.images, args.batch, Path(work))
-                print(f"done {name} {size}", file=sys.stderr, flush=True)
+                done = bench(name, h, w, args.images, args.batch, Path(work))
+                rows += done
+                # each block as soon as it is measured: a long run killed midway still reports
+                print(markdown_table(["model", "input", "backend", "images/s", "x eager", "max diff"], done),
+                      file=sys.stderr, flush=True)
     print(f"{args.images} images, batches of {args.batch}\n")
     print(markdown_table(["model", "input", "backend", "images/s", "x eager", "max diff"], rows))
     print(f"\n{machine()}")

@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Iterable, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from PIL import Image
 
 from keyreid.data.transforms import KeypointTransform, TransformConfig
 from keyreid.errors import KeyreidError
+from keyreid.inference.loaded import to_pil  # image reading only; no model code comes with it
 
 SIDECAR_FORMAT = "keyreid-onnx"
 SIDECAR_VERSION = 1
@@ -116,8 +117,6 @@ class OnnxModel:
         return int(self.meta["input"]["height"]), int(self.meta["input"]["width"])
 
     def preprocess(self, images: Sequence) -> torch.Tensor:
-        from keyreid.inference.loaded import to_pil
-
         return torch.stack([self.transform(to_pil(im))[0] for im in images])
 
     def _run(self, x: np.ndarray) -> np.ndarray:
