@@ -7,8 +7,11 @@ top-k per row. N^2 d float32 multiply-adds: this CPU's float32 floor.
 Fast pass (:func:`fast_neighbours`), same lists: the query x gallery block is computed in
 float32 anyway (it is the base term of the re-ranked matrix), so the lists' query-gallery part
 comes from it for free; the query x query and gallery x gallery parts come from a bfloat16
-GEMM (about 5x the float32 rate on a CPU with avx512_bf16), whose candidates (the C nearest
-and a few farthest by bf16) get exact float64 distances. A row is accepted only when a proven
+GEMM (about 5x the float32 rate on a CPU with avx512_bf16) over the upper triangle only
+(the parts are symmetric: one numba scan of each row strip keeps the candidates of its rows
+and, read by columns, of the rows below it), whose candidates (the k + 6 nearest and 4
+farthest by bf16; 40 + k and 16 for rows the first round cannot certify) get exact float64
+distances. A row is accepted only when a proven
 bound on the bf16 error shows that no image outside its candidates can be nearer than its k-th
 neighbour or farther than its farthest; other rows are recomputed in float32. The lists are
 therefore the exact pass's (up to float32-level near-ties), not an approximation with a
