@@ -11,6 +11,8 @@ concatenated after a global feature.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn as nn
 
@@ -55,7 +57,8 @@ class AACNHead(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, skeleton: Skeleton,
                  part_channels: int = 64, global_channels: int = 256, hidden: int = 128,
                  limb_sigma: float = 1.0, map_loss_weight: float = 1.0,
-                 visibility_weighting: bool = True):
+                 visibility_weighting: bool = True,
+                 map_init_std: Optional[float] = 0.001):
         super().__init__()
         if skeleton is None:
             raise ValueError("the aacn head needs a keypoint skeleton (dataset with keypoints)")
@@ -81,6 +84,12 @@ class AACNHead(nn.Module):
         self.neck = BNNeck(self.dim, num_classes)
         self.heatmap_loss = HeatmapMSELoss()
         init_conv(self)
+        if map_init_std is not None:
+            # the map predictor's last conv starts near 0, as in pose networks: with the ReLU
+            # (kaiming) init its maps start with a per-pixel MSE of ~8 (pabr) / ~3 per map (aacn)
+            # and the map losses then drive the backbone's first steps more than the re-ID losses
+            nn.init.normal_(self.attention[-1].weight, std=map_init_std)
+            nn.init.zeros_(self.attention[-1].bias)
 
     def forward(self, fmap: torch.Tensor) -> ModelOutput:
         k, n = self.num_keypoints, self.num_limbs

@@ -28,8 +28,9 @@ from keyreid.models.output import ModelOutput
 class PABRHead(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, skeleton: Skeleton,
                  appearance_channels: int = 64, part_hidden: int = 128,
-                 pose_epochs: Optional[int] = None, feature_scale: float = 1.0,
-                 signed_sqrt: bool = True, global_part: bool = False):
+                 pose_epochs: Optional[int] = None, feature_scale: float = 10.0,
+                 signed_sqrt: bool = True, global_part: bool = False,
+                 map_init_std: Optional[float] = 0.001):
         super().__init__()
         if skeleton is None:
             raise ValueError("the pabr head needs a keypoint skeleton (dataset with keypoints)")
@@ -48,6 +49,12 @@ class PABRHead(nn.Module):
         self.neck = BNNeck(self.dim, num_classes)
         self.heatmap_loss = HeatmapMSELoss()
         init_conv(self)
+        if map_init_std is not None:
+            # the map predictor's last conv starts near 0, as in pose networks: with the ReLU
+            # (kaiming) init its maps start with a per-pixel MSE of ~8 (pabr) / ~3 per map (aacn)
+            # and the map losses then drive the backbone's first steps more than the re-ID losses
+            nn.init.normal_(self.part[-1].weight, std=map_init_std)
+            nn.init.zeros_(self.part[-1].bias)
 
     def forward(self, fmap: torch.Tensor) -> ModelOutput:
         a = self.appearance(fmap)                                        # [B, Ca, h, w]
