@@ -12,7 +12,7 @@ import faiss
 import numpy as np
 import pytest
 
-from keyreid.errors import DataError
+from keyreid.errors import DataError, KeyreidError
 from keyreid.search import faiss_backend
 from keyreid.search.faiss_backend import FaissIndex
 from keyreid.search.index import BACKENDS, SearchFilter, SearchIndexError, add_calibrated, open_index
@@ -218,13 +218,37 @@ def test_hnsw_remove_rebuilds_without_the_removed(make):
     np.testing.assert_allclose(index.get_vectors([1, 3]), v[[1, 3]], atol=1e-6)
 
 
-def test_auto_picks_exact_for_small_and_ivf_for_large(make, monkeypatch):
-    v = clustered(3000, 16, seed=11, clusters=30)
+def test_auto_picks_exact_for_small_and_hnsw_for_large(make, monkeypatch):
+    """Above AUTO_FLAT_MAX auto builds the measured HNSW setting (M 16, efConstruction 40, float32
+    vectors) and tunes efSearch; its recall on fresh queries against numpy brute force clears the
+    target, and the scores of the neighbours it finds are the exact cosines. The graph is added in
+    chunks (shrunk here so the chunked path runs at test size)."""
+    v = clustered(3000, 32, seed=11, clusters=150, spread=1.0)
     assert make("faiss", v, metadata(3000), index_type="auto").manifest["type"] == "flat"
     monkeypatch.setattr(faiss_backend, "AUTO_FLAT_MAX", 1000)
+    monkeypatch.setattr(faiss_backend, "HNSW_ADD_CHUNK", 700)
     big = make("faiss", v, metadata(3000), index_type="auto")
-    assert big.manifest["type"] == "ivf" and big.manifest["requested_type"] == "auto"
-    assert big.build_report["recall@10"] >= 0.95 and big.manifest["params"]["nprobe"] >= 1
+    m = big.manifest
+    assert m["type"] == "hnsw" and m["requested_type"] == "auto" and len(big) == 3000
+    assert (m["params"]["M"], m["params"]["ef_construction"]) == (16, 40)
+    assert big.build_report["recall@10"] >= 0.95 and m["build_recall@10"] == big.build_report["recall@10"]
+    assert m["params"]["ef_search"] in faiss_backend.EF_STEPS
+    q = clustered(200, 32, seed=11, clusters=150, spread=1.0)[np.random.default_rng(3).permutation(200)]
+    q = v[np.random.default_rng(4).choice(3000, 200, replace=False)] + 0.3 * q
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    exact, got = brute_force(v, q, 10), big.search(q, 10)
+    recall = np.mean([len({h.id for h in g} & {i for i, _ in e}) / 10 for g, e in zip(got, exact)])
+    assert recall >= 0.95
+    for qi, row in enumerate(got):
+        np.testing.assert_allclose([h.score for h in row], v[[h.id for h in row]] @ q[qi], atol=1e-5)
+    np.testing.assert_array_equal(big.get_vectors([0, 2999]), v[[0, 2999]])
+
+
+def test_ivf_storage_is_refused_where_auto_does_not_build_ivf(fast_dir):
+    v = clustered(300, 16)
+    with pytest.raises(KeyreidError, match="--ivf-storage is for IVF indexes; this index is flat"):
+        FaissIndex.create(fast_dir / "i", index_type="auto", fingerprint="fp", dim=16, normalized=True,
+                          distance="cosine", vectors=v, storage="fp16")
 
 
 def test_crash_between_files_keeps_the_old_index(make, monkeypatch):

@@ -5,10 +5,13 @@ Index types
 - ivf:  IndexIVFFlat (its own 64-bit ids, a hash-table direct map so vectors can be read back
         and removed); nlist ~ sqrt(N), nprobe chosen at build time as the smallest that reaches
         the target recall@10 against exact search on a held-out sample.
-- hnsw: IndexIDMap2 over IndexHNSWFlat; efSearch chosen the same way. HNSW cannot delete, so
-        `remove` rebuilds the graph from the remaining vectors.
-- auto: flat up to AUTO_FLAT_MAX vectors, above that IVF with float16 storage (half the bytes
-        to scan per probe, scores to ~1e-3) and the tuned nprobe (see bench/search_speed.py).
+- hnsw: IndexIDMap2 over IndexHNSWFlat (M 16, efConstruction 40 by default: the cheapest graph
+        that kept recall@10 >= 0.95 at 1M in bench/search_speed.py); efSearch chosen the same way.
+        Vectors are stored in float32, so scores are exact for the neighbours found. HNSW cannot
+        delete, so `remove` rebuilds the graph from the remaining vectors (minutes at 1M).
+- auto: flat up to AUTO_FLAT_MAX vectors, HNSW above. IVF does not suit re-ID galleries: an
+        identity's images share only part of their direction, so k-means scatters them over many
+        lists (bench, 1M clustered vectors: recall@10 0.888 with 512 of 4096 lists probed).
 
 Files and atomic saves: every save writes a new generation, ``vectors-<g>.faiss`` and
 ``metadata-<g>.sqlite`` (each through a temporary file and a rename), then the manifest naming
@@ -44,7 +47,10 @@ TARGET_RECALL = 0.95
 # estimates (bench: 0.952 on the sample, 0.938 on fresh queries without the margin)
 TUNE_MARGIN = 0.01
 NPROBE_STEPS = (1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 192, 256, 384, 512)
-EF_STEPS = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+EF_STEPS = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+HNSW_M = 16
+HNSW_EF_CONSTRUCTION = 40
+HNSW_ADD_CHUNK = 20_000  # graph inserts are slow (minutes at 1M): added in chunks behind a progress bar
 HELD_OUT = 500
 IVF_STORAGE = {"flat": None, "fp16": faiss.ScalarQuantizer.QT_fp16, "sq8": faiss.ScalarQuantizer.QT_8bit}
 SMALL_BATCH = 4  # up to this many queries run on one thread (see _one_thread_for)
@@ -91,15 +97,16 @@ class FaissIndex(GalleryIndex):
     @classmethod
     def create(cls, out: Path, *, index_type: str, fingerprint: str, dim: int, normalized: bool, distance: str,
                vectors: Optional[np.ndarray] = None, extra: Optional[dict] = None, nlist: Optional[int] = None,
-               nprobe: Optional[int] = None, storage: Optional[str] = None, hnsw_m: int = 32, ef_search: Optional[int] = None,
-               ef_construction: int = 64, **unused) -> "FaissIndex":
+               nprobe: Optional[int] = None, storage: Optional[str] = None, hnsw_m: int = HNSW_M,
+               ef_search: Optional[int] = None, ef_construction: int = HNSW_EF_CONSTRUCTION, **unused) -> "FaissIndex":
         if unused.get("qdrant_url"):
             raise KeyreidError("--qdrant-url is for --backend qdrant")
         n = 0 if vectors is None else len(vectors)
         chosen = index_type
         if index_type == "auto":
-            chosen = "flat" if n <= AUTO_FLAT_MAX else "ivf"
-            storage = storage or "fp16"  # half the bytes per probe (bench/search_speed.py)
+            chosen = "flat" if n <= AUTO_FLAT_MAX else "hnsw"
+        if storage is not None and chosen != "ivf":
+            raise KeyreidError(f"--ivf-storage is for IVF indexes; this index is {chosen}")
         params: dict = {}
         metric = faiss.METRIC_INNER_PRODUCT if normalized else faiss.METRIC_L2
         if chosen == "flat":
@@ -233,10 +240,23 @@ class FaissIndex(GalleryIndex):
         if len(v) == 0:
             return ids
         self.meta.add(ids, metadata)  # refuses ids already present, before faiss changes
-        self.index.add_with_ids(v, ids)
+        self._add_to_faiss(v, ids)
         self._after_add(ids)
         self._dirty = True
         return ids
+
+    def _add_to_faiss(self, v: np.ndarray, ids: np.ndarray) -> None:
+        index = self.index
+        if self.manifest["type"] != "hnsw" or len(v) <= HNSW_ADD_CHUNK:
+            index.add_with_ids(v, ids)
+            return
+        from keyreid.utils.progress import progress_bar
+
+        with progress_bar() as bar:
+            task = bar.add_task("HNSW graph", total=len(v))
+            for s in range(0, len(v), HNSW_ADD_CHUNK):
+                index.add_with_ids(v[s:s + HNSW_ADD_CHUNK], ids[s:s + HNSW_ADD_CHUNK])
+                bar.advance(task, min(HNSW_ADD_CHUNK, len(v) - s))
 
     def remove(self, ids: Optional[Iterable[int]] = None, cameras: Optional[Iterable[int]] = None) -> int:
         doomed = set(int(i) for i in (ids or []))
@@ -265,10 +285,10 @@ class FaissIndex(GalleryIndex):
         inner = faiss.IndexHNSWFlat(self.manifest["dim"], self.manifest["params"]["M"], old.metric_type)
         inner.hnsw.efConstruction = self.manifest["params"]["ef_construction"]
         index = faiss.IndexIDMap2(inner)
-        if len(keep):
-            index.add_with_ids(vectors, keep)
         self._index = index
         self._apply_search_params()
+        if len(keep):
+            self._add_to_faiss(vectors, keep)
 
     def get_vectors(self, ids: Iterable[int]) -> np.ndarray:
         ids = [int(i) for i in ids]
