@@ -33,15 +33,20 @@ VARIANTS: dict[str, list[str]] = {
     "kae": ["model.head=kae"],
     "aacn": ["model.head=aacn"],
     "pabr": ["model.head=pabr"],
-    # PABR: the L2-normalised descriptor at scale 1 (the old default: a triplet margin of 0.3 is
-    # then ~ the whole spread of distances), no global part, heatmaps kept or dropped, widths
+    # PABR. _old: the head before issue 11 (unit-norm descriptor, so a triplet margin of 0.3 was the
+    # whole spread of distances; map predictor with the ReLU init, map loss ~8 at the start);
+    # then one change of the current default each
+    "pabr_old": ["model.head=pabr", "model.head_options={feature_scale: 1.0, map_init_std: null}"],
     "pabr_unscaled": ["model.head=pabr", "model.head_options={feature_scale: 1.0}"],
+    "pabr_kaiming_init": ["model.head=pabr", "model.head_options={map_init_std: null}"],
     "pabr_no_sqrt": ["model.head=pabr", "model.head_options={signed_sqrt: false}"],
     "pabr_global": ["model.head=pabr", "model.head_options={global_part: true}"],
     "pabr_pose4": ["model.head=pabr", "model.head_options={pose_epochs: 4}"],
     "pabr_wide": ["model.head=pabr", "model.head_options={appearance_channels: 128}"],
     "pabr_margin_soft": ["model.head=pabr", "loss.margin=null"],
-    # AACN: map-loss weights, visibility weighting, widths
+    # AACN. _old: the head before issue 11 (map predictor with the ReLU init, map losses ~3 each at
+    # the start); then one change of the current default each
+    "aacn_old": ["model.head=aacn", "model.head_options={map_init_std: null}"],
     "aacn_maps_light": ["model.head=aacn", "model.head_options={map_loss_weight: 0.1}"],
     "aacn_no_visibility": ["model.head=aacn", "model.head_options={visibility_weighting: false}"],
     "aacn_global_wide": ["model.head=aacn", "model.head_options={global_channels: 1280}"],
