@@ -219,7 +219,7 @@ def test_hnsw_remove_rebuilds_without_the_removed(make):
 
 
 def test_auto_picks_exact_for_small_and_hnsw_for_large(make, monkeypatch):
-    """Above AUTO_FLAT_MAX auto builds the measured HNSW setting (M 16, efConstruction 40, float32
+    """Above AUTO_FLAT_MAX auto builds the measured HNSW setting (M 32, efConstruction 40, float32
     vectors) and tunes efSearch; its recall on fresh queries against numpy brute force clears the
     target, and the scores of the neighbours it finds are the exact cosines. The graph is added in
     chunks (shrunk here so the chunked path runs at test size)."""
@@ -230,7 +230,7 @@ def test_auto_picks_exact_for_small_and_hnsw_for_large(make, monkeypatch):
     big = make("faiss", v, metadata(3000), index_type="auto")
     m = big.manifest
     assert m["type"] == "hnsw" and m["requested_type"] == "auto" and len(big) == 3000
-    assert (m["params"]["M"], m["params"]["ef_construction"]) == (16, 40)
+    assert (m["params"]["M"], m["params"]["ef_construction"]) == (32, 40)
     assert big.build_report["recall@10"] >= 0.95 and m["build_recall@10"] == big.build_report["recall@10"]
     assert m["params"]["ef_search"] in faiss_backend.EF_STEPS
     q = clustered(200, 32, seed=11, clusters=150, spread=1.0)[np.random.default_rng(3).permutation(200)]
