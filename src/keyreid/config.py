@@ -33,7 +33,6 @@ class DataConfig:
     sidecar: Optional[str] = None                     # keypoint sidecar; default ROOT/keypoints.jsonl if present
     min_keypoint_confidence: float = 0.0              # below this a keypoint counts as invisible
     allow_missing_keypoints: bool = False             # train images without a sidecar entry (all invisible)
-    allow_missing_keypoints: bool = False             # train images without a sidecar entry (all invisible)
     height: int = 256
     width: int = 128
     flip_prob: float = 0.5
