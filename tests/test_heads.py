@@ -283,3 +283,34 @@ def test_part_map_predictors_start_near_zero(head):
     for name in losses:
         assert float(losses[name].detach()) == pytest.approx(float(at_zero[name]), rel=0.05)
     assert out.heatmaps.abs().max() < 0.05
+
+
+def test_demo_report_draws_the_heatmaps_of_every_part_head(tiny_synth, tmp_path):
+    """The report used to draw the first keypoint head's heatmaps only (and title them "kae").
+    Untrained models suffice: the figure shows whatever maps the head predicts."""
+    import re
+
+    from conftest import tiny_overrides
+    from keyreid.config import load_config
+    from keyreid.demo.report import write_demo_report
+    from keyreid.demo.run import DEMO_CONFIG, RunResult
+    from keyreid.engine.trainer import Trainer
+
+    results, trainers, distmats = [], {}, {}
+    rng = np.random.default_rng(0)
+    for head in ("bnneck", "aacn", "pabr"):
+        over = tiny_overrides(tiny_synth, tmp_path / head, head=head, name=head)
+        torch.manual_seed(0)
+        t = Trainer(load_config(DEMO_CONFIG, over), resume=False, show_progress=False)
+        (t.out_dir / "metrics.csv").write_text("epoch,loss,acc\n0,5.0,0.1\n")
+        metrics = {"R1": 0.5, "R5": 0.6, "mAP": 0.4, "mINP": 0.2}
+        results.append(RunResult(head, metrics, 1.0, 1.0, t.out_dir))
+        ds = t.data.dataset
+        trainers[head], distmats[head] = t, rng.random((len(ds.query), len(ds.gallery)))
+    report = write_demo_report(tmp_path / "report", results, trainers, distmats).read_text()
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
+    drawn = sorted(l for l in links if "heatmaps_" in l)
+    assert drawn == ["figures/heatmaps_aacn.png", "figures/heatmaps_pabr.png"]
+    assert "Predicted keypoint heatmaps (aacn)" in report and "Predicted keypoint heatmaps (pabr)" in report
+    for link in drawn:
+        assert (tmp_path / "report" / link).stat().st_size > 1000
