@@ -217,7 +217,10 @@ class FaissIndex(GalleryIndex):
             return [[] for _ in q]
         index = self.index
         with _one_thread_for(len(q)):
-            scores, ids = index.search(q, k, params=self._params(sel))
+            # faiss.contrib.torch_utils (imported by pytorch-metric-learning) replaces search with
+            # a wrapper that has no `params`; the numpy original stays as search_numpy
+            search = getattr(index, "search_numpy", index.search)
+            scores, ids = search(q, k, params=self._params(sel))
         if self.manifest["metric"] == "l2":
             scores = -scores  # higher is better in every backend
         wanted = np.unique(ids[ids >= 0])
