@@ -44,9 +44,8 @@ VARIANTS: dict[str, list[str]] = {
     "pabr_pose4": ["model.head=pabr", "model.head_options={pose_epochs: 4}"],
     "pabr_wide": ["model.head=pabr", "model.head_options={appearance_channels: 128}"],
     "pabr_margin_soft": ["model.head=pabr", "loss.margin=null"],
-    # AACN. _old: the head before issue 11 (map predictor with the ReLU init, map losses ~3 each at
-    # the start); then one change of the current default each
-    "aacn_old": ["model.head=aacn", "model.head_options={map_init_std: null}"],
+    # AACN (default unchanged by issue 11): one change each
+    "aacn_small_init": ["model.head=aacn", "model.head_options={map_init_std: 0.001}"],
     "aacn_maps_light": ["model.head=aacn", "model.head_options={map_loss_weight: 0.1}"],
     "aacn_no_visibility": ["model.head=aacn", "model.head_options={visibility_weighting: false}"],
     "aacn_global_wide": ["model.head=aacn", "model.head_options={global_channels: 1280}"],

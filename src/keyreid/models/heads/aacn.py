@@ -8,13 +8,13 @@ keypoints. Attention-aware alignment: each part map M_p, normalised by its maxim
 |M_p|. Weighted composition: f = concat_p(w_p * f_p) with w_p = P * v_p / sum_q v_q (mean weight 1),
 concatenated after a global feature.
 
-Issue 11 (AACN 9 mAP below bnneck on the demo): the maps' last conv now starts near 0
-(map_init_std 0.001), as pose networks do. With the ReLU init the three map losses started at ~3
-each and, on a demo batch, sent the backbone a gradient of norm 40 against 88 from the re-ID losses
-(kae: 8 against 80); after two epochs they were still 4.1 together (kae's heatmap loss: 0.7) and
-training accuracy half of kae's. The slides train the part attention (PPA) on its own, before the
-re-ID network. Options for the ablations of bench/heads.py: map_loss_weight (the slides' mu_1, mu_2
-on the non-rigid and rigid losses), visibility_weighting, part_channels, global_channels.
+Issue 11 (AACN 9 mAP below bnneck on the demo): not fixed. map_init_std (default None: the ReLU
+init) starts the maps' last conv near 0; with the ReLU init the three map losses start at ~3 each
+and send the backbone a gradient of norm 40 against 88 from the re-ID losses (kae: 8 against 80),
+but starting them near 0 scored 48.0 mAP on demo seed 0 against 52.1 for the old head, so the old
+init stays. The slides train the part attention (PPA) on its own, before the re-ID network.
+Options for the ablations of bench/heads.py: map_init_std, map_loss_weight (the slides' mu_1, mu_2),
+visibility_weighting, part_channels, global_channels.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ class AACNHead(nn.Module):
                  part_channels: int = 64, global_channels: int = 256, hidden: int = 128,
                  limb_sigma: float = 1.0, map_loss_weight: float = 1.0,
                  visibility_weighting: bool = True,
-                 map_init_std: Optional[float] = 0.001):
+                 map_init_std: Optional[float] = None):
         super().__init__()
         if skeleton is None:
             raise ValueError("the aacn head needs a keypoint skeleton (dataset with keypoints)")
