@@ -180,7 +180,7 @@ def test_faiss_and_qdrant_agree(make):
                                                                           for h in rb]
 
 
-@pytest.mark.parametrize("index_type", ["ivf", "hnsw"])
+@pytest.mark.parametrize("index_type", ["ivf", "hnsw", "pq"])
 def test_approximate_recall_against_exact(index_type, make):
     v = clustered(6000, 32, seed=7, clusters=60, spread=0.8)
     q = clustered(200, 32, seed=8, clusters=60, spread=0.8)  # same centres (seed of the centres differs:
@@ -218,21 +218,19 @@ def test_hnsw_remove_rebuilds_without_the_removed(make):
     np.testing.assert_allclose(index.get_vectors([1, 3]), v[[1, 3]], atol=1e-6)
 
 
-def test_auto_picks_exact_for_small_and_hnsw_for_large(make, monkeypatch):
-    """Above AUTO_FLAT_MAX auto builds the measured HNSW setting (M 32, efConstruction 40, float32
-    vectors) and tunes efSearch; its recall on fresh queries against numpy brute force clears the
-    target, and the scores of the neighbours it finds are the exact cosines. The graph is added in
-    chunks (shrunk here so the chunked path runs at test size)."""
+def test_auto_picks_exact_for_small_and_pq_for_large(make, monkeypatch):
+    """Above AUTO_FLAT_MAX auto builds the pq index (4-bit PQ fast-scan, exact re-scoring of
+    k_factor x k candidates) and tunes k_factor; its recall on fresh queries against numpy brute
+    force clears the target, and the scores of the neighbours it finds are the exact cosines."""
     v = clustered(3000, 32, seed=11, clusters=150, spread=1.0)
     assert make("faiss", v, metadata(3000), index_type="auto").manifest["type"] == "flat"
     monkeypatch.setattr(faiss_backend, "AUTO_FLAT_MAX", 1000)
-    monkeypatch.setattr(faiss_backend, "HNSW_ADD_CHUNK", 700)
     big = make("faiss", v, metadata(3000), index_type="auto")
     m = big.manifest
-    assert m["type"] == "hnsw" and m["requested_type"] == "auto" and len(big) == 3000
-    assert (m["params"]["M"], m["params"]["ef_construction"]) == (32, 40)
+    assert m["type"] == "pq" and m["requested_type"] == "auto" and len(big) == 3000
+    assert m["params"]["pq_m"] == faiss_backend.default_pq_m(32) == 4
     assert big.build_report["recall@10"] >= 0.95 and m["build_recall@10"] == big.build_report["recall@10"]
-    assert m["params"]["ef_search"] in faiss_backend.EF_STEPS
+    assert m["params"]["k_factor"] in faiss_backend.K_FACTOR_STEPS
     q = clustered(200, 32, seed=11, clusters=150, spread=1.0)[np.random.default_rng(3).permutation(200)]
     q = v[np.random.default_rng(4).choice(3000, 200, replace=False)] + 0.3 * q
     q /= np.linalg.norm(q, axis=1, keepdims=True)
@@ -242,6 +240,57 @@ def test_auto_picks_exact_for_small_and_hnsw_for_large(make, monkeypatch):
     for qi, row in enumerate(got):
         np.testing.assert_allclose([h.score for h in row], v[[h.id for h in row]] @ q[qi], atol=1e-5)
     np.testing.assert_array_equal(big.get_vectors([0, 2999]), v[[0, 2999]])
+    # the tuned k_factor is what a reopened index searches with
+    again = open_index(big.folder)
+    assert [h.id for h in again.search(q[:5], 10)[3]] == [h.id for h in got[3]]
+
+
+def test_hnsw_builds_in_chunks_with_the_measured_setting(make, monkeypatch):
+    """--type hnsw: M 32, efConstruction 40, efSearch tuned; the graph is added in chunks
+    (shrunk here so the chunked path runs at test size)."""
+    monkeypatch.setattr(faiss_backend, "HNSW_ADD_CHUNK", 700)
+    v = clustered(3000, 32, seed=11, clusters=150, spread=1.0)
+    index = make("faiss", v, metadata(3000), index_type="hnsw")
+    m = index.manifest
+    assert (m["params"]["M"], m["params"]["ef_construction"]) == (32, 40) and len(index) == 3000
+    assert m["params"]["ef_search"] in faiss_backend.EF_STEPS and index.build_report["recall@10"] >= 0.95
+
+
+@pytest.mark.parametrize("exact_subset_max", [10**9, 0])
+def test_filters_on_pq_equal_the_filtered_brute_force(exact_subset_max, make, monkeypatch):
+    """PQ fast-scan ignores faiss ID selectors (a selector handed to it is silently dropped), so
+    keyreid filters itself: exact over few kept vectors, or an oversampled search cut to the kept
+    ids. With a k_factor that re-scores everything both paths equal the filtered brute force."""
+    monkeypatch.setattr(faiss_backend, "EXACT_SUBSET_MAX", exact_subset_max)
+    v, q, meta = clustered(1200, 16, seed=14), clustered(4, 16, seed=15), metadata(1200, seed=14)
+    index = make("faiss", v, meta, index_type="pq", k_factor=64)
+    for filt in FILTERS:
+        keep = np.array([filt.keeps(m) for m in meta])
+        assert_same(index.search(q, 10, filt), brute_force(v, q, 10, keep=keep))
+
+
+def test_pq_remove_keeps_the_codebook_and_the_rest(make):
+    v = clustered(1500, 16, seed=10)
+    index = make("faiss", v, metadata(1500), index_type="pq", k_factor=64)
+    base = faiss.downcast_index(faiss.downcast_index(index.index.index).base_index)
+    codebook = faiss.vector_to_array(base.pq.centroids).copy()
+    assert index.remove(ids=list(range(0, 1500, 2))) == 750
+    hits = index.search(v[:10], 10)
+    assert all(h.id % 2 == 1 for row in hits for h in row) and len(index) == 750
+    np.testing.assert_allclose(index.get_vectors([1, 3]), v[[1, 3]], atol=1e-6)
+    base = faiss.downcast_index(faiss.downcast_index(index.index.index).base_index)
+    np.testing.assert_array_equal(faiss.vector_to_array(base.pq.centroids), codebook)
+    index.save()
+    assert [h.id for h in open_index(index.folder).search(v[1:2], 3)[0]][0] == 1
+
+
+def test_pq_refuses_small_galleries_and_bad_sub_quantisers(fast_dir):
+    with pytest.raises(SearchIndexError, match="needs at least 1000 vectors .* use --type flat"):
+        FaissIndex.create(fast_dir / "a", index_type="pq", fingerprint="fp", dim=16, normalized=True,
+                          distance="cosine", vectors=clustered(300, 16))
+    with pytest.raises(KeyreidError, match="--pq-m 3: must be even and divide the dimension 16"):
+        FaissIndex.create(fast_dir / "b", index_type="pq", fingerprint="fp", dim=16, normalized=True,
+                          distance="cosine", vectors=clustered(1200, 16), pq_m=3)
 
 
 def test_ivf_storage_is_refused_where_auto_does_not_build_ivf(fast_dir):

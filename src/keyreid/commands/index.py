@@ -30,24 +30,29 @@ def build(
     features: list[Path] = typer.Argument(..., help="FEATURES folders (shards are taken together)."),
     output: Path = typer.Option(..., "--output", "-o", help="INDEX folder to create."),
     backend: str = typer.Option("faiss", "--backend", help="faiss | qdrant."),
-    index_type: str = typer.Option("flat", "--type", help="flat (exact) | ivf | hnsw | auto (by gallery size)."),
+    index_type: str = typer.Option("flat", "--type", help="flat (exact) | pq (4-bit PQ fast-scan + exact re-scoring) | ivf | hnsw | "
+                                    "auto (flat up to 20,000 vectors, pq above)."),
     qdrant_url: Optional[str] = typer.Option(None, "--qdrant-url", help="Qdrant server (default: embedded in INDEX)."),
     nlist: Optional[int] = typer.Option(None, "--nlist", help="IVF lists [default: ~sqrt(N)]."),
     nprobe: Optional[int] = typer.Option(None, "--nprobe", help="IVF lists probed [default: tuned to recall@10 >= 0.95]."),
     ef_search: Optional[int] = typer.Option(None, "--ef-search", help="HNSW efSearch [default: tuned]."),
+    pq_m: Optional[int] = typer.Option(None, "--pq-m", help="pq sub-quantisers [default: dim / 8, at most 64]."),
+    k_factor: Optional[int] = typer.Option(None, "--k-factor", help="pq candidates re-scored exactly, as a multiple "
+                                           "of top-k [default: tuned to recall@10 >= 0.95]."),
     storage: Optional[str] = typer.Option(None, "--ivf-storage", help="IVF vectors: flat (exact scores) | fp16 | sq8 "
-                                          "(faster probes) [default: flat; auto picks by size]."),
+                                          "(faster probes) [default: flat]; only with --type ivf."),
 ) -> None:
     """Build an index over one model's features."""
     from keyreid.search.index import build_index
 
-    opts = {k: v for k, v in {"nlist": nlist, "nprobe": nprobe, "ef_search": ef_search,
+    opts = {k: v for k, v in {"nlist": nlist, "nprobe": nprobe, "ef_search": ef_search, "pq_m": pq_m,
+                              "k_factor": k_factor,
                               "qdrant_url": qdrant_url, "storage": storage}.items() if v is not None}
     index = build_index(output, features, backend=backend, index_type=index_type, **opts)
     rep = index.build_report
     how = "exact search" if rep.get("exact") else (
         f"recall@10 {rep['recall@10']:.3f} against exact search on {rep['held_out']} held-out gallery vectors, "
-        + ", ".join(f"{k} {rep[k]}" for k in ("nprobe", "ef_search") if k in rep))
+        + ", ".join(f"{k} {rep[k]}" for k in ("nprobe", "ef_search", "k_factor") if k in rep))
     console.print(f"{index.manifest['backend']} {index.manifest['type']} index of {len(index)} vectors in "
                   f"{output}: {how}", markup=False, highlight=False)
     index.close()

@@ -21,7 +21,7 @@ from keyreid.utils.registry import Registry
 FORMAT = "keyreid-index"
 VERSION = 1
 MANIFEST = "manifest.json"
-INDEX_TYPES = ("flat", "ivf", "hnsw", "auto")
+INDEX_TYPES = ("flat", "ivf", "hnsw", "pq", "auto")
 NORM_TOLERANCE = 1e-3  # float16 storage keeps unit norms to ~1e-4
 
 BACKENDS = Registry("index backend", builtin=["keyreid.search.faiss_backend",
