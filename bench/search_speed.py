@@ -11,8 +11,9 @@ clusters, never in the gallery. Everything goes through keyreid's GalleryIndex (
 latencies include metadata look-ups. Single-query latency: `--single` queries one at a time
 (p50 / p99); batched: all `--batched` queries in one call, per-query time. The `auto` rows are
 what `keyreid index build --type auto` picks for that gallery size, with its build-time tuning
-(HNSW M 16 / efConstruction 40 above 20k vectors); `ivf fp16 tuned` is what auto built before
-(IVF, float16 storage, nprobe tuned to the same recall target), kept for contrast.
+(flat up to 20k vectors, pq above: 4-bit PQ fast-scan over every vector, k_factor x 10 candidates
+re-scored exactly, k_factor tuned); `ivf fp16 tuned` (auto before session 3) and HNSW M 32 /
+efConstruction 64 (auto in session 3) are kept for contrast.
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ def run_size(n: int, args, console: Console, rows: list) -> None:
         configs.append((f"faiss ivf nprobe {nprobe}", "faiss", "ivf", {"nprobe": nprobe}))
     if args.ivf_tuned:
         configs.append(("faiss ivf fp16 tuned (old auto)", "faiss", "ivf", {"storage": "fp16"}))
+    configs.append(("faiss pq k_factor 4", "faiss", "pq", {"k_factor": 4}))
     if n <= args.hnsw_max:
         configs.append(("faiss hnsw M32 efC64 (tuned efSearch)", "faiss", "hnsw",
                         {"hnsw_m": 32, "ef_construction": 64}))
