@@ -110,3 +110,80 @@ def test_safe_mean_values_empty_mask_and_gradients():
     # element masks work too
     y = torch.arange(6.0).reshape(2, 3)
     assert safe_mean(y, y > 2).item() == pytest.approx(4.0)
+
+
+# ------------------------------------------------------------------------------------ networks
+
+from keyreid.generation.nets import PatchDiscriminator, ResnetGenerator  # noqa: E402
+
+
+def _params(m) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def test_published_parameter_counts():
+    # CycleGAN's code prints 11.378 M for its 9-block generator, pix2pix's 2.769 M for its D
+    assert _params(ResnetGenerator(3, 3, 64, 9)) == 11_378_179
+    assert _params(ResnetGenerator(6, 3, 64, 9)) == 11_387_587
+    assert _params(PatchDiscriminator(6, 64, 3, "batch")) == 2_768_705
+    assert _params(PatchDiscriminator(3, 64, 3, "instance")) == 2_764_737
+
+
+@pytest.mark.parametrize("size", [(64, 32), (128, 64), (32, 16)])
+def test_resnet_generator_shapes_and_range(size):
+    torch.manual_seed(0)
+    g = ResnetGenerator(6, 3, ngf=8, n_blocks=2)
+    x = torch.randn(2, 6, *size) * 3
+    y = g(x)
+    assert y.shape == (2, 3, *size)
+    assert y.min() >= -1 and y.max() <= 1 and y.std() > 0.01
+    # the residual stack really runs at 1/4 resolution with 4 ngf channels
+    seen = []
+    hook = g.model[10].register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    g(x)
+    hook.remove()
+    assert seen[0] == (2, 32, size[0] // 4, size[1] // 4)
+
+
+def test_resnet_generator_structure_and_bad_sizes():
+    g = ResnetGenerator(6, 3, ngf=8, n_blocks=3)
+    convs = [m for m in g.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs[0].kernel_size == (7, 7) and convs[-1].kernel_size == (7, 7)
+    assert [c.stride for c in convs[1:3]] == [(2, 2), (2, 2)]
+    assert sum(isinstance(m, torch.nn.ConvTranspose2d) for m in g.modules()) == 2
+    norms = [m for m in g.modules() if isinstance(m, torch.nn.InstanceNorm2d)]
+    assert norms and not any(n.affine for n in norms)
+    assert sum(isinstance(m, torch.nn.ReflectionPad2d) for m in g.modules()) == 2 + 2 * 3
+    with pytest.raises(ValueError, match="divisible by 4"):
+        g(torch.zeros(1, 6, 66, 32))
+    with pytest.raises(ValueError, match=r"\[B, 6, H, W\]"):
+        g(torch.zeros(1, 3, 64, 32))
+    with pytest.raises(ValueError):
+        ResnetGenerator(6, norm="group")
+
+
+@pytest.mark.parametrize("size,n_layers", [((64, 32), 3), ((128, 64), 3), ((256, 128), 3), ((32, 16), 2)])
+def test_patch_discriminator_shapes_and_features(size, n_layers):
+    torch.manual_seed(0)
+    d = PatchDiscriminator(21, ndf=8, n_layers=n_layers, norm="instance")
+    x = torch.randn(2, 21, *size)
+    logits, feats = d(x, return_features=True)
+    oh, ow = d.output_size(*size)
+    # n_layers stride-2 halvings, then two 4x4 stride-1 convs with padding 1 take 1 px each
+    assert (oh, ow) == (size[0] // 2 ** n_layers - 2, size[1] // 2 ** n_layers - 2)
+    assert logits.shape == (2, 1, oh, ow)
+    assert torch.equal(logits, d(x))
+    assert [f.shape[1] for f in feats] == [8 * min(2 ** n, 8) for n in range(n_layers + 1)]
+    assert len(feats) == n_layers + 1 and all(f.shape[0] == 2 for f in feats)
+    assert logits.min() < 0 < logits.max()  # raw logits, no sigmoid
+
+
+def test_patch_discriminator_width_cap_norms_and_too_small_inputs():
+    d = PatchDiscriminator(3, ndf=4, n_layers=5, norm="batch")
+    widths = [m.out_channels for m in d.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert widths == [4, 8, 16, 32, 32, 32, 1]  # capped at 8 ndf
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in d.modules()) == 5
+    leaky = [m for m in d.modules() if isinstance(m, torch.nn.LeakyReLU)]
+    assert len(leaky) == 6 and all(m.negative_slope == 0.2 for m in leaky)
+    with pytest.raises(ValueError, match="too deep for a 32x16 input"):
+        PatchDiscriminator(3, ndf=4)(torch.zeros(1, 3, 32, 16))
