@@ -187,3 +187,182 @@ def test_patch_discriminator_width_cap_norms_and_too_small_inputs():
     assert len(leaky) == 6 and all(m.negative_slope == 0.2 for m in leaky)
     with pytest.raises(ValueError, match="too deep for a 32x16 input"):
         PatchDiscriminator(3, ndf=4)(torch.zeros(1, 3, 32, 16))
+
+
+# ------------------------------------------------------------------------------------ pairs
+
+from collections import Counter  # noqa: E402
+
+from PIL import Image  # noqa: E402
+
+from keyreid.data.keypoints import COCO17  # noqa: E402
+from keyreid.data.records import Sample  # noqa: E402
+from keyreid.generation.pairs import (PairDataset, batch_is_same, default_sigma,  # noqa: E402
+                                      fdgan_pairs, same_identity_pairs)
+from keyreid.generation.pose import (OPENPOSE18, coco17_to_openpose18, flip_keypoints,  # noqa: E402
+                                     pose_maps, to_unit_range)
+
+SRC_H, SRC_W, OUT_H, OUT_W = 16, 8, 32, 16  # images are upscaled 2x on load
+
+
+def _hand_samples(tmp_path, pids=(1, 1, 2, 2, 3)) -> list[Sample]:
+    """Tiny PNGs with random pixels and COCO keypoints whose right side is on the image's left."""
+    rng = np.random.default_rng(0)
+    samples = []
+    for n, pid in enumerate(pids):
+        path = tmp_path / f"{n}.png"
+        Image.fromarray(rng.integers(0, 256, (SRC_H, SRC_W, 3), dtype=np.uint8)).save(path)
+        kp = np.zeros((17, 3), np.float32)
+        kp[COCO17.index("right_shoulder")] = (1, 4, 1)
+        kp[COCO17.index("left_shoulder")] = (6, 4, 1)
+        kp[COCO17.index("right_hip")] = (2, 9, 1)
+        kp[COCO17.index("nose")] = (3 + n % 2, 1, 1)
+        samples.append(Sample(path=str(path), pid=pid, camid=0, split="train", keypoints=kp))
+    return samples
+
+
+def test_pair_dataset_loads_resizes_and_converts(tmp_path):
+    samples = _hand_samples(tmp_path)
+    ds = PairDataset(samples, [{"source": 0, "target": 3}], COCO17, OUT_H, OUT_W, sigma=1.5)
+    assert ds.pose_skeleton is OPENPOSE18 and ds.sigma == 1.5
+    item = ds[0]
+    assert set(item) == {f"{r}{s}" for r in ("source", "target")
+                         for s in ("", "_kp", "_maps", "_skeleton", "_pid", "_index")}
+    assert (item["source_pid"], item["target_pid"], item["source_index"], item["target_index"]) == (1, 2, 0, 3)
+    src = Image.open(samples[0].path).convert("RGB").resize((OUT_W, OUT_H), Image.BILINEAR)
+    torch.testing.assert_close(item["source"], to_unit_range(np.asarray(src)), rtol=0, atol=0)
+    # keypoints: OpenPose order, pixel centres scaled 2x: x -> (x + 0.5) * 2 - 0.5 = 2x + 0.5
+    kp = item["source_kp"].numpy()
+    assert kp.shape == (18, 3)
+    np.testing.assert_allclose(kp[OPENPOSE18.index("right_shoulder")], [2.5, 8.5, 1])
+    np.testing.assert_allclose(kp[OPENPOSE18.index("neck")], [7.5, 8.5, 1])  # mid-shoulders
+    np.testing.assert_array_equal(kp[OPENPOSE18.index("left_knee")], 0)  # missing stays zero
+    maps = item["source_maps"].numpy()
+    np.testing.assert_allclose(maps, pose_maps(kp, OUT_H, OUT_W, 1.5))
+    # a visible joint's map peaks at its (rounded) location
+    y, x = np.unravel_index(np.argmax(maps[OPENPOSE18.index("right_hip")]), (OUT_H, OUT_W))
+    assert abs(x - 4.5) <= 0.5 and abs(y - 18.5) <= 0.5
+    assert item["source_skeleton"].shape == (3, OUT_H, OUT_W)
+    assert item["source_skeleton"].min() == -1 and item["source_skeleton"].max() > 0
+    assert default_sigma(256) == 5.0 and PairDataset(samples, [], COCO17, 128, 64).sigma == 2.5
+
+
+def test_pair_dataset_flip_mirrors_pixels_and_swaps_sides(tmp_path):
+    samples = _hand_samples(tmp_path)
+    items = [{"source": 0, "target": 2}]
+    plain = PairDataset(samples, items, COCO17, OUT_H, OUT_W, sigma=1.5)[0]
+    flipped = PairDataset(samples, items, COCO17, OUT_H, OUT_W, sigma=1.5, flip_prob=1.0)[0]
+    torch.testing.assert_close(flipped["source"], plain["source"].flip(-1), rtol=0, atol=0)
+    np.testing.assert_allclose(flipped["source_kp"].numpy(),
+                               flip_keypoints(plain["source_kp"].numpy(), OUT_W, OPENPOSE18))
+    rs, ls = OPENPOSE18.index("right_shoulder"), OPENPOSE18.index("left_shoulder")
+    # after the flip the right-shoulder channel is where the left shoulder was, mirrored
+    np.testing.assert_allclose(flipped["source_kp"][rs].numpy(),
+                               [OUT_W - 1 - plain["source_kp"][ls, 0].item(), 8.5, 1])
+    torch.testing.assert_close(flipped["source_maps"][rs], plain["source_maps"][ls].flip(-1))
+    # the skeleton image is drawn from the flipped pose: not a mirror, the sides' colours swap
+    from keyreid.generation.pose import skeleton_image
+    redrawn = skeleton_image(flipped["source_kp"].numpy(), OPENPOSE18, OUT_H, OUT_W)
+    torch.testing.assert_close(flipped["source_skeleton"], to_unit_range(redrawn))
+    assert not torch.equal(flipped["source_skeleton"], plain["source_skeleton"].flip(-1))
+
+
+def test_pair_dataset_flips_are_seeded_per_item_and_shared_within_an_item(tmp_path):
+    samples = _hand_samples(tmp_path)
+    items = [{"a": i % 5, "b": (i + 1) % 5, "target_a": (i + 2) % 5, "target_b": (i + 2) % 5}
+             for i in range(200)]
+    ds = PairDataset(samples, items, COCO17, OUT_H, OUT_W, flip_prob=0.5, seed=3, skeletons=False)
+    again = PairDataset(samples, items, COCO17, OUT_H, OUT_W, flip_prob=0.5, seed=3, skeletons=False)
+    other = PairDataset(samples, items, COCO17, OUT_H, OUT_W, flip_prob=0.5, seed=4, skeletons=False)
+    flips = [ds.flips(i) for i in range(len(items))]
+    assert flips == [again.flips(i) for i in range(len(items))]  # a fresh dataset (a resume) agrees
+    assert flips != [other.flips(i) for i in range(len(items))]
+    rate = np.mean([f for d in flips for f in d.values()])
+    assert 0.4 < rate < 0.6
+    # reading an item twice, or out of order, gives the same tensors
+    first = ds[17]
+    ds[3]
+    second = ds[17]
+    for k in first:
+        assert torch.equal(torch.as_tensor(first[k]), torch.as_tensor(second[k])), k
+    # the shared target of a pair is loaded once, so both roles agree even when flipped
+    assert torch.equal(first["target_a"], first["target_b"])
+    assert "target_a_skeleton" not in first and "target_a_maps" in first
+
+
+def test_pair_dataset_refuses_bad_items_and_keypoints(tmp_path):
+    samples = _hand_samples(tmp_path)
+    with pytest.raises(ValueError, match="outside"):
+        PairDataset(samples, [{"source": 0, "target": 9}], COCO17, OUT_H, OUT_W)
+    bad = Sample(path=samples[0].path, pid=1, camid=0, split="train", keypoints=np.zeros((5, 3)))
+    from keyreid.errors import DataError
+    with pytest.raises(DataError, match="has 5 keypoints"):
+        PairDataset([bad], [{"source": 0}], COCO17, OUT_H, OUT_W)[0]
+    none = Sample(path=samples[0].path, pid=1, camid=0, split="train")
+    item = PairDataset([none], [{"source": 0}], COCO17, OUT_H, OUT_W)[0]
+    assert not item["source_kp"].any() and not item["source_maps"].any()
+    assert (item["source_skeleton"] == -1).all()  # no pose: a black skeleton image
+
+
+def test_same_identity_pairs():
+    pids = [5, 5, 5, 7, 7, 9, 5]
+    pairs = same_identity_pairs(pids, seed=0)
+    # identity 5 has 4 images (12 ordered pairs), 7 has 2 (2 pairs), 9 has 1 (none)
+    assert len(pairs) == 12 + 2
+    assert len({(p["source"], p["target"]) for p in pairs}) == len(pairs)
+    assert all(p["source"] != p["target"] and pids[p["source"]] == pids[p["target"]] for p in pairs)
+    assert {"source": 6, "target": 0} in pairs and {"source": 3, "target": 4} in pairs
+    sub = same_identity_pairs(pids, seed=1, max_pairs=5)
+    assert len(sub) == 5 and all(p in pairs for p in sub)
+    assert sub == same_identity_pairs(pids, seed=1, max_pairs=5)
+    assert any(same_identity_pairs(pids, seed=s, max_pairs=5) != sub for s in range(2, 6))
+    assert same_identity_pairs(pids, seed=0, max_pairs=100) == pairs
+
+
+def test_fdgan_pairs_roles_and_ratio():
+    pids = [0, 0, 0, 1, 1, 2, 3, 3, 3, 3]  # identity 2 has a single image
+    items = fdgan_pairs(pids, seed=0)
+    assert len(items) == 4 * len(pids)
+    for n in range(len(pids)):
+        group = items[4 * n: 4 * n + 4]
+        assert {it["a"] for it in group} == {n}
+        pos, negs = group[0], group[1:]
+        a = n
+        assert pids[pos["b"]] == pids[a] and pos["target_b"] == pos["target_a"]
+        single = pids.count(pids[a]) == 1
+        assert (pos["b"] == a) == single and (pos["target_a"] == a) == single
+        if pids.count(pids[a]) >= 3:
+            assert pos["target_a"] != pos["b"]  # a third image serves as the target
+        for it in negs:
+            assert pids[it["b"]] != pids[a]
+            assert pids[it["target_a"]] == pids[a] and (it["target_a"] == a) == single
+            assert pids[it["target_b"]] == pids[it["b"]]
+            assert (it["target_b"] == it["b"]) == (pids.count(pids[it["b"]]) == 1)
+    assert items == fdgan_pairs(pids, seed=0)
+    assert items != fdgan_pairs(pids, seed=1)
+    sub = fdgan_pairs(pids, seed=2, max_anchors=3, negatives_per_positive=1)
+    assert len(sub) == 6 and len({it["a"] for it in sub}) == 3
+    with pytest.raises(ValueError):
+        fdgan_pairs([4, 4, 4], seed=0)
+    # negatives are uniform over the other identities' images: identity 3 (4 of 7) dominates
+    many = fdgan_pairs(pids, seed=0, negatives_per_positive=200)
+    counts = Counter(pids[it["b"]] for it in many if it["a"] == 0 and pids[it["b"]] != 0)
+    assert counts[3] > counts[1] > counts[2] > 0
+
+
+def test_fdgan_items_through_a_dataloader_on_synthetic_data(tiny_synth):
+    from keyreid.data.datasets import build_dataset
+
+    ds = build_dataset("market1501", tiny_synth, num_cameras=3,
+                       keypoints=tiny_synth / "keypoints.jsonl")
+    train = ds.train[:30]
+    pids = [s.pid for s in train]
+    items = fdgan_pairs(pids, seed=0, max_anchors=4)
+    pairs = PairDataset(train, items, COCO17, 64, 32, flip_prob=0.5, seed=0)
+    batch = next(iter(torch.utils.data.DataLoader(pairs, batch_size=8, shuffle=False)))
+    assert batch["a"].shape == (8, 3, 64, 32) and batch["target_b_maps"].shape == (8, 18, 64, 32)
+    assert batch["a"].min() >= -1 and batch["a"].max() <= 1
+    same = batch_is_same(batch)
+    assert same.dtype == torch.bool and same.tolist() == [True, False, False, False] * 2
+    # the synthetic people have poses: the neck is found in most images
+    assert (batch["a_kp"][:, OPENPOSE18.index("neck"), 2] > 0).float().mean() > 0.5
