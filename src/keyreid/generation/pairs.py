@@ -156,8 +156,9 @@ def fdgan_pairs(pids: Sequence[int], seed: int, negatives_per_positive: int = 3,
     b: positive, another image of a's identity (a itself only when the identity has one image);
     negative, an image of another identity (uniform over those images). target_a: another image of
     a's identity (for the positive pair also other than b when the identity has a third image); a
-    itself only for a one-image identity. target_b: target_a for the positive pair (same identity, same target pose, so the
-    two generated images should agree); for a negative, another image of b's identity.
+    itself only for a one-image identity. target_b: target_a for the positive pair (same identity,
+    same target pose, so the two generated images should agree); for a negative, another image of
+    b's identity (b itself for a one-image identity).
     Anchors are all images, or a seeded subsample of max_anchors, in index order.
     """
     pids = [int(p) for p in pids]

@@ -149,20 +149,34 @@ def skeleton_image(kp: np.ndarray, skeleton: Skeleton, height: int, width: int,
     radius = 0.75 * width_px
     joint_colours, limb_colours = skeleton_colours(skeleton)
     canvas = np.zeros((height, width, 3), dtype=np.uint8)
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
     visible = kp[:, 2] > 0
+
+    def paint(lo: np.ndarray, hi: np.ndarray, inside, colour) -> None:
+        """Colour the pixels of box [lo, hi] (x, y, clipped to the image) where inside(xs, ys)."""
+        x0, y0 = max(0, int(np.floor(lo[0]))), max(0, int(np.floor(lo[1])))
+        x1, y1 = min(width - 1, int(np.ceil(hi[0]))), min(height - 1, int(np.ceil(hi[1])))
+        if x0 > x1 or y0 > y1:
+            return
+        ys, xs = np.mgrid[y0:y1 + 1, x0:x1 + 1].astype(np.float64)
+        canvas[y0:y1 + 1, x0:x1 + 1][inside(xs, ys)] = colour
+
     for (a, b), colour in zip(skeleton.limbs, limb_colours):
         if not (visible[a] and visible[b]):
             continue
         p, q = kp[a, :2], kp[b, :2]
         d = q - p
         length2 = float(d @ d)
-        t = 0.0 if length2 == 0 else np.clip(((xs - p[0]) * d[0] + (ys - p[1]) * d[1]) / length2, 0, 1)
-        dist2 = (xs - p[0] - t * d[0]) ** 2 + (ys - p[1] - t * d[1]) ** 2
-        canvas[dist2 <= half * half] = colour
+
+        def on_band(xs, ys, p=p, d=d, length2=length2):
+            t = 0.0 if length2 == 0 else np.clip(((xs - p[0]) * d[0] + (ys - p[1]) * d[1]) / length2, 0, 1)
+            return (xs - p[0] - t * d[0]) ** 2 + (ys - p[1] - t * d[1]) ** 2 <= half * half
+
+        paint(np.minimum(p, q) - half, np.maximum(p, q) + half, on_band, colour)
     for j in np.flatnonzero(visible):
-        dist2 = (xs - kp[j, 0]) ** 2 + (ys - kp[j, 1]) ** 2
-        canvas[dist2 <= radius * radius] = joint_colours[j]
+        c = kp[j, :2]
+        paint(c - radius, c + radius,
+              lambda xs, ys, c=c: (xs - c[0]) ** 2 + (ys - c[1]) ** 2 <= radius * radius,
+              joint_colours[j])
     return canvas
 
 
