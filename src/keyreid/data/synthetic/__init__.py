@@ -29,7 +29,8 @@ the output is byte-identical for the same config whatever the number of worker p
 
 Rooms: config (SynthConfig, palette), identities (attributes), poses (3D body), cameras
 (projection, backgrounds), drawing (painter, person, keypoints), render (one image = a Scene of
-random draws + a pure paint), writer (plan, generate, read back).
+random draws + a pure paint), writer (plan, generate, read back), paired (SynthScenes: re-render
+any person of a set, or put one into another image's pose: pose-transfer ground truth).
 """
 
 from keyreid.data.synthetic.cameras import Camera, background, sample_camera
@@ -38,6 +39,7 @@ from keyreid.data.synthetic.config import (BACKGROUND_STYLES, MARKER, PALETTE, P
                                            palette_rgb)
 from keyreid.data.synthetic.drawing import Painter, draw_person, project_keypoints
 from keyreid.data.synthetic.identities import attribute_vector, sample_attributes
+from keyreid.data.synthetic.paired import Rendered, SynthScenes
 from keyreid.data.synthetic.poses import sample_pose
 from keyreid.data.synthetic.render import (Occluder, PersonGeometry, Scene, paint, render_array, render_image,
                                            sample_scene)
@@ -46,8 +48,9 @@ from keyreid.data.synthetic.writer import (SynthPlan, generate, is_synthetic_tre
 
 __all__ = [
     "BACKGROUND_STYLES", "MARKER", "PALETTE", "PARTS", "SIDES", "SKIN", "SPLIT_DIRS", "SYNTH_FORMAT",
-    "SYNTH_VERSION", "TEXTURED_PARTS", "TEXTURES", "Camera", "Occluder", "Painter", "PersonGeometry", "Scene",
-    "SynthConfig", "SynthPlan", "attribute_vector", "background", "draw_person", "generate", "is_synthetic_tree",
-    "load_synth", "paint", "palette_rgb", "plan_dataset", "project_keypoints", "render_array", "render_image",
-    "sample_attributes", "sample_camera", "sample_pose", "sample_scene", "true_attributes",
+    "SYNTH_VERSION", "TEXTURED_PARTS", "TEXTURES", "Camera", "Occluder", "Painter", "PersonGeometry",
+    "Rendered", "Scene", "SynthConfig", "SynthPlan", "SynthScenes", "attribute_vector", "background",
+    "draw_person", "generate", "is_synthetic_tree", "load_synth", "paint", "palette_rgb", "plan_dataset",
+    "project_keypoints", "render_array", "render_image", "sample_attributes", "sample_camera", "sample_pose",
+    "sample_scene", "true_attributes",
 ]
