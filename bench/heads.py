@@ -33,6 +33,11 @@ VARIANTS: dict[str, list[str]] = {
     "kae": ["model.head=kae"],
     "aacn": ["model.head=aacn"],
     "pabr": ["model.head=pabr"],
+    # AdaptiveReID's model (configs/base/adaptivereid.yaml): global + 2 stripes on copies of the
+    # last stage, features clipped to [0, 1], pre-BN retrieval (the head's defaults), the authors'
+    # soft-margin triplet; their 20 frozen epochs do not fit the 10-epoch budget (demo: none)
+    "stripes": ["model.head=stripes", "loss.margin=null"],
+    "stripes+adaptiveL2": ["model.head=stripes", "loss.margin=null", "regularizer.adaptive_l2=true"],
     # PABR. _old: the head before issue 11 (unit-norm descriptor, so a triplet margin of 0.3 was the
     # whole spread of distances; map predictor with the ReLU init, map loss ~8 at the start);
     # then one change of the current default each
