@@ -116,3 +116,276 @@ def test_pose_probe_on_the_synthetic_set(tiny_synth):
     assert good["keypoint_r2"] > 0.95 and good["yaw_r2"] > 0.95 and good["yaw_error_deg"] < 10
     blind = pose_probe(rng.normal(size=(len(samples), 8)), samples, tiny_synth)
     assert blind["keypoint_r2"] < 0.3 and blind["yaw_r2"] < 0.3 and blind["yaw_error_deg"] > 45
+
+
+# ------------------------------------------------------------------------------ the method
+
+class Ctx:
+    """What train_step needs of the trainer's StepContext (no AMP on CPU): one optimizer per name."""
+
+    def __init__(self, method, stage):
+        self.device = torch.device("cpu")
+        self.stage, self.epoch, self.step_index = stage, 0, 0
+        self.opts = method.optimizers(stage)
+
+    def autocast(self):
+        return contextlib.nullcontext()
+
+    def backward(self, loss):
+        loss.backward()
+
+    def step(self, name):
+        self.opts[name].step()
+        self.opts[name].zero_grad(set_to_none=True)
+
+
+def _tiny_options(**extra):
+    opts = dict(encoder="siamese", backbone="resnet18", pretrained=None, ngf=8, pose_dim=16, noise_dim=8,
+                stage1_epochs=1, stage1_step=0, stage2_epochs=1, stage2_decay_epochs=0,
+                stage3_epochs=1, stage3_decay_epochs=0)
+    opts.update(extra)
+    return opts
+
+
+@pytest.fixture(scope="module")
+def train_samples(tiny_synth):
+    from keyreid.data.datasets import build_dataset
+
+    ds = build_dataset("market1501", tiny_synth, num_cameras=3, keypoints=tiny_synth / "keypoints.jsonl")
+    return ds.train
+
+
+def make_method(samples, seed=0, **options):
+    pytest.importorskip("keyreid.generation.method", reason="generation/method.py (G2) has not landed")
+    from keyreid.data.datasets.base import relabel
+    from keyreid.generation.config import GenConfig, GenDataConfig
+    from keyreid.generation.method import DataInfo
+    from keyreid.generation.methods.fdgan import FDGAN
+
+    label = relabel(samples)[1]
+    pids = [label[s.pid] for s in samples]
+    cfg = GenConfig(method="fdgan", method_options=_tiny_options(**options),
+                    data=GenDataConfig(height=H, width=W, flip_prob=0.5, batch_size=8, workers=0))
+    info = DataInfo(skeleton=OPENPOSE18, num_classes=len(set(pids)), height=H, width=W, train_pids=pids)
+    torch.manual_seed(seed)
+    return FDGAN(cfg, info)
+
+
+def stage_of(method, kind):
+    from keyreid.generation.methods.fdgan import stage_kind
+
+    return next(s for s in method.stages() if stage_kind(s) == kind)
+
+
+def batches(method, samples, n, batch_size=8, seed=0, flip_prob=0.5):
+    from keyreid.generation.pairs import PairDataset
+
+    items = method.pairs([s.pid for s in samples], 0, seed, None)
+    ds = PairDataset(samples, items, COCO17, H, W, None, flip_prob, seed)
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True,
+                                         generator=torch.Generator().manual_seed(seed))
+    out = []
+    for b in loader:
+        out.append(b)
+        if len(out) == n:
+            return out
+    return out
+
+
+def enter(method, kind):
+    stage = stage_of(method, kind)
+    method.begin_stage(stage)
+    method.train()
+    return Ctx(method, stage)
+
+
+def test_openpose18_back_to_coco17_is_exact():
+    from keyreid.generation.methods.fdgan import openpose18_to_coco17
+
+    rng = np.random.default_rng(0)
+    kp = np.concatenate([rng.uniform(0, 30, (17, 2)), (rng.random((17, 1)) > 0.3)], 1).astype(np.float32)
+    back = openpose18_to_coco17(torch.from_numpy(coco17_to_openpose18(kp))).numpy()
+    expected = kp.copy()
+    expected[expected[:, 2] <= 0] = 0
+    np.testing.assert_array_equal(back, expected)
+
+
+def test_published_stages_and_optimisers(train_samples):
+    m = make_method(train_samples, stage1_epochs=100, stage1_step=40, stage2_epochs=50, stage2_decay_epochs=50,
+                    stage3_epochs=25, stage3_decay_epochs=25)
+    assert [(s.name, s.epochs, s.decay_epochs) for s in m.stages()] == [
+        ("I", 40, 0), ("I (lr x0.1)", 40, 0), ("I (lr x0.01)", 20, 0), ("II", 50, 50), ("III", 25, 25)]
+    lrs, members = {}, {}
+    for s in m.stages():
+        m.begin_stage(s)
+        opts = m.optimizers(s)
+        lrs[s.name] = {k: o.param_groups[0]["lr"] for k, o in opts.items()}
+        members[s.name] = {k: {id(p) for g in o.param_groups for p in g["params"]} for k, o in opts.items()}
+        assert all(type(o) is (torch.optim.Adam if k == "generator" else torch.optim.SGD) for k, o in opts.items())
+    assert [lrs[n]["encoder"] for n in ("I", "I (lr x0.1)", "I (lr x0.01)")] == pytest.approx([1e-2, 1e-3, 1e-4])
+    assert lrs["II"] == pytest.approx({"generator": 1e-4, "di": 1e-5, "dp": 1e-3})
+    assert lrs["III"] == pytest.approx({"generator": 1e-5, "di": 1e-4, "dp": 1e-4})
+    e, g = {id(p) for p in m.siamese.parameters()}, {id(p) for p in m.gen.parameters()}
+    assert members["II"]["generator"] == g                     # E frozen in stage II
+    assert members["III"]["generator"] == e | g                # E and G in one Adam in stage III
+    assert members["I"]["encoder"] == e
+
+
+def test_identity_discriminator_equals_encoder_after_initialisation(train_samples):
+    m = make_method(train_samples)
+    ctx = enter(m, "I")
+    for b in batches(m, train_samples, 2):
+        m.train_step(b, ctx)                                   # E moves away from its init
+    assert not torch.equal(m.di.encoder.backbone.conv1.weight, m.siamese.encoder.backbone.conv1.weight)
+    enter(m, "II")
+    e_state, di_state = m.siamese.encoder.state_dict(), m.di.encoder.state_dict()
+    assert all(torch.equal(e_state[k], di_state[k]) for k in e_state)
+    m.eval()
+    x1, x2 = torch.rand(4, 3, H, W) * 2 - 1, torch.rand(4, 3, H, W) * 2 - 1
+    with torch.no_grad():
+        same_logit = m.siamese(x1, x2)[2][:, 1]
+        assert torch.allclose(m.di(x1, x2)[2][:, 0], same_logit, atol=1e-5)
+
+
+def _snapshot(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _changed(before, module):
+    return [k for k, v in module.state_dict().items() if not torch.equal(before[k], v)]
+
+
+def test_stage2_leaves_the_encoder_unchanged_and_stage3_updates_it(train_samples):
+    m = make_method(train_samples)
+    enter(m, "I")
+    data = batches(m, train_samples, 2)
+    ctx = enter(m, "II")
+    e0, g0, di0, dp0 = _snapshot(m.siamese), _snapshot(m.gen), _snapshot(m.di), _snapshot(m.dp)
+    for b in data:
+        losses = m.train_step(b, ctx)
+        assert all(math.isfinite(v) for v in losses.values())
+    assert _changed(e0, m.siamese) == []                      # weights AND BN statistics
+    assert _changed(g0, m.gen) and _changed(dp0, m.dp)
+    di_changed = _changed(di0, m.di)
+    assert di_changed and not any("running" in k for k in di_changed)   # Di's BN frozen
+    ctx = enter(m, "III")
+    e1 = _snapshot(m.siamese)
+    for b in data:
+        losses = m.train_step(b, ctx)
+    assert "verification" in losses
+    changed = _changed(e1, m.siamese)
+    assert any(k.endswith("conv1.weight") for k in changed) and any(k.startswith("head.") for k in changed)
+    assert not any("running" in k for k in changed)            # E's BN statistics frozen in stage III
+
+
+def test_same_pose_loss_is_finite_without_positive_pairs(train_samples):
+    m = make_method(train_samples)
+    ctx = enter(m, "II")
+    b = batches(m, train_samples, 1, batch_size=16)[0]
+    neg = ~(torch.as_tensor(b["a_pid"]) == torch.as_tensor(b["b_pid"]))
+    only_neg = {k: (v[neg] if isinstance(v, torch.Tensor) else [x for x, keep in zip(v, neg) if keep])
+                for k, v in b.items()}
+    assert 0 < int(neg.sum()) < 16
+    inp = m.gan_inputs(only_neg, ctx.device)
+    gen = m.generate(inp)
+    g = m.generator_losses(only_neg, inp, gen, 0.0)
+    assert g["same_pose"].item() == 0.0 and torch.isfinite(g["total"])
+    g["total"].backward()
+    assert all(torch.isfinite(p.grad).all() for p in m.gen.parameters() if p.grad is not None)
+    losses = m.train_step(only_neg, ctx)
+    assert losses["same_pose"] == 0.0 and all(math.isfinite(v) for v in losses.values())
+
+
+def test_positive_pair_shares_target_image_maps_and_noise(train_samples):
+    m = make_method(train_samples)
+    enter(m, "II")
+    b = batches(m, train_samples, 1, batch_size=16)[0]
+    same = torch.as_tensor(b["a_pid"]) == torch.as_tensor(b["b_pid"])
+    b["target_b"] = -b["target_b"]                               # a positive pair must not use it
+    inp = m.gan_inputs(b, torch.device("cpu"))
+    n = len(same)
+    assert torch.equal(inp["target"][n:][same], b["target_a"][same])
+    assert torch.equal(inp["maps"][n:][same], b["target_a_maps"][same])
+    assert torch.equal(inp["target"][n:][~same], b["target_b"][~same])
+    assert torch.equal(inp["noise"][:n], inp["noise"][n:])
+
+
+def test_flipped_pose_maps_swap_left_and_right_channels(train_samples):
+    """The authors mirrored the maps only; here a mirrored image's map of "right_shoulder" is the
+    mirror of the unflipped LEFT shoulder's map (the person's right side is on the other side)."""
+    from keyreid.generation.pairs import PairDataset
+
+    m = make_method(train_samples)
+    item = m.pairs([s.pid for s in train_samples], 0, 0, None)[0]
+    plain = PairDataset(train_samples, [item], COCO17, H, W, None, 0.0)[0]
+    flipped = PairDataset(train_samples, [item], COCO17, H, W, None, 1.0)[0]
+    perm = OPENPOSE18.flip_permutation()
+    assert (perm != np.arange(18)).sum() == 16                  # every joint but nose and neck moves
+    mirrored = torch.flip(plain["target_a_maps"], dims=[2])[perm]
+    assert torch.allclose(flipped["target_a_maps"], mirrored, atol=1e-5)
+    rs, ls = OPENPOSE18.index("right_shoulder"), OPENPOSE18.index("left_shoulder")
+    if plain["target_a_kp"][ls, 2] > 0:
+        assert torch.allclose(flipped["target_a_maps"][rs], torch.flip(plain["target_a_maps"][ls], dims=[1]),
+                              atol=1e-5)
+    assert torch.equal(flipped["target_a"], torch.flip(plain["target_a"], dims=[2]))
+
+
+def test_short_training_lowers_the_losses_on_a_fixed_batch(train_samples):
+    """Relative checks: 8 steps on one batch lower stage I's verification loss and stage II's
+    reconstruction L1 (the training losses of the first and the last step on that batch; G's
+    rate raised to 2e-3 so that 8 steps show it)."""
+    m = make_method(train_samples, stage2_lr_g=2e-3)
+    batch = batches(m, train_samples, 1, batch_size=8, flip_prob=0.0)[0]
+    ctx = enter(m, "I")
+    first = m.train_step(batch, ctx)
+    for _ in range(6):
+        m.train_step(batch, ctx)
+    last = m.train_step(batch, ctx)
+    assert last["verification"] < 0.7 * first["verification"]
+    assert last["accuracy"] > first["accuracy"]
+    ctx = enter(m, "II")
+    first = m.train_step(batch, ctx)
+    for _ in range(6):
+        m.train_step(batch, ctx)
+    last = m.train_step(batch, ctx)
+    assert last["recon"] < 0.9 * first["recon"]
+
+
+def test_kae_encoder_keeps_its_heatmap_and_identity_losses(train_samples):
+    m = make_method(train_samples, encoder="kae", head_options={"group_channels": 4, "global_channels": 8})
+    assert m.siamese.encoder.dim == 17 * 4 + 8
+    ctx = enter(m, "I")
+    b = batches(m, train_samples, 1)[0]
+    losses = m.train_step(b, ctx)
+    assert {"verification", "id", "heatmap"} <= set(losses) and all(math.isfinite(v) for v in losses.values())
+    ctx = enter(m, "III")
+    losses = m.train_step(b, ctx)
+    assert {"verification", "id", "heatmap", "recon"} <= set(losses)
+    ctx = enter(m, "II")
+    assert "heatmap" not in m.train_step(b, ctx)                # E frozen: its own losses are off
+
+
+def test_stage1_encoder_is_kept_and_the_evaluation_reads_it(train_samples, tiny_synth):
+    from keyreid.data.datasets import build_dataset
+    from keyreid.generation.fdgan_eval import encoder_features, evaluate_encoder
+
+    ds = build_dataset("market1501", tiny_synth, num_cameras=3)
+    m = make_method(train_samples)
+    enter(m, "I")
+    f_stage1 = encoder_features(m, ds.query, H, W)
+    ctx = enter(m, "III")
+    for b in batches(m, train_samples, 2):
+        m.train_step(b, ctx)
+    f_final = encoder_features(m, ds.query, H, W)
+    assert not np.allclose(f_final, f_stage1)
+    np.testing.assert_allclose(encoder_features(m, ds.query, H, W, which="stage I"), f_stage1, atol=1e-5)
+    np.testing.assert_array_equal(encoder_features(m, ds.query, H, W), f_final)   # restored
+    # a restored checkpoint carries the snapshot
+    m2 = make_method(train_samples, seed=1)
+    m2.load_state_dict(m.state_dict())
+    np.testing.assert_allclose(encoder_features(m2, ds.query, H, W, which="stage I"), f_stage1, atol=1e-5)
+    # re-scoring with a verifier that is a monotone function of the distance changes nothing
+    m.verify = lambda a, b: 1 - torch.exp(-((a - b) ** 2).sum(1) / 1e3)
+    r = evaluate_encoder(m, ds.query, ds.gallery, H, W, rescore=5)
+    assert r["rescored"]["mAP"] == pytest.approx(r["plain"]["mAP"])
+    assert r["rescored"]["R1"] == pytest.approx(r["plain"]["R1"])

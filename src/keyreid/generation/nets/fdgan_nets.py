@@ -79,20 +79,32 @@ class VerificationHead(nn.Module):
 class Siamese(nn.Module):
     """An encoder shared by both images and a verification head on their features.
 
-    forward(x1, x2) -> (output of x1, output of x2, logits [B, classes]). Both images go through
-    the encoder in ONE batch: a BN layer in training mode then normalises over both halves, as in
-    any keyreid batch of 2B images (the authors ran the halves separately)."""
+    forward(x1, x2) -> (output of x1, output of x2, logits [B2, classes]). x2 may hold k times as
+    many images as x1 (then image i of x2 is paired with image i mod B1 of x1): the identity
+    discriminator scores (source, real target) and (source, generated) with ONE pass over the
+    sources. Without `first_no_grad` both go through the encoder in one batch (a BN layer in
+    training mode then normalises over both, as in any keyreid batch of 2B images; the authors
+    ran the halves separately); with it, x1 is encoded without a gradient in a pass of its own
+    (for a discriminator with frozen BN whose gradient on the real side is not wanted)."""
 
     def __init__(self, encoder: nn.Module, head: VerificationHead):
         super().__init__()
         self.encoder = encoder
         self.head = head
 
-    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[ModelOutput, ModelOutput, torch.Tensor]:
-        b = x1.shape[0]
-        out = self.encoder(torch.cat([x1, x2]))
-        o1, o2 = split_output(out, b)
-        return o1, o2, self.head(o1.feature, o2.feature)
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor, first_no_grad: bool = False
+                ) -> tuple[ModelOutput, ModelOutput, torch.Tensor]:
+        b1, b2 = x1.shape[0], x2.shape[0]
+        if b2 % b1:
+            raise ValueError(f"Siamese: {b2} second images do not tile {b1} first images")
+        if first_no_grad:
+            with torch.no_grad():
+                o1 = self.encoder(x1)
+            o2 = self.encoder(x2)
+        else:
+            o1, o2 = split_output(self.encoder(torch.cat([x1, x2])), b1)
+        f1 = o1.feature.repeat(b2 // b1, 1) if b2 != b1 else o1.feature
+        return o1, o2, self.head(f1, o2.feature)
 
 
 def split_output(out: ModelOutput, b: int) -> tuple[ModelOutput, ModelOutput]:
