@@ -320,3 +320,77 @@ def test_short_training_moves_the_person_to_the_target_pose(tiny_set):
         assert region.sum() > 2000
         assert dist(gen, gt, region) < factor * dist(src, gt, region)
         assert dist(gen, gt, region) < factor * dist(gen, src, region)
+
+
+# ------------------------------------------------------------------------------- re-ID use
+
+from keyreid.data.records import Sample
+from keyreid.generation.pngan_reid import (fuse, fusion_metrics, render_samples, rendered_name,
+                                           with_original, write_training_tree)
+
+
+def test_rendered_names_keep_identity_and_camera_and_say_the_pose():
+    assert rendered_name("0012_c3s2_000451_01.jpg", 0) == "0012_c3s21_000451_01.jpg"
+    assert rendered_name("0012_c3s2_000451_01.jpg", 7) == "0012_c3s28_000451_01.jpg"
+    names = {rendered_name(n, p) for n in ("0001_c1s1_000001_00.jpg", "0001_c1s2_000001_00.jpg")
+             for p in range(8)}
+    assert len(names) == 16
+    with pytest.raises(DataError, match="Market-style"):
+        rendered_name("person.jpg", 0)
+
+
+def test_fusions_by_hand():
+    f = np.array([[[3.0, 4.0], [0.0, 2.0]]])          # one image, two poses
+    np.testing.assert_allclose(fuse(f, "avg"), [[0.3, 0.9]])
+    np.testing.assert_allclose(fuse(f, "max"), [[0.6, 1.0]])
+    np.testing.assert_allclose(fuse(f, "concat"), [[0.6, 0.8, 0.0, 1.0]])
+    np.testing.assert_allclose(with_original(np.array([[0.0, 5.0]]), np.array([[2.0, 0.0, 0.0]])),
+                               [[0.0, 1.0, 1.0, 0.0, 0.0]])
+    with pytest.raises(ValueError, match="fusion"):
+        fuse(f, "sum")
+
+
+def test_fusion_corrects_a_pose_that_misleads():
+    """Pose 0 puts the query next to the wrong identity, poses 1 and 2 next to the right one:
+    a single pose fails, every fusion of the three succeeds."""
+    def sample(pid, cam, split):
+        return Sample(f"{pid}_{cam}_{split}.jpg", pid, cam, split)
+
+    query = [sample(1, 0, "query")]
+    gallery = [sample(1, 1, "gallery"), sample(2, 1, "gallery")]
+    e = np.eye(4)
+    q = np.stack([[e[0], e[1], e[2]]])                      # [1, 3 poses, 4]
+    g = np.stack([[e[3], e[1], e[2]],                       # the same person: poses 1, 2 agree
+                  [e[0] * 0.9 + e[3] * 0.1, e[3], e[3]]])   # another person: pose 0 agrees
+    single = fusion_metrics(query, gallery, q[:, :1], g[:, :1])
+    assert single["fused avg"]["R1"] == 0.0
+    fused = fusion_metrics(query, gallery, q, g, q_original=e[None, 0], g_original=e[[0, 1]])
+    for how in ("avg", "max", "concat"):
+        assert fused[f"fused {how}"]["R1"] == 1.0
+    assert fused["original"]["R1"] == 1.0 and "fused max + original" in fused
+
+
+def test_render_samples_writes_a_resumable_market_tree(tiny_set, tmp_path):
+    root, train = tiny_set
+    m = build().eval()
+    canon = Canonical(np.stack([np.zeros((18, 3), np.float32)] * 2), "openpose18", Placement())
+    canon.poses[:, [NECK, R_HIP, L_HIP]] = [[0, -0.5, 1], [-0.1, 0.5, 1], [0.1, 0.5, 1]]
+    canon.poses[1, R_HIP, 0] = -0.4
+    few = train[:3]
+    paths = render_samples(m, few, canon, tmp_path / "r", show_progress=False)
+    assert [len(p) for p in paths] == [2, 2, 2]
+    from PIL import Image
+
+    with Image.open(paths[0][0]) as im:
+        assert im.size == (32, 64)
+    stamp = paths[0][0].stat().st_mtime_ns
+    render_samples(m, few, canon, tmp_path / "r", show_progress=False)
+    assert paths[0][0].stat().st_mtime_ns == stamp          # kept, not re-rendered
+
+    tree = write_training_tree(m, train[:6], canon, root, tmp_path / "tree", originals=True,
+                               exclude_pids=[train[5].pid], show_progress=False)
+    ds = build_dataset("market1501", tree.root)
+    kept = [s for s in train[:6] if s.pid != train[5].pid]
+    assert tree.generated == 2 * len(kept) and len(ds.train) == tree.generated + 6
+    assert sorted({(s.pid, s.camid) for s in ds.train}) == sorted({(s.pid, s.camid) for s in train[:6]})
+    assert len(ds.query) == len(build_dataset("market1501", root).query)
