@@ -132,17 +132,22 @@ class GeneratedSet:
 
 def write_training_tree(method, train: Sequence[Sample], canonical: Canonical, data_root: str | Path,
                         out_root: str | Path, originals: bool, exclude_pids: Iterable[int] = (),
-                        show_progress: bool = True) -> GeneratedSet:
-    """A Market-layout dataset at out_root whose bounding_box_train holds the canonical-pose
-    renderings of `train` (minus exclude_pids) and, with `originals`, links to every original
-    training image; query/ and bounding_box_test/ link to data_root's, so a re-ID run on the tree
-    is tested on the real test split."""
+                        renders_dir: str | Path | None = None, show_progress: bool = True) -> GeneratedSet:
+    """A Market-layout dataset at out_root whose bounding_box_train links to the canonical-pose
+    renderings of `train` (minus exclude_pids) and, with `originals`, to every original training
+    image; query/ and bounding_box_test/ link to data_root's, so a re-ID run on the tree is
+    tested on the real test split. Renderings go to renders_dir (default out_root/renders), so
+    several trees can share one rendering of the training set."""
     out_root, data_root = Path(out_root), Path(data_root)
+    renders_dir = Path(renders_dir) if renders_dir is not None else out_root / "renders"
     excluded = set(int(p) for p in exclude_pids)
     chosen = [s for s in train if s.pid not in excluded]
+    rendered = render_samples(method, chosen, canonical, renders_dir, show_progress=show_progress,
+                              description="canonical poses (train)")
     train_dir = out_root / SPLIT_DIRS["train"]
-    render_samples(method, chosen, canonical, train_dir, show_progress=show_progress,
-                   description="canonical poses (train)")
+    train_dir.mkdir(parents=True, exist_ok=True)
+    for path in (p for ps in rendered for p in ps):
+        _link(path, train_dir / path.name)
     if originals:
         for s in train:
             _link(Path(s.path), train_dir / Path(s.path).name)

@@ -1,0 +1,346 @@
+"""PN-GAN at demo scale: pose-transfer quality and the paper's re-ID use of canonical poses.
+
+    .venv/bin/python bench/gen_pngan.py --seed 0                  # everything, prints JSON
+    .venv/bin/python bench/gen_pngan.py --seed 0 --only quality   # or fused / augmentation
+
+Stages, each cached under runs/bench/gen_pngan/seed<seed> (a killed run resumes where it was):
+  canonical.json/.png   8 canonical poses of the training set (generation/canonical.py)
+  the GAN               configs/generation/pngan_demo.yaml with those poses in its card,
+                        runs/generation/pngan_demo/seed<seed> (resumes)
+  quality               generation.metrics.evaluate_transfer on QUALITY_PAIRS test-split pairs
+                        (query source, another identity's pose) vs SynthScenes' true transfer:
+                        L1 / SSIM (whole and inside the true body), PCK of the kae probe against
+                        the target and the source pose, the bnneck judge's identity rank-1;
+                        the source image itself as control. grid.png: source | target pose |
+                        generated | truth; canonical_grid.png: query images in the 8 poses.
+  fused                 (a) bench/heads.py's bnneck (configs/demo.yaml) on the original images;
+                        (b) the same recipe on the generated images only (every training image in
+                        the 8 poses); every query / gallery image rendered in the 8 poses, net (b)'s
+                        8 features L2-normalised and fused (avg, max, concat), with and without
+                        net (a)'s feature of the original image.
+  augmentation          (c) the same recipe on the originals + their 8 renderings (validation
+                        identities: originals only, so checkpoint choice is the baseline's).
+
+Same budget: configs/demo.yaml's backbone, size and epochs for every re-ID run. Nets (b) and (c)
+see 8x and 9x the images per epoch, so they take 8-9x the steps of (a): train_s says so.
+A benchmark, not a test: on a quiet 2-core machine the GAN takes ~30 min, rendering the
+training set and the test split ~25 min, nets (b) and (c) ~30 min each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+GEN_CONFIG = HERE.parent / "configs" / "generation" / "pngan_demo.yaml"
+DEFAULT_DATA = Path("data/synth")
+HEADS = Path("runs/heads")
+WORK = Path("runs/bench/gen_pngan")
+QUALITY_PAIRS = 256
+GRID_ROWS = 8
+
+
+def _tag(seed: int, data_root: Path) -> str:
+    return f"seed{seed}" if Path(data_root) == DEFAULT_DATA else f"{Path(data_root).name}_seed{seed}"
+
+
+def work_dir(seed: int, data_root: Path) -> Path:
+    return WORK / _tag(seed, data_root)
+
+
+def reid_checkpoints(seed: int, data_root: Path) -> dict[str, Path]:
+    """The demo-budget kae and bnneck runs (bench/heads.py's cache), trained if missing."""
+    from heads import run_one
+
+    out = HEADS if Path(data_root) == DEFAULT_DATA else HEADS / f"data_{Path(data_root).name}"
+    for name in ("kae", "bnneck"):
+        run_one(name, seed, out, Path(data_root), [])
+    return {name: out / f"seed{seed}" / name / "best.pt" for name in ("kae", "bnneck")}
+
+
+def dataset(data_root: Path):
+    """The Market-layout set with its keypoints (training samples need them for the poses)."""
+    from keyreid.data.datasets import build_dataset
+
+    ds = build_dataset("market1501", data_root)
+    ds.attach_keypoints(Path(data_root) / "keypoints.jsonl", require_all=False)
+    return ds
+
+
+def canonical_file(seed: int, data_root: Path) -> Path:
+    from keyreid.data.keypoints import get_skeleton
+    from keyreid.generation.canonical import canonical_from_samples, write_canonical
+
+    path = work_dir(seed, data_root) / "canonical.json"
+    if not path.is_file():
+        ds = dataset(data_root)
+        canon = canonical_from_samples(ds.train, get_skeleton(ds.skeleton), k=8, seed=seed)
+        write_canonical(path, canon, picture_path=path.with_suffix(".png"))
+    return path
+
+
+def gan_dir(seed: int, data_root: Path) -> Path:
+    return Path("runs/generation/pngan_demo") / _tag(seed, data_root)
+
+
+def _seconds(log: Path, fallback: float) -> float:
+    if not log.is_file():
+        return fallback
+    secs = [float(r["seconds"]) for r in csv.DictReader(log.open()) if r.get("seconds")]
+    return sum(secs) if secs else fallback
+
+
+def train_gan(seed: int, data_root: Path) -> tuple[Path, float]:
+    """(checkpoint, training seconds): PN-GAN on the demo config, resumed or read if finished."""
+    from keyreid.generation.config import load_gen_config
+    from keyreid.generation.trainer import GanTrainer
+
+    out = gan_dir(seed, data_root)
+    cfg = load_gen_config(GEN_CONFIG, [f"seed={seed}", f"data.root={data_root}", f"output_dir={out}"])
+    cfg.method_options = {**cfg.method_options, "canonical": str(canonical_file(seed, data_root))}
+    t0 = time.time()
+    GanTrainer(cfg, resume=True, show_progress=False).fit()
+    return out / "last.pt", _seconds(out / "metrics.csv", time.time() - t0)
+
+
+def load_pngan(seed: int, data_root: Path):
+    from keyreid.generation.trainer import load_generator
+
+    ckpt, gan_s = train_gan(seed, data_root)
+    method, cfg = load_generator(ckpt)
+    return method.eval(), gan_s
+
+
+# ------------------------------------------------------------------------------- quality
+
+def _save_png(path: Path, array: np.ndarray) -> str:
+    from PIL import Image
+
+    from keyreid.utils.io import atomic_write
+
+    img = Image.fromarray(array)
+    atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
+    return str(path)
+
+
+def _grid(rows: list[list[np.ndarray]], gap: int = 2) -> np.ndarray:
+    h, w = rows[0][0].shape[:2]
+    n = max(len(r) for r in rows)
+    out = np.full((len(rows) * (h + gap) - gap, n * (w + gap) - gap, 3), 255, np.uint8)
+    for i, row in enumerate(rows):
+        for j, img in enumerate(row):
+            out[i * (h + gap): i * (h + gap) + h, j * (w + gap): j * (w + gap) + w] = img
+    return out
+
+
+def quality(seed: int, data_root: Path, out_dir: Path) -> dict:
+    """evaluate_transfer numbers on QUALITY_PAIRS test-split pairs + grids."""
+    from keyreid.data.keypoints import COCO17
+    from keyreid.data.synthetic.paired import SynthScenes
+    from keyreid.generation.metrics import IdentityJudge, KeypointProbe, evaluate_transfer, transfer_pairs
+    from keyreid.generation.pngan_reid import load_source, method_canonical, render_poses
+    from keyreid.generation.pose import pose_skeleton, skeleton_image
+    from keyreid.utils.io import atomic_write_text
+
+    out_dir = Path(out_dir)
+    done = out_dir / "quality.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    method, gan_s = load_pngan(seed, data_root)
+    ckpts = reid_checkpoints(seed, data_root)
+    scenes = SynthScenes(data_root)
+    pairs = transfer_pairs(scenes, QUALITY_PAIRS, seed)
+    t0 = time.time()
+    numbers = evaluate_transfer(method, scenes, pairs, KeypointProbe(ckpts["kae"]),
+                                IdentityJudge.for_dataset(ckpts["bnneck"], data_root), return_images=True)
+    numbers["eval_s"] = time.time() - t0
+    numbers["train_s"] = gan_s
+    generated = numbers.pop("generated")
+    skeleton, convert = pose_skeleton(COCO17)
+    rows = []
+    for (s, t), gen in list(zip(pairs, generated))[:GRID_ROWS]:
+        src, truth = scenes.render(s), scenes.transfer(s, t)
+        h, w = src.image.shape[:2]
+        rows.append([src.image, skeleton_image(convert(truth.keypoints), skeleton, h, w), gen, truth.image])
+    numbers["grid"] = _save_png(out_dir / "grid.png", _grid(rows))
+    numbers["columns"] = ["source", "target pose", "generated", "truth (SynthScenes.transfer)"]
+    # a few query people in the 8 canonical poses
+    canon = method_canonical(method)
+    queries = scenes.paths("query")[:: max(1, len(scenes.paths("query")) // 6)][:6]
+    sources = torch.stack([load_source(Path(data_root) / q, method.height, method.width) for q in queries])
+    images = render_poses(method, sources, canon.pixels(method.height, method.width))
+    originals = [((sources[i].permute(1, 2, 0) + 1) * 127.5).round().byte().numpy() for i in range(len(queries))]
+    numbers["canonical_grid"] = _save_png(out_dir / "canonical_grid.png",
+                                          _grid([[o, *imgs] for o, imgs in zip(originals, images)]))
+    atomic_write_text(done, json.dumps(numbers, indent=2))
+    return numbers
+
+
+# ------------------------------------------------------------------------------- re-ID
+
+def _reid_run(name: str, seed: int, data_root: Path, out: Path) -> dict:
+    """configs/demo.yaml's bnneck recipe on the dataset at data_root; cached in out."""
+    from keyreid.config import load_config
+    from keyreid.demo.run import DEMO_CONFIG, train_and_test
+
+    from heads import VARIANTS
+
+    done = out / "test_metrics.json"
+    if done.is_file():
+        saved = json.loads(done.read_text())
+        return {**saved["metrics"], "train_seconds": saved["train_seconds"]}
+    cfg = load_config(DEMO_CONFIG, [*VARIANTS["bnneck"], f"data.root={data_root}", f"seed={seed}",
+                                    f"output_dir={out}", f"name={name}"])
+    result, _, _ = train_and_test(name, cfg)
+    return {**result.metrics, "train_seconds": result.train_seconds}
+
+
+def _trees(seed: int, data_root: Path, method, which: str):
+    from keyreid.config import load_config
+    from keyreid.demo.run import DEMO_CONFIG
+    from keyreid.engine.data import split_validation
+    from keyreid.generation.pngan_reid import method_canonical, write_training_tree
+
+    work = work_dir(seed, data_root)
+    ds = dataset(data_root)
+    canon = method_canonical(method)
+    if which == "generated":
+        return write_training_tree(method, ds.train, canon, data_root, work / "tree_generated",
+                                   originals=False, renders_dir=work / "renders" / "train")
+    val_cfg = load_config(DEMO_CONFIG, [f"data.root={data_root}", f"seed={seed}"])
+    _, val_q, val_g = split_validation(ds.train, val_cfg.data.val_identities, val_cfg.seed)
+    return write_training_tree(method, ds.train, canon, data_root, work / "tree_augmented",
+                               originals=True, exclude_pids=sorted({s.pid for s in val_q}),
+                               renders_dir=work / "renders" / "train")
+
+
+def fused(seed: int, data_root: Path) -> dict:
+    """Net (b) on generated images; fused-feature metrics of the canonical-pose renderings."""
+    from keyreid.generation.pngan_reid import embed_rendered, fusion_metrics, method_canonical, render_samples
+    from keyreid.inference import load_model
+    from keyreid.utils.io import atomic_write_text
+
+    work = work_dir(seed, data_root)
+    done = work / "fused.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    method, gan_s = load_pngan(seed, data_root)
+    net_a = reid_checkpoints(seed, data_root)["bnneck"]
+    a_metrics = json.loads((net_a.parent / "test_metrics.json").read_text())
+    t0 = time.time()
+    tree = _trees(seed, data_root, method, "generated")
+    render_train_s = time.time() - t0
+    b = _reid_run("pngan generated", seed, tree.root, work / "reid_generated")
+    ds = dataset(data_root)
+    canon = method_canonical(method)
+    t0 = time.time()
+    q_paths = render_samples(method, ds.query, canon, work / "renders" / "query", description="canonical poses (query)")
+    g_paths = render_samples(method, ds.gallery, canon, work / "renders" / "gallery", description="canonical poses (gallery)")
+    render_test_s = time.time() - t0
+    t0 = time.time()
+    model_b, model_a = load_model(work / "reid_generated" / "best.pt", device="cpu"), load_model(net_a, device="cpu")
+    qf, gf = embed_rendered(model_b, q_paths), embed_rendered(model_b, g_paths)
+    qa = model_a.embed([s.path for s in ds.query], batch_size=128, normalize=False)
+    ga = model_a.embed([s.path for s in ds.gallery], batch_size=128, normalize=False)
+    metrics = fusion_metrics(ds.query, ds.gallery, qf, gf, qa, ga)
+    embed_s = time.time() - t0
+    out = {"metrics": metrics, "generated_only_on_originals": b,
+           "net_a_train_s": a_metrics["train_seconds"], "net_b_train_s": b["train_seconds"],
+           "gan_train_s": gan_s, "render_train_s": render_train_s, "render_test_s": render_test_s,
+           "embed_s": embed_s, "generated_train_images": tree.generated}
+    atomic_write_text(done, json.dumps(out, indent=2))
+    return out
+
+
+def _row(metrics: dict, train_s: float, **extra) -> dict:
+    return {"R1": 100 * metrics["R1"], "mAP": 100 * metrics["mAP"], "mINP": 100 * metrics["mINP"],
+            "train_s": train_s, **extra}
+
+
+def _cached(out_dir: Path, make: Callable[[], dict]) -> dict:
+    from keyreid.utils.io import atomic_write_text
+
+    done = Path(out_dir) / "result.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    row = make()
+    atomic_write_text(done, json.dumps(row, indent=2))
+    return row
+
+
+def fused_row(key: str) -> Callable[[int, Path, Path], dict]:
+    def run(seed: int, data_root: Path, out_dir: Path) -> dict:
+        def make() -> dict:
+            f = fused(seed, data_root)
+            train_s = f["net_b_train_s"] + (f["net_a_train_s"] if key.endswith("original") else 0.0)
+            return _row(f["metrics"][key], train_s, gan_train_s=f["gan_train_s"],
+                        render_s=f["render_train_s"] + f["render_test_s"])
+        return _cached(out_dir, make)
+    return run
+
+
+def generated_only(seed: int, data_root: Path, out_dir: Path) -> dict:
+    """Net (b) tested on the original test images (no rendering at test time)."""
+    def make() -> dict:
+        f = fused(seed, data_root)
+        return _row(f["generated_only_on_originals"], f["net_b_train_s"], gan_train_s=f["gan_train_s"])
+    return _cached(out_dir, make)
+
+
+def augmentation(seed: int, data_root: Path, out_dir: Path) -> dict:
+    """(c): originals + their canonical-pose renderings, the demo's bnneck recipe."""
+    def make() -> dict:
+        work = work_dir(seed, data_root)
+        method, gan_s = load_pngan(seed, data_root)
+        tree = _trees(seed, data_root, method, "augmented")
+        r = _reid_run("pngan augmentation", seed, tree.root, work / "reid_augmented")
+        return _row(r, r["train_seconds"], gan_train_s=gan_s, generated_images=tree.generated,
+                    real_images=tree.originals)
+    return _cached(out_dir, make)
+
+
+def reid_entries() -> dict[str, Callable[[int, Path, Path], dict]]:
+    rows = {f"pngan fused {how}": fused_row(f"fused {how}") for how in ("avg", "max", "concat")}
+    rows.update({f"pngan fused {how} + original": fused_row(f"fused {how} + original")
+                 for how in ("avg", "max", "concat")})
+    rows["pngan generated only"] = generated_only
+    rows["pngan augmentation"] = augmentation
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--output", type=Path, default=Path("runs/bench/gen_pngan"))
+    ap.add_argument("--only", choices=("quality", "fused", "augmentation"))
+    args = ap.parse_args()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    out = args.output / _tag(args.seed, args.data_root)
+    if args.only in (None, "quality"):
+        q = quality(args.seed, args.data_root, out / "quality")
+        print(json.dumps({"quality": q}, indent=2), flush=True)
+    if args.only in (None, "fused"):
+        rows = {name: fn(args.seed, args.data_root, out / "rows" / name.replace(" ", "_").replace("+", "plus"))
+                for name, fn in reid_entries().items() if name != "pngan augmentation"}
+        print(json.dumps(rows, indent=2), flush=True)
+    if args.only in (None, "augmentation"):
+        row = augmentation(args.seed, args.data_root, out / "rows" / "pngan_augmentation")
+        print(json.dumps({"pngan augmentation": row}, indent=2), flush=True)
+
+
+if __name__ == "__main__":
+    main()
