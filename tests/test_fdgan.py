@@ -232,6 +232,19 @@ def test_published_stages_and_optimisers(train_samples):
     assert members["I"]["encoder"] == e
 
 
+def test_pairs_one_positive_three_negatives_and_fewer_in_gan_stages(train_samples):
+    m = make_method(train_samples, gan_pairs_per_epoch=8)
+    pids = [s.pid for s in train_samples]
+    m.begin_stage(stage_of(m, "I"))
+    items = m.pairs(pids, 0, 0, 40)
+    assert len(items) == 40
+    same = [pids[i["a"]] == pids[i["b"]] for i in items]
+    assert same == [True, False, False, False] * 10
+    assert items != m.pairs(pids, 1, 0, 40) and items == m.pairs(pids, 0, 0, 40)   # per epoch, seeded
+    m.begin_stage(stage_of(m, "II"))
+    assert len(m.pairs(pids, 0, 0, 40)) == 8 and len(m.pairs(pids, 0, 0, None)) == 8
+
+
 def test_identity_discriminator_equals_encoder_after_initialisation(train_samples):
     m = make_method(train_samples)
     ctx = enter(m, "I")

@@ -96,9 +96,12 @@ class FDGANOptions:
     head_options: dict = field(default_factory=dict)   # bnneck / kae head options
     pose_dim: int = 128
     noise_dim: int = 256
-    ngf: int = 64
+    ngf: int = 64                        # generator width
+    ndf: int = 64                        # pose discriminator width
     dropout: float = 0.2
     negatives_per_positive: int = 3
+    gan_pairs_per_epoch: Optional[int] = None   # stages II / III (None: data.max_pairs_per_epoch): a
+    #                                     GAN step costs ~8x a stage-I step (Di is a whole encoder)
     # stage I: the Siamese baseline
     stage1_epochs: int = 100
     stage1_step: int = 40                # epochs between /10 steps (0: one constant stage)
@@ -138,6 +141,11 @@ class FDGANOptions:
         where = "method_options"
         if self.encoder not in ENCODERS:
             raise ConfigError(f"{where}.encoder: expected one of {', '.join(ENCODERS)}, got {self.encoder!r}")
+        if self.gan_pairs_per_epoch is not None and self.gan_pairs_per_epoch < 1:
+            raise ConfigError(f"{where}.gan_pairs_per_epoch: expected null or >= 1, got {self.gan_pairs_per_epoch}")
+        for name in ("ngf", "ndf", "pose_dim", "noise_dim"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{where}.{name}: expected >= 1, got {getattr(self, name)}")
         for name in ("stage1_epochs", "stage1_step", "stage2_epochs", "stage2_decay_epochs",
                      "stage3_epochs", "stage3_decay_epochs", "negatives_per_positive"):
             if getattr(self, name) < 0:
@@ -186,7 +194,7 @@ class FDGAN(GenerationMethod):
         self.di = Siamese(copy.deepcopy(encoder), VerificationHead(dim, 1))
         from keyreid.generation.nets.patchgan import PatchDiscriminator
 
-        self.dp = PatchDiscriminator(info.skeleton.num_keypoints + 3, ndf=64, n_layers=3, norm="batch")
+        self.dp = PatchDiscriminator(info.skeleton.num_keypoints + 3, ndf=o.ndf, n_layers=3, norm="batch")
         gan_init(self.dp)  # the authors' init_weights(net_Dp)
         self.gan_d = GANLoss("bce", real_label=tuple(o.real_label), fake_label=tuple(o.fake_label))
         self.gan_g = GANLoss("bce")
@@ -309,6 +317,9 @@ class FDGAN(GenerationMethod):
     def pairs(self, pids: Sequence[int], epoch: int, seed: int, max_pairs: Optional[int]) -> list[dict]:
         from keyreid.generation.pairs import fdgan_pairs
 
+        if self._kind != "I" and self.opts.gan_pairs_per_epoch is not None:
+            max_pairs = self.opts.gan_pairs_per_epoch if max_pairs is None else min(max_pairs,
+                                                                                   self.opts.gan_pairs_per_epoch)
         per_anchor = 1 + self.opts.negatives_per_positive
         anchors = None if max_pairs is None else max(1, math.ceil(max_pairs / per_anchor))
         # a different draw every epoch of every stage, the same one after a resume
