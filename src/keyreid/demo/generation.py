@@ -155,7 +155,7 @@ def quality_rows(results: dict[str, dict]) -> list[list[str]]:
     ref = next((r for r in results.values() if "control_l1_gt" in r), None)
     if ref is not None:
         keys = ("l1_gt", "l1_gt_masked", "ssim_gt", "ssim_gt_masked", "pck_target", "pck_source", "id_rank1")
-        control = {k: ref[f"control_{k}"] for k in keys} | {"l1_source": 0.0}
+        control = {k: ref.get(f"control_{k}") for k in keys} | {"l1_source": 0.0}
         truth = {"l1_gt": 0.0, "l1_gt_masked": 0.0, "ssim_gt": 1.0, "ssim_gt_masked": 1.0,
                  "l1_source": ref["control_l1_gt"], "pck_target": ref.get("gt_pck_target"),
                  "pck_source": ref.get("gt_pck_source"), "id_rank1": ref.get("gt_id_rank1")}
