@@ -87,6 +87,9 @@ def _load_canonical(value) -> Optional[Canonical]:
 class PNGAN(GenerationMethod):
     """Networks: `generator` (ResnetGenerator 6 -> 3) and `discriminator` (PatchDiscriminator 3)."""
 
+    uses_pose_maps = False          # G sees the skeleton image only
+    uses_skeleton_images = True
+
     def __init__(self, cfg, info: DataInfo):
         super().__init__(cfg, info)
         self.opts = _build(PNGANOptions, dict(cfg.method_options or {}), "method_options")
