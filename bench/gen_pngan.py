@@ -1,7 +1,7 @@
 """PN-GAN at demo scale: pose-transfer quality and the paper's re-ID use of canonical poses.
 
     .venv/bin/python bench/gen_pngan.py --seed 0                  # everything, prints JSON
-    .venv/bin/python bench/gen_pngan.py --seed 0 --only quality   # or fused / augmentation
+    .venv/bin/python bench/gen_pngan.py --seed 0 --only quality   # or gan / fused / augmentation
 
 Stages, each cached under runs/bench/gen_pngan/seed<seed> (a killed run resumes where it was):
   canonical.json/.png   8 canonical poses of the training set (generation/canonical.py)
@@ -326,10 +326,13 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--output", type=Path, default=Path("runs/bench/gen_pngan"))
-    ap.add_argument("--only", choices=("quality", "fused", "augmentation"))
+    ap.add_argument("--only", choices=("gan", "quality", "fused", "augmentation"))
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     out = args.output / _tag(args.seed, args.data_root)
+    if args.only == "gan":
+        ckpt, seconds = train_gan(args.seed, args.data_root)
+        print(json.dumps({"gan": str(ckpt), "train_s": seconds}), flush=True)
     if args.only in (None, "quality"):
         q = quality(args.seed, args.data_root, out / "quality")
         print(json.dumps({"quality": q}, indent=2), flush=True)
