@@ -162,10 +162,11 @@ def _hide_outside_keypoints(samples: list[Sample], sizes: dict, notify: Callable
 
 
 def prepare_data(cfg: Config, need_keypoints: bool,
-                 notify: Callable[[str], None] = _stderr) -> PreparedData:
+                 notify: Callable[[str], None] = _stderr, needed_by: Optional[str] = None) -> PreparedData:
     """Build the dataset, check its images and keypoints, and carve the validation split.
 
-    notify: where warnings and notes go (one line each; stderr by default)."""
+    notify: where warnings and notes go (one line each; stderr by default). needed_by: what needs
+    the keypoints, for the error when none has any (default: the config's model.head)."""
     options = dict(cfg.data.options)
     skip = options.get("on_error", "raise") == "skip"
     dataset = build_dataset(cfg.data.dataset, cfg.data.root, **options)
@@ -180,7 +181,8 @@ def prepare_data(cfg: Config, need_keypoints: bool,
         _attach_sidecar(dataset, sidecar, cfg, need_keypoints, notify)
     skeleton = get_skeleton(dataset.skeleton) if dataset.skeleton else None
     if need_keypoints and not any(s.keypoints is not None for s in dataset.train):
-        raise ConfigError(f"model.head={cfg.model.head!r} needs keypoints but no training image of "
+        who = needed_by or f"model.head={cfg.model.head!r}"
+        raise ConfigError(f"{who} needs keypoints but no training image of "
                           f"{cfg.data.root} has any: give data.sidecar (`keyreid keypoints estimate`)")
     if need_keypoints:
         _hide_outside_keypoints(dataset.train, sizes, notify)

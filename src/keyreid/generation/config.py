@@ -22,6 +22,8 @@ class GenDataConfig:
     root: str = "data/synth"
     sidecar: Optional[str] = None                     # keypoint sidecar; default ROOT/keypoints.jsonl
     options: dict = field(default_factory=dict)       # passed to the dataset adapter
+    min_keypoint_confidence: float = 0.0              # below this a keypoint counts as invisible
+    allow_missing_keypoints: bool = False             # train images without a sidecar entry (no pose)
     height: int = 128
     width: int = 64
     sigma: Optional[float] = None                     # pose-map sigma in px; None: 5 * height / 256
