@@ -120,25 +120,6 @@ def test_pose_probe_on_the_synthetic_set(tiny_synth):
 
 # ------------------------------------------------------------------------------ the method
 
-class Ctx:
-    """What train_step needs of the trainer's StepContext (no AMP on CPU): one optimizer per name."""
-
-    def __init__(self, method, stage):
-        self.device = torch.device("cpu")
-        self.stage, self.epoch, self.step_index = stage, 0, 0
-        self.opts = method.optimizers(stage)
-
-    def autocast(self):
-        return contextlib.nullcontext()
-
-    def backward(self, loss):
-        loss.backward()
-
-    def step(self, name):
-        self.opts[name].step()
-        self.opts[name].zero_grad(set_to_none=True)
-
-
 def _tiny_options(**extra):
     opts = dict(encoder="siamese", backbone="resnet18", pretrained=None, ngf=8, pose_dim=16, noise_dim=8,
                 stage1_epochs=1, stage1_step=0, stage2_epochs=1, stage2_decay_epochs=0,
@@ -156,7 +137,6 @@ def train_samples(tiny_synth):
 
 
 def make_method(samples, seed=0, **options):
-    pytest.importorskip("keyreid.generation.method", reason="generation/method.py (G2) has not landed")
     from keyreid.data.datasets.base import relabel
     from keyreid.generation.config import GenConfig, GenDataConfig
     from keyreid.generation.method import DataInfo
@@ -193,14 +173,16 @@ def batches(method, samples, n, batch_size=8, seed=0, flip_prob=0.5):
 
 
 def enter(method, kind):
+    """begin_stage, train mode, and the trainer's StepContext with the stage's optimizers (CPU: no AMP)."""
+    from keyreid.generation.method import StepContext
+
     stage = stage_of(method, kind)
     method.begin_stage(stage)
     method.train()
-    return Ctx(method, stage)
+    return StepContext(torch.device("cpu"), method.optimizers(stage), stage=stage)
 
 
 def test_openpose18_back_to_coco17_is_exact():
-    pytest.importorskip("keyreid.generation.method", reason="generation/method.py (G2) has not landed")
     from keyreid.generation.methods.fdgan import openpose18_to_coco17
 
     rng = np.random.default_rng(0)

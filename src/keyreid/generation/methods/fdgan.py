@@ -64,7 +64,7 @@ import torch.nn.functional as F
 from keyreid.config import ConfigError, ModelConfig, _build
 from keyreid.errors import KeyreidError
 from keyreid.generation.losses import GANLoss, discriminator_loss, safe_mean
-from keyreid.generation.method import DataInfo, GenerationMethod, Stage, StepContext, register_method
+from keyreid.generation.method import DataInfo, GenerationMethod, Stage, StepContext, register_method, unwrap
 from keyreid.generation.nets.fdgan_nets import (ImageEncoder, PoseGenerator, ReidModelEncoder, Siamese,
                                                 VerificationHead, gan_init)
 from keyreid.generation.pose import OPENPOSE18, pose_maps
@@ -159,11 +159,6 @@ class FDGANOptions:
                 raise ConfigError(f"{where}.{name}: expected two numbers, got {getattr(self, name)!r}")
 
 
-def _bare(m: nn.Module) -> nn.Module:
-    """The module inside a DistributedDataParallel wrapper (the trainer may wrap ours)."""
-    return getattr(m, "module", m)
-
-
 def _bn_eval(module: nn.Module) -> None:
     for m in module.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -177,6 +172,9 @@ def stage_kind(stage: Stage) -> str:
 
 @register_method("fdgan")
 class FDGAN(GenerationMethod):
+    uses_pose_maps = True
+    uses_skeleton_images = False     # G reads the 18 maps; the grid draws them itself
+
     def __init__(self, cfg, info: DataInfo):
         super().__init__(cfg, info)
         self.cfg, self.info = cfg, info
@@ -252,7 +250,7 @@ class FDGAN(GenerationMethod):
         if kind != "I" and not int(self.gan_started):
             self.init_identity_discriminator()
             self._stage1_encoder = {k: v.detach().cpu().clone()
-                                    for k, v in _bare(self.siamese).state_dict().items()}
+                                    for k, v in unwrap(self.siamese).state_dict().items()}
             self.gan_started.fill_(1)
         train = {"I": ("siamese",), "II": ("gen", "di", "dp"), "III": ("siamese", "gen", "di", "dp")}[kind]
         for name, p in self.named_parameters():
@@ -263,7 +261,7 @@ class FDGAN(GenerationMethod):
     def init_identity_discriminator(self) -> None:
         """Di := E: the encoder's and the verification BN's weights, and the classifier's "same"
         row as Di's one logit (the authors' stage-II start)."""
-        e, di = _bare(self.siamese), _bare(self.di)
+        e, di = unwrap(self.siamese), unwrap(self.di)
         di.encoder.load_state_dict(e.encoder.state_dict())
         di.head.bn.load_state_dict(e.head.bn.state_dict())
         di.head.classifier.weight.copy_(e.head.classifier.weight[SAME:SAME + 1])
@@ -330,7 +328,7 @@ class FDGAN(GenerationMethod):
     def card(self) -> dict:
         return {"render_inputs": ["source (identity image)", "target keypoints (pose)"],
                 "encoder": self.opts.encoder, "backbone": self.opts.backbone,
-                "feature_dim": int(_bare(self.siamese).encoder.dim), "sigma": self.sigma,
+                "feature_dim": int(unwrap(self.siamese).encoder.dim), "sigma": self.sigma,
                 "test_time": "encoder only: Euclidean distance on its feature"}
 
     # ------------------------------------------------------------------ losses
@@ -348,7 +346,7 @@ class FDGAN(GenerationMethod):
             logits = torch.cat([out.logits for out in outputs])
             losses["id"] = o.id_weight * F.cross_entropy(logits.float(), labels, label_smoothing=o.label_smoothing)
         if o.encoder == "kae" and o.heatmap_weight > 0:
-            model = _bare(self.siamese).encoder.model
+            model = unwrap(self.siamese).encoder.model
             kp = torch.cat([openpose18_to_coco17(torch.as_tensor(batch[f"{r}_kp"]).to(device).float())
                             for r in roles])
             merged = copy.copy(outputs[0])
@@ -463,12 +461,12 @@ class FDGAN(GenerationMethod):
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """E's identity feature [B, D] of images in [-1, 1] (eval mode): what re-ID compares."""
-        return _bare(self.siamese).encoder(images).feature.float()
+        return unwrap(self.siamese).encoder(images).feature.float()
 
     @torch.no_grad()
     def verify(self, f1: torch.Tensor, f2: torch.Tensor) -> torch.Tensor:
         """P(different identity) [B] of feature pairs: the verification head's distance."""
-        return torch.softmax(_bare(self.siamese).head(f1, f2).float(), dim=1)[:, 1 - SAME]
+        return torch.softmax(unwrap(self.siamese).head(f1, f2).float(), dim=1)[:, 1 - SAME]
 
     def maps_of(self, kp: torch.Tensor) -> torch.Tensor:
         """[B, K, 3] generation-skeleton keypoints -> [B, K, H, W] pose maps (the data's sigma)."""
@@ -490,9 +488,9 @@ class FDGAN(GenerationMethod):
     def sample(self, batch: dict) -> dict[str, torch.Tensor]:
         device = self._device()
         src = batch["a"].to(device)
-        cols = {"source": src}
-        if "target_a_skeleton" in batch:
-            cols["target pose"] = batch["target_a_skeleton"].to(device)
+        maps = batch["target_a_maps"].to(device)
+        # the authors' picture of a pose: the maps' maximum over joints, white on black
+        cols = {"source": src, "target pose": (maps.amax(dim=1, keepdim=True) * 2 - 1).expand(-1, 3, -1, -1)}
         cols["generated"] = self.transfer(src, batch["target_a_maps"])
         cols["ground truth"] = batch["target_a"].to(device)
         return cols
