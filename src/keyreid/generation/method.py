@@ -141,6 +141,11 @@ class GenerationMethod(nn.Module):
     #: PairDataset options: which per-role extras the method reads (they cost CPU time)
     uses_pose_maps: bool = True
     uses_skeleton_images: bool = True
+    #: the trainer refuses data whose training images have no keypoints at all when True
+    needs_keypoints: bool = True
+    #: DistributedDataParallel(find_unused_parameters=...) for the wrapped networks: True is safe
+    #: when a backward reaches only some of a network's weights (a D used as G's critic)
+    ddp_find_unused_parameters: bool = True
 
     def __init__(self, cfg: "GenConfig", info: DataInfo):
         super().__init__()
@@ -157,7 +162,9 @@ class GenerationMethod(nn.Module):
         raise NotImplementedError
 
     def begin_stage(self, stage: Stage) -> None:
-        """Freeze / unfreeze networks for the stage (called at its start and again on resume)."""
+        """Freeze / unfreeze networks for the stage. Called when the stage starts, and on a resume
+        AFTER the checkpoint's weights are loaded: a one-time initialisation (FD-GAN's Di := E) must
+        be guarded by state the method saves (a buffer), or a resume in mid-stage redoes it."""
 
     def pairs(self, pids: Sequence[int], epoch: int, seed: int, max_pairs: Optional[int]) -> list[dict]:
         """PairDataset items for this epoch. Default: every ordered same-identity pair

@@ -1,0 +1,590 @@
+"""The GAN training loop: everything around a method's train_step, as the re-ID trainer does it.
+
+Seeded and exact: a run killed after epoch k and resumed gives bit-identical weights to a run that
+was never stopped (CPU, same workers): last.pt (atomic, every epoch) holds the method's and every
+optimizer's state, the GradScaler and all RNG states, and nothing random depends on how the run
+got there (the pair order comes from a generator seeded by (seed, stage, epoch), flips from
+PairDataset's (seed, item, sample) rule, sample grids run under forked RNG).
+
+Stages (method.stages()): the stage index and the epoch within it are in the checkpoint, so a kill
+in stage 2 resumes in stage 2; each stage starts with method.begin_stage and new optimizers, whose
+lr follows lr_factor (constant, then linear decay to 0) from param_group["initial_lr"].
+
+Files in OUTPUT: config.yaml, last.pt, metrics.csv (a row per epoch), tb/ (TensorBoard, when
+log.tensorboard), samples/epoch_NNN.png (fixed pairs, every log.sample_every epochs and the last).
+Re-running into OUTPUT resumes with the same config (a per-key diff otherwise, unless
+allow_config_change) or, with resume=False, sets the old run's files aside in OUTPUT/previous-N.
+
+DDP through torchrun (WORLD_SIZE > 1): gloo on CPU, nccl on GPU; ddp_modules() wrapped in
+DistributedDataParallel for each stage (re-wrapped when a stage changes what trains), a seeded
+disjoint split of the epoch's pairs per rank, losses averaged over ranks, only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Sampler
+
+from keyreid.config import Config, ConfigError, DataConfig
+from keyreid.data.datasets.base import relabel
+from keyreid.data.records import Sample
+from keyreid.engine.checkpoint import load_checkpoint, save_checkpoint
+from keyreid.engine.data import default_sidecar, prepare_data
+from keyreid.engine.logs import CSVLog, TensorBoard
+from keyreid.engine.run_folder import set_aside_previous_run
+from keyreid.errors import DataError, KeyreidError
+from keyreid.generation.config import GenConfig, _build, gen_to_dict, save_gen_config
+from keyreid.generation.load import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_generator  # noqa: F401
+from keyreid.generation.method import (GENERATION_METHODS, DataInfo, GenerationMethod, Stage, StepContext,
+                                       lr_factor)
+from keyreid.generation.pairs import PairDataset
+from keyreid.generation.pose import pose_skeleton
+from keyreid.generation.samples import save_sample_grid
+from keyreid.inference.device import resolve_device
+from keyreid.utils.progress import progress_bar, progress_mode
+
+# settings that do not change what is computed: they may differ freely on resume
+IGNORED = {"output_dir", "device", "data.workers", "log.sample_every", "log.sample_count",
+           "log.tensorboard", "name"}
+# settings that decide which weights exist: a run never resumes across them
+ARCHITECTURE = {"method", "data.height", "data.width", "data.dataset", "data.root"}
+
+
+class GenerationDiverged(KeyreidError):
+    """A loss of train_step left the finite range."""
+
+
+@dataclasses.dataclass
+class GanState:
+    stage_index: int = 0        # the stage in progress (or next to start); len(stages) when done
+    epoch: int = 0              # epochs of that stage already trained
+    history: list = dataclasses.field(default_factory=list)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _seed_of(*parts: int) -> int:
+    """A 63-bit seed from integers (seed, stage, epoch, ...): unrelated streams for nearby inputs."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> 1)
+
+
+@contextlib.contextmanager
+def _rng_untouched(device: torch.device):
+    """Run a block (sample grids, the sample pairs) without moving any RNG training draws from,
+    so that how often grids are drawn never changes the trained weights."""
+    devices = [device.index or 0] if device.type == "cuda" else []
+    np_state, py_state = np.random.get_state(), random.getstate()
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            np.random.set_state(np_state)
+            random.setstate(py_state)
+
+
+def _flat(values: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in values.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def check_gen_resume_config(saved: Optional[dict], cfg: GenConfig, checkpoint: Path,
+                            allow_change: bool) -> list[str]:
+    """Refuse to resume `checkpoint` with a config that differs from the one it was trained with
+    (a diff, one `key: old (checkpoint) -> new (now)` line per key, method_options key by key),
+    unless allow_change and no key decides what the networks are. Returns the accepted changes.
+    Mirrors keyreid.engine.run_folder.check_resume_config for the generation config."""
+    if saved is None:
+        return []
+    old = _flat(gen_to_dict(_build(GenConfig, saved, f"{checkpoint}: stored config")))
+    new = _flat(gen_to_dict(cfg))
+    arch, other = [], []
+    for key in sorted(set(old) | set(new)):
+        if key in IGNORED or key.startswith("log.") or old.get(key) == new.get(key):
+            continue
+        line = f"{key}: {old.get(key, '(unset)')!r} (checkpoint) -> {new.get(key, '(unset)')!r} (now)"
+        (arch if key in ARCHITECTURE else other).append(line)
+    if arch:
+        raise ConfigError(
+            f"{checkpoint}: cannot resume, the method or data differ from the ones this run trained "
+            f"(that can never resume):\n  " + "\n  ".join(arch + other) +
+            f"\nuse another output_dir, or --no-resume to start over "
+            f"(the old run's files are moved to {cfg.output_dir}/previous-N/)")
+    if other and not allow_change:
+        raise ConfigError(
+            f"{checkpoint}: the config differs from the one this run was trained with:\n  " +
+            "\n  ".join(other) +
+            "\nrun again with --allow-config-change to resume with the new values, or --no-resume "
+            "to start over (the old run's files are set aside, not deleted)")
+    return other
+
+
+def set_aside_generation_run(out_dir: Path) -> Optional[Path]:
+    """The re-ID trainer's set-aside (config, checkpoints, logs, tb -> previous-N) plus samples/."""
+    moved = set_aside_previous_run(out_dir)
+    samples = out_dir / "samples"
+    if samples.exists():
+        if moved is None:
+            n = 1
+            while (out_dir / f"previous-{n}").exists():
+                n += 1
+            moved = out_dir / f"previous-{n}"
+            moved.mkdir()
+        shutil.move(str(samples), str(moved / "samples"))
+    return moved
+
+
+class EpochSampler(Sampler):
+    """Batches of one epoch: a permutation seeded by (seed, stage, epoch), padded by wrapping to a
+    multiple of the world size and dealt to ranks (DistributedSampler's rule), cut into batches;
+    the last short batch is dropped when the rank has at least one full batch (a batch of 1 breaks
+    BatchNorm)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+        g = torch.Generator().manual_seed(seed)
+        order = torch.randperm(n, generator=g).tolist()
+        if world_size > 1:
+            per_rank = math.ceil(n / world_size)
+            order = (order * math.ceil(per_rank * world_size / max(1, n)))[:per_rank * world_size]
+            order = order[rank::world_size]
+        batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        if len(batches) > 1 and len(batches[-1]) < batch_size:
+            batches.pop()
+        self.batches = batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class GanTrainer:
+    def __init__(self, cfg: GenConfig, resume: bool = True, show_progress: bool = True,
+                 allow_config_change: bool = False):
+        """Everything a user can get wrong is checked before any file is written: device, data,
+        method options, and on resume the config against the one the run was trained with."""
+        self.cfg = cfg
+        self.show_progress = show_progress
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.is_main = self.rank == 0
+        self.device = resolve_device(cfg.device)
+        if self.world_size > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        if self.world_size > 1 and self.device.type == "cuda":
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(self.device)
+        seed_everything(cfg.seed)
+        self.out_dir = Path(cfg.output_dir)
+        last = self.out_dir / "last.pt"
+        checkpoint = load_checkpoint(last, "cpu") if resume and last.is_file() else None
+        if checkpoint is not None and checkpoint.get("format") != CHECKPOINT_FORMAT:
+            raise ConfigError(f"{last}: not a generation checkpoint (format "
+                              f"{checkpoint.get('format')!r}); use another output_dir or --no-resume")
+        self.config_changes = check_gen_resume_config(checkpoint.get("config") if checkpoint else None,
+                                                      cfg, last, allow_config_change)
+
+        method_cls = GENERATION_METHODS.get(cfg.method)
+        self._prepare_data(method_cls)
+        self.method: GenerationMethod = method_cls(cfg, self.info)
+        self.stages: list[Stage] = list(self.method.stages())
+        if not self.stages or sum(s.epochs + s.decay_epochs for s in self.stages) < 1:
+            raise ConfigError(f"method {cfg.method!r} has no epoch to train with this config "
+                              f"(optim.epochs={cfg.optim.epochs}, optim.decay_epochs={cfg.optim.decay_epochs})")
+        self.method.to(self.device)
+
+        amp = cfg.optim.amp and self.device.type == "cuda"
+        self.amp_dtype = getattr(torch, cfg.optim.amp_dtype) if amp else None
+        self.scaler = torch.amp.GradScaler("cuda", enabled=amp and cfg.optim.amp_dtype == "float16")
+        self.state = GanState()
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self._optimizer_states: Optional[dict] = None   # from the checkpoint, for the stage in progress
+        self._ddp: dict[str, nn.parallel.DistributedDataParallel] = {}
+        self._rng: Optional[dict] = None
+        self.set_aside: Optional[Path] = None
+        self.last_saved: Optional[int] = None            # epochs done at this run's last.pt
+        if checkpoint is not None:
+            self._restore(checkpoint, last)
+        elif self.is_main and self.out_dir.is_dir():
+            self.set_aside = set_aside_generation_run(self.out_dir)
+        self.metrics_log: Optional[CSVLog] = None
+        if self.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            save_gen_config(cfg, self.out_dir / "config.yaml")
+            self.metrics_log = CSVLog(self.out_dir / "metrics.csv")
+            if checkpoint is not None:  # rows after the checkpoint belong to the run that died
+                self.metrics_log.truncate_after("epoch", self.epochs_done)
+
+    # ------------------------------------------------------------------ setup
+    def _prepare_data(self, method_cls) -> None:
+        """keyreid's own data preparation (dataset, image checks, sidecar, validation split) on a
+        re-ID Config made from cfg.data, then the generation skeleton and the fixed sample pairs."""
+        d = self.cfg.data
+        rc = Config(name=self.cfg.name, seed=self.cfg.seed, output_dir=self.cfg.output_dir, device="cpu",
+                    data=DataConfig(dataset=d.dataset, root=d.root, options=dict(d.options),
+                                    sidecar=d.sidecar, height=d.height, width=d.width,
+                                    flip_prob=d.flip_prob, workers=d.workers,
+                                    val_identities=d.val_identities))
+        data = prepare_data(rc, need_keypoints=False)
+        if data.skeleton is None:
+            raise DataError(None, f"data.dataset={d.dataset!r} declares no keypoint skeleton; "
+                                  "generation needs the person's pose")
+        if getattr(method_cls, "needs_keypoints", True) and not any(s.keypoints is not None for s in data.train):
+            sidecar = default_sidecar(rc)
+            raise DataError(None, f"method {self.cfg.method!r} needs keypoints but no training image of "
+                                  f"{d.root} has any (sidecar: {sidecar or 'none found'}); give "
+                                  "data.sidecar or run `keyreid keypoints estimate`")
+        self.data = data
+        self.train_samples: list[Sample] = data.train
+        self.label_map = {int(k): int(v) for k, v in data.label_map.items()}
+        gen_skeleton, _ = pose_skeleton(data.skeleton)
+        self.info = DataInfo(skeleton=gen_skeleton, num_classes=len(self.label_map), height=d.height,
+                             width=d.width, train_pids=[self.label_map[s.pid] for s in data.train])
+        self.sigma = d.sigma  # None: PairDataset's default (5 * height / 256)
+
+    def _pair_dataset(self, samples: list[Sample], items: list[dict], flip_prob: float, seed: int) -> PairDataset:
+        m = self.method
+        return PairDataset(samples, items, self.data.skeleton, self.cfg.data.height, self.cfg.data.width,
+                           sigma=self.sigma, flip_prob=flip_prob, seed=seed,
+                           maps=getattr(m, "uses_pose_maps", True),
+                           skeletons=getattr(m, "uses_skeleton_images", True))
+
+    def sample_batch(self) -> Optional[dict]:
+        """The fixed pairs of the sample grids: the method's pairs over held-out identities
+        (data.val_identities) or else over the training identities, in a fixed seeded order that
+        puts different source identities first; the first log.sample_count of them, unflipped."""
+        held_out = self.data.val_query + self.data.val_gallery
+        samples = held_out or self.train_samples
+        labels = relabel(samples)[1]
+        pids = [labels[s.pid] for s in samples]
+        items = self.method.pairs(pids, 0, self.cfg.seed, None)
+        if not items:
+            return None
+        order = np.random.default_rng(_seed_of(self.cfg.seed, 7)).permutation(len(items))
+        first_role = next(iter(items[0]))
+        seen, firsts, rest = set(), [], []
+        for k in order:
+            pid = pids[items[k][first_role]]
+            (rest if pid in seen else firsts).append(int(k))
+            seen.add(pid)
+        chosen = [items[k] for k in (firsts + rest)[:self.cfg.log.sample_count]]
+        ds = self._pair_dataset(samples, chosen, 0.0, self.cfg.seed)
+        return torch.utils.data.default_collate([ds[i] for i in range(len(ds))])
+
+    # ------------------------------------------------------------------ DDP
+    @contextlib.contextmanager
+    def bare_networks(self):
+        """The method's networks without their DDP wrappers (state dicts with the plain keys,
+        sampling on rank 0 alone without collective calls)."""
+        for name, wrapper in self._ddp.items():
+            setattr(self.method, name, wrapper.module)
+        try:
+            yield self.method
+        finally:
+            for name, wrapper in self._ddp.items():
+                setattr(self.method, name, wrapper)
+
+    def _wrap_ddp(self) -> None:
+        for name, wrapper in self._ddp.items():
+            setattr(self.method, name, wrapper.module)
+        self._ddp = {}
+        if self.world_size <= 1:
+            return
+        for name in self.method.ddp_modules():
+            module = getattr(self.method, name)
+            if not any(p.requires_grad for p in module.parameters()):
+                continue  # frozen in this stage: nothing to synchronise (DDP refuses it)
+            wrapper = nn.parallel.DistributedDataParallel(
+                module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=getattr(self.method, "ddp_find_unused_parameters", True))
+            setattr(self.method, name, wrapper)
+            self._ddp[name] = wrapper
+
+    # ------------------------------------------------------------------ stages and LR
+    @property
+    def epochs_done(self) -> int:
+        """Epochs trained over all stages (the CSV's and the sample files' epoch number)."""
+        before = sum(s.epochs + s.decay_epochs for s in self.stages[:self.state.stage_index])
+        return before + (self.state.epoch if self.state.stage_index < len(self.stages) else 0)
+
+    @property
+    def total_epochs(self) -> int:
+        return sum(s.epochs + s.decay_epochs for s in self.stages)
+
+    def _begin_stage(self, stage: Stage) -> None:
+        self.method.begin_stage(stage)
+        self._wrap_ddp()
+        self.optimizers = dict(self.method.optimizers(stage))
+        for opt in self.optimizers.values():
+            for g in opt.param_groups:
+                g.setdefault("initial_lr", g["lr"])
+        if self._optimizer_states is not None:
+            self._load_optimizers(self._optimizer_states)
+            self._optimizer_states = None
+
+    def _load_optimizers(self, states: dict) -> None:
+        """Moments from the checkpoint, hyper-parameters (lr, betas, ...) from the method as it is
+        built now, so an lr changed with --allow-config-change takes effect."""
+        if set(states) != set(self.optimizers):
+            raise ConfigError(f"{self.out_dir / 'last.pt'}: cannot resume, its optimizers "
+                              f"{sorted(states)} are not the method's {sorted(self.optimizers)}; "
+                              "use another output_dir or --no-resume")
+        for name, opt in self.optimizers.items():
+            fresh = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+            try:
+                opt.load_state_dict(states[name])
+            except (ValueError, KeyError, RuntimeError) as e:
+                raise ConfigError(f"{self.out_dir / 'last.pt'}: cannot resume optimizer {name!r} "
+                                  f"({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}); "
+                                  "use another output_dir or --no-resume") from None
+            for g, settings in zip(opt.param_groups, fresh):
+                g.update(settings)
+
+    def _set_lr(self, stage: Stage, epoch: int) -> float:
+        f = lr_factor(stage, epoch)
+        for opt in self.optimizers.values():
+            for g in opt.param_groups:
+                g["lr"] = g["initial_lr"] * f
+        return f
+
+    # ------------------------------------------------------------------ checkpoints
+    def _state_dict(self) -> dict:
+        with self.bare_networks():
+            method_state = self.method.state_dict()
+            card = self.method.card()
+        return {
+            "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+            "method": self.cfg.method, "config": gen_to_dict(self.cfg),
+            "stage_index": self.state.stage_index, "epoch": self.state.epoch,
+            "stage_names": [s.name for s in self.stages],
+            "history": list(self.state.history),
+            "method_state": method_state,
+            # the optimizers of the stage in progress: None at a stage boundary (the next stage
+            # makes new ones)
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()} if self.optimizers else None,
+            "scaler": self.scaler.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+            "data_info": self.info.to_dict(),
+            "data_skeleton": self.data.skeleton.name,
+            "label_map": self.label_map,
+            "card": card,
+        }
+
+    def _restore(self, ck: dict, path: Path) -> None:
+        saved_map = {int(k): int(v) for k, v in (ck.get("label_map") or {}).items()}
+        if saved_map and saved_map != self.label_map:
+            raise ConfigError(f"{path}: cannot resume, the training identities differ from the ones this "
+                              f"run was trained on ({len(saved_map)} then, {len(self.label_map)} now: "
+                              "another data.root, split or seed?); use another output_dir or --no-resume")
+        try:
+            self.method.load_state_dict(ck["method_state"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(f"{path}: cannot resume, its weights do not fit the networks this config "
+                              f"builds ({first}); use another output_dir or --no-resume") from None
+        self.method.to(self.device)
+        self.state = GanState(stage_index=int(ck["stage_index"]), epoch=int(ck["epoch"]),
+                              history=list(ck.get("history") or []))
+        if self.state.stage_index < len(self.stages) and \
+                self.state.epoch >= self.stages[self.state.stage_index].epochs + \
+                self.stages[self.state.stage_index].decay_epochs:
+            # the config now gives this stage fewer epochs (--allow-config-change): go on with the next
+            self.state.stage_index, self.state.epoch = self.state.stage_index + 1, 0
+            ck["optimizers"] = None
+        self._optimizer_states = ck.get("optimizers") if self.state.epoch > 0 else None
+        self.scaler.load_state_dict(ck["scaler"])
+        self._rng = ck["rng"]
+        self.last_saved = self.epochs_done
+
+    def _set_rng(self, rng: dict) -> None:
+        torch.set_rng_state(rng["torch"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+        if rng.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+
+    def save(self, name: str = "last.pt") -> Path:
+        path = self.out_dir / name
+        state = self._state_dict()  # every rank (it is cheap); only rank 0 writes
+        if self.is_main:
+            save_checkpoint(path, state)
+        return path
+
+    # ------------------------------------------------------------------ the loop
+    def _train_epoch(self, stage: Stage, bar) -> dict:
+        cfg, st = self.cfg, self.state
+        seed = _seed_of(cfg.seed, st.stage_index, st.epoch)
+        items = self.method.pairs(self.info.train_pids, self.epochs_done, cfg.seed, cfg.data.max_pairs_per_epoch)
+        if not items:
+            raise DataError(None, f"method {cfg.method!r} made no training pairs from {cfg.data.root} "
+                                  f"({len(self.train_samples)} training images of {self.info.num_classes} "
+                                  "identities): it needs identities with two or more images")
+        dataset = self._pair_dataset(self.train_samples, items, cfg.data.flip_prob, seed)
+        sampler = EpochSampler(len(dataset), cfg.data.batch_size, seed, self.rank, self.world_size)
+        loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.data.workers,
+                            pin_memory=self.device.type == "cuda",
+                            generator=torch.Generator().manual_seed(seed))
+        factor = self._set_lr(stage, st.epoch)
+        self.method.train()
+        sums: dict[str, float] = {}
+        count = 0
+        task = bar.add_task(f"{stage.name} epoch {st.epoch + 1}/{stage.epochs + stage.decay_epochs}",
+                            total=len(sampler))
+        tick = time.time()
+        for step, batch in enumerate(loader):
+            ctx = StepContext(self.device, self.optimizers, self.scaler, self.amp_dtype, cfg.optim.grad_clip,
+                              stage, st.epoch, step)
+            losses = self.method.train_step(batch, ctx)
+            ctx.update()
+            losses = self._reduce(losses)
+            bad = [k for k, v in losses.items() if not math.isfinite(v)]
+            if bad:
+                self._diverged(stage, step, bad[0], losses[bad[0]])
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + v
+            count += 1
+            bar.update(task, advance=1, info="  ".join(f"{k} {v:.3f}" for k, v in list(losses.items())[:4]))
+        bar.update(task, visible=False)
+        row = {"epoch": self.epochs_done + 1, "stage": stage.name, "stage_epoch": st.epoch + 1,
+               "steps": count, "pairs": len(items)}
+        row.update({k: v / max(1, count) for k, v in sums.items()})
+        row["seconds"] = round(time.time() - tick, 3)
+        row["lr_factor"] = factor
+        for name, opt in self.optimizers.items():
+            row[f"lr_{name}"] = opt.param_groups[0]["lr"]
+        return row
+
+    def _reduce(self, losses: dict) -> dict[str, float]:
+        """Plain floats; under DDP the mean over ranks (so every rank sees a NaN any rank has)."""
+        losses = {k: float(v) for k, v in losses.items()}
+        if self.world_size > 1 and losses:
+            keys = sorted(losses)
+            t = torch.tensor([losses[k] for k in keys], dtype=torch.float64,
+                             device=self.device if self.device.type == "cuda" else "cpu")
+            dist.all_reduce(t)
+            losses = {k: float(v) / self.world_size for k, v in zip(keys, t.tolist())}
+        return losses
+
+    def _diverged(self, stage: Stage, step: int, key: str, value: float) -> None:
+        path = self.out_dir / "last.pt"
+        if self.last_saved is not None:
+            kept = (f"{path} holds the last good state (after epoch {self.last_saved})"
+                    if self.last_saved else f"{path} holds the state before training")
+            then = "run again with --allow-config-change to resume from it, or --no-resume to start over"
+        else:
+            kept, then = "no checkpoint was written by this run", "run again"
+        raise GenerationDiverged(
+            f"training diverged at epoch {self.epochs_done + 1} (stage {stage.name!r}, epoch "
+            f"{self.state.epoch + 1}, step {step + 1}): loss {key!r} is {value}; {kept}. Lower the "
+            f"method's learning rates or set optim.grad_clip, then {then}")
+
+    def _check_weights(self) -> None:
+        bad = [n for n, p in self.method.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            raise GenerationDiverged(
+                f"training diverged at epoch {self.epochs_done}: {len(bad)} weight tensors hold NaN or "
+                f"inf (first: {bad[0]}); {self.out_dir / 'last.pt'} keeps the state before that epoch")
+
+    def _write_samples(self, tb: TensorBoard, batch: Optional[dict]) -> Optional[Path]:
+        if batch is None or not self.is_main:
+            return None
+        was_training = self.method.training
+        with self.bare_networks(), _rng_untouched(self.device):
+            try:
+                self.method.eval()
+                with torch.no_grad():
+                    columns = self.method.sample(batch)
+            finally:
+                self.method.train(was_training)
+        path = save_sample_grid(columns, self.out_dir / "samples" / f"epoch_{self.epochs_done:03d}.png")
+        if tb.writer is not None:
+            from PIL import Image
+
+            tb.writer.add_image("samples", np.asarray(Image.open(path).convert("RGB")), self.epochs_done,
+                                dataformats="HWC")
+        return path
+
+    def _sample_due(self) -> bool:
+        every = self.cfg.log.sample_every
+        done = self.epochs_done
+        return bool(every) and (done % every == 0 or done == self.total_epochs)
+
+    def fit(self) -> dict:
+        cfg, st = self.cfg, self.state
+        tb = TensorBoard(self.out_dir / "tb", enabled=self.is_main and cfg.log.tensorboard)
+        mode = progress_mode(self.show_progress and self.is_main)
+        with _rng_untouched(self.device):  # a method's pairs() may draw: training must not see it
+            samples = self.sample_batch() if cfg.log.sample_every and self.is_main else None
+        if self._rng is not None:  # resumed: the RNG exactly as the killed run left it
+            self._set_rng(self._rng)
+            self._rng = None
+        try:
+            with progress_bar(mode == "rich") as bar:
+                total = bar.add_task("epochs", total=self.total_epochs, completed=self.epochs_done)
+                while st.stage_index < len(self.stages):
+                    index = st.stage_index
+                    stage = self.stages[index]
+                    if st.epoch >= stage.epochs + stage.decay_epochs:  # an empty stage
+                        st.stage_index, st.epoch = st.stage_index + 1, 0
+                        continue
+                    self._begin_stage(stage)
+                    while st.epoch < stage.epochs + stage.decay_epochs:
+                        row = self._train_epoch(stage, bar)
+                        self._check_weights()
+                        st.epoch += 1
+                        st.history.append(row)
+                        if st.epoch >= stage.epochs + stage.decay_epochs:
+                            st.stage_index, st.epoch = st.stage_index + 1, 0
+                            self.optimizers = {}
+                        self.save("last.pt")
+                        self.last_saved = self.epochs_done
+                        if self.metrics_log is not None:
+                            self.metrics_log.write(row)
+                        tb.scalars({f"train/{k}": v for k, v in row.items()
+                                    if isinstance(v, float) and k != "seconds"}, row["epoch"])
+                        if self._sample_due():
+                            self._write_samples(tb, samples)
+                        bar.update(total, completed=row["epoch"])
+                        if mode == "plain":
+                            print(epoch_line(row, self.total_epochs), flush=True)
+                        if st.stage_index != index:
+                            break
+        finally:
+            tb.close()
+        return {"epochs": self.epochs_done, "stages": [s.name for s in self.stages],
+                "last": str(self.out_dir / "last.pt"), "history": list(st.history)}
+
+
+def epoch_line(row: dict, total_epochs: int) -> str:
+    """`epoch 3/20 [main 3/20]  g_gan 0.4812  l1 0.2210  d 0.2400  lr x1.00  12.3 s` for logs."""
+    skip = {"epoch", "stage", "stage_epoch", "steps", "pairs", "seconds", "lr_factor"}
+    parts = [f"epoch {row['epoch']}/{total_epochs} [{row['stage']} {row['stage_epoch']}]"]
+    parts += [f"{k} {v:.4f}" for k, v in row.items() if k not in skip and not k.startswith("lr_")
+              and isinstance(v, float)]
+    parts.append(f"lr x{row['lr_factor']:.3f}")
+    parts.append(f"{row['seconds']:.1f} s")
+    return "  ".join(parts)
