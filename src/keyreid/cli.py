@@ -10,6 +10,7 @@ from keyreid.commands import export as export_cmd
 from keyreid.commands import viz as viz_cmd
 from keyreid.commands import explain as explain_cmd
 from keyreid.commands import extract as extract_cmd
+from keyreid.commands import generate as generate_cmd
 from keyreid.commands import index as index_cmd
 from keyreid.commands import keypoints as keypoints_cmd
 from keyreid.commands import search as search_cmd
@@ -32,6 +33,7 @@ app.command("extract")(extract_cmd.extract)
 app.add_typer(index_cmd.app, name="index")
 app.command("search")(search_cmd.search)
 app.command("serve")(serve_cmd.serve)
+app.add_typer(generate_cmd.app, name="generate")
 
 
 _DEBUG = False
