@@ -10,7 +10,12 @@ Per checkpoint, one table of:
   of a visible true keypoint), against a pose prior that predicts every keypoint at its mean
   position, so that "localises" means better than knowing where a keypoint usually is;
 - for aacn: the share of each max-normalised part map's mass inside its rendered target (band or
-  box), against the same share for a uniform map (the target's area share).
+  box), against the same share for a uniform map (the target's area share);
+- a swap test of the part blocks of the embedding: block k of a query is replaced by block k of a
+  donor query of another identity (same slot) or by another block of the donor (other slot). If
+  the blocks are part-aligned, the same-slot swap moves the query towards the donor's gallery
+  images more than the other-slot swap does; if the parts are copies of one global feature, the
+  two moves are alike.
 """
 
 from __future__ import annotations
@@ -83,6 +88,53 @@ def attention_mass(maps: torch.Tensor, target: torch.Tensor, weights: torch.Tens
     return float(share[ok].mean()), float(area[ok].mean())
 
 
+def swap_test(eq: torch.Tensor, eg: torch.Tensor, query, gallery, start: int, block: int,
+              seed: int = 0) -> dict:
+    """Mean gain in cosine similarity to the donor's gallery images (and loss towards the query's
+    own) when one block of the post-BN query embedding comes from a donor of another identity,
+    into the same slot or into another slot, averaged over blocks and queries."""
+    qp = torch.tensor([s.pid for s in query])
+    gp = torch.tensor([s.pid for s in gallery])
+    g = torch.nn.functional.normalize(eg.float(), dim=1)
+    q = eq.float()
+    n = (q.shape[1] - start) // block
+    rng = np.random.default_rng(seed)
+    donor = torch.as_tensor(rng.permutation(len(q)))
+    ok = qp[donor] != qp
+    q, donor = q[ok], donor[ok]
+    qpid, dpid = qp[ok], qp[donor]
+    d = eq.float()[donor]
+    own = (gp[None, :] == qpid[:, None]).float()
+    dmask = (gp[None, :] == dpid[:, None]).float()
+
+    def sims(x):
+        s = torch.nn.functional.normalize(x, dim=1) @ g.T
+        return (s * dmask).sum(1) / dmask.sum(1).clamp_min(1), (s * own).sum(1) / own.sum(1).clamp_min(1)
+
+    base_d, base_o = sims(q)
+    full_d, full_o = sims(d)
+    same, other, same_o, other_o = [], [], [], []
+    shift = torch.as_tensor(rng.integers(1, n, size=len(q))) if n > 1 else torch.zeros(len(q), dtype=torch.long)
+    for k in range(n):
+        lo = start + k * block
+        x = q.clone()
+        x[:, lo:lo + block] = d[:, lo:lo + block]
+        sd, so = sims(x)
+        same.append(sd - base_d)
+        same_o.append(base_o - so)
+        y = q.clone()
+        src = start + ((k + shift) % n) * block
+        idx = src[:, None] + torch.arange(block)[None, :]
+        y[:, lo:lo + block] = torch.gather(d, 1, idx)
+        sd, so = sims(y)
+        other.append(sd - base_d)
+        other_o.append(base_o - so)
+    return {"blocks": n, "full swap gain": float((full_d - base_d).mean()),
+            "same-slot gain": float(torch.stack(same).mean()), "other-slot gain": float(torch.stack(other).mean()),
+            "same-slot loss (own)": float(torch.stack(same_o).mean()),
+            "other-slot loss (own)": float(torch.stack(other_o).mean())}
+
+
 def probe(ckpt: Path) -> list[str]:
     lm = load_model(ckpt, device="cpu")
     cfg = lm.config
@@ -110,6 +162,10 @@ def probe(ckpt: Path) -> list[str]:
         pq, pg = fq["part_features"], fg["part_features"]
         per = [metrics(pq[:, p].numpy(), pg[:, p].numpy(), query, gallery)["mAP"] for p in range(pq.shape[1])]
         lines += ["", "mAP of each part block alone (%): " + ", ".join(f"{100 * v:.1f}" for v in per)]
+        start = gdim or 0
+        sw = swap_test(fq["embedding"], fg["embedding"], query, gallery, start, pq.shape[2])
+        lines += ["", "swap test (cosine to the donor's gallery, x1000; per block, mean over blocks): " +
+                  ", ".join(f"{n} {1000 * v:.2f}" if n != "blocks" else f"{n} {v}" for n, v in sw.items())]
     hw = (cfg.data.height, cfg.data.width)
     if "heatmaps" in fq:
         kp = torch.cat([fq["keypoints"], fg["keypoints"]])

@@ -66,7 +66,7 @@ class AACNHead(nn.Module):
                  part_channels: int = 64, global_channels: int = 256, hidden: int = 128,
                  limb_sigma: float = 1.0, map_loss_weight: float = 1.0,
                  visibility_weighting: bool = True,
-                 map_init_std: Optional[float] = None):
+                 map_init_std: Optional[float] = None, detach_attention: bool = False):
         super().__init__()
         if skeleton is None:
             raise ValueError("the aacn head needs a keypoint skeleton (dataset with keypoints)")
@@ -80,6 +80,7 @@ class AACNHead(nn.Module):
         self.limb_sigma = limb_sigma
         self.map_loss_weight = map_loss_weight
         self.visibility_weighting = visibility_weighting
+        self.detach_attention = detach_attention
         self.global_dim = global_channels
         self.attention = nn.Sequential(nn.Conv2d(in_channels, hidden, 3, padding=1, bias=False),
                                        nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
@@ -104,6 +105,10 @@ class AACNHead(nn.Module):
         maps = self.attention(fmap)
         heatmaps, nonrigid, rigid = maps[:, :k], maps[:, k:k + n], maps[:, k + n:]
         parts_maps = torch.cat([nonrigid, rigid], 1).abs()                     # [B, P, h, w]
+        if self.detach_attention:
+            # the attention is learnt from the pose targets alone, as the slides' separately
+            # trained PPA: the re-ID losses use the maps but do not reshape them
+            parts_maps = parts_maps.detach()
         m = parts_maps / parts_maps.amax(dim=(-2, -1), keepdim=True).clamp_min(1e-6)
         f = self.reduce(fmap)                                                  # [B, c, h, w]
         parts = torch.einsum("bphw,bchw->bpc", m, f) / (f.shape[-1] * f.shape[-2])
