@@ -129,6 +129,8 @@ def check_gen_ranges(cfg: GenConfig) -> None:
         ("output_dir", cfg.output_dir, bool(cfg.output_dir.strip()), "a non-empty path"),
         ("method", cfg.method, bool(cfg.method.strip()), "a method name"),
         ("data.root", d.root, bool(d.root.strip()), "a non-empty path"),
+        ("data.min_keypoint_confidence", d.min_keypoint_confidence, 0 <= d.min_keypoint_confidence <= 1,
+         "in [0, 1]"),
         ("data.height", d.height, d.height >= 16 and d.height % 4 == 0, ">= 16 and divisible by 4"),
         ("data.width", d.width, d.width >= 16 and d.width % 4 == 0, ">= 16 and divisible by 4"),
         ("data.sigma", d.sigma, d.sigma is None or (math.isfinite(d.sigma) and d.sigma > 0),

@@ -42,7 +42,7 @@ from keyreid.config import Config, ConfigError, DataConfig
 from keyreid.data.datasets.base import relabel
 from keyreid.data.records import Sample
 from keyreid.engine.checkpoint import load_checkpoint, save_checkpoint
-from keyreid.engine.data import default_sidecar, prepare_data
+from keyreid.engine.data import prepare_data
 from keyreid.engine.logs import CSVLog, TensorBoard
 from keyreid.engine.run_folder import set_aside_previous_run
 from keyreid.errors import DataError, KeyreidError
@@ -245,18 +245,17 @@ class GanTrainer:
         d = self.cfg.data
         rc = Config(name=self.cfg.name, seed=self.cfg.seed, output_dir=self.cfg.output_dir, device="cpu",
                     data=DataConfig(dataset=d.dataset, root=d.root, options=dict(d.options),
-                                    sidecar=d.sidecar, height=d.height, width=d.width,
-                                    flip_prob=d.flip_prob, workers=d.workers,
+                                    sidecar=d.sidecar, min_keypoint_confidence=d.min_keypoint_confidence,
+                                    allow_missing_keypoints=d.allow_missing_keypoints,
+                                    height=d.height, width=d.width, flip_prob=d.flip_prob, workers=d.workers,
                                     val_identities=d.val_identities))
-        data = prepare_data(rc, need_keypoints=False)
+        # the method's need decides the sidecar checks: coverage of the training images, visible
+        # keypoints outside their image turned invisible
+        need = bool(getattr(method_cls, "needs_keypoints", True))
+        data = prepare_data(rc, need_keypoints=need, needed_by=f"method={self.cfg.method!r}")
         if data.skeleton is None:
             raise DataError(None, f"data.dataset={d.dataset!r} declares no keypoint skeleton; "
                                   "generation needs the person's pose")
-        if getattr(method_cls, "needs_keypoints", True) and not any(s.keypoints is not None for s in data.train):
-            sidecar = default_sidecar(rc)
-            raise DataError(None, f"method {self.cfg.method!r} needs keypoints but no training image of "
-                                  f"{d.root} has any (sidecar: {sidecar or 'none found'}); give "
-                                  "data.sidecar or run `keyreid keypoints estimate`")
         self.data = data
         self.train_samples: list[Sample] = data.train
         self.label_map = {int(k): int(v) for k, v in data.label_map.items()}
