@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import contextlib
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from keyreid.errors import KeyreidError
 from keyreid.generation.config import GenConfig
@@ -190,6 +192,57 @@ def test_render_takes_identity_from_source_and_attributes_from_other(reid_ckpt):
         method.render(x_s)
 
 
+# ---------------------------------------------------------------------------------- trainer
+
+class Killed(Exception):
+    pass
+
+
+def test_kill_and_resume_is_bit_identical_and_the_checkpoint_renders(tiny_synth, tmp_path, monkeypatch):
+    """Through GanTrainer at 32x16: killed in the middle of epoch 2 and resumed gives the straight
+    run's weights bit for bit (the reparameterisation noise comes from the checkpointed RNG), and
+    load_generator's method renders what the trained one does."""
+    from keyreid.generation.config import load_gen_config
+    from keyreid.generation.trainer import GanTrainer, load_generator
+
+    reid = tiny_checkpoint(tmp_path / "reid.pt", "bnneck", height=H, width=W)
+
+    def cfg(out):
+        return load_gen_config(None, [f"data.root={tiny_synth}", f"output_dir={out}", "method=ipgan",
+                                      f"reid_checkpoint={reid}", "device=cpu", f"data.height={H}",
+                                      f"data.width={W}", "data.batch_size=8", "data.workers=0",
+                                      "data.max_pairs_per_epoch=24", "optim.epochs=1", "optim.decay_epochs=1",
+                                      "log.sample_count=4", "log.tensorboard=false",
+                                      "method_options={z_dim: 8, channels: 8}"])
+
+    GanTrainer(cfg(tmp_path / "straight"), show_progress=False).fit()
+    straight = torch.load(tmp_path / "straight" / "last.pt", weights_only=False)["method_state"]
+
+    real_step = IPGAN.train_step
+
+    def dying_step(self, batch, ctx):
+        if (ctx.epoch, ctx.step_index) == (1, 1):
+            raise Killed()
+        return real_step(self, batch, ctx)
+
+    monkeypatch.setattr(IPGAN, "train_step", dying_step)
+    with pytest.raises(Killed):
+        GanTrainer(cfg(tmp_path / "killed"), show_progress=False).fit()
+    mid = torch.load(tmp_path / "killed" / "last.pt", weights_only=False)
+    assert mid["epoch"] == 1 and not all(torch.equal(mid["method_state"][k], v) for k, v in straight.items())
+    monkeypatch.setattr(IPGAN, "train_step", real_step)
+    GanTrainer(cfg(tmp_path / "killed"), show_progress=False).fit()
+    resumed = torch.load(tmp_path / "killed" / "last.pt", weights_only=False)["method_state"]
+    assert set(resumed) == set(straight) and all(torch.equal(resumed[k], v) for k, v in straight.items())
+    assert any(k.startswith("identity.") for k in straight)      # the encoder travels with the GAN
+
+    method, _ = load_generator(tmp_path / "straight" / "last.pt")
+    x = torch.rand(2, 3, H, W) * 2 - 1
+    expected = method.gen(method.identity(x)[0], method.attr(x.flip(0))[0])
+    torch.testing.assert_close(method.render(x, other=x.flip(0)), expected)
+    assert (tmp_path / "straight" / "samples" / "epoch_002.png").is_file()
+
+
 # ---------------------------------------------------------------------------------- short training
 
 def test_short_training_swaps_follow_the_attribute_image(tiny_synth, tmp_path):
@@ -250,3 +303,68 @@ def test_short_training_swaps_follow_the_attribute_image(tiny_synth, tmp_path):
     assert (full_b < full_a).float().mean() >= 0.75
     assert pose_b.mean() < 0.85 * pose_a.mean()
     assert (pose_a - pose_b).mean() > (before[3] - before[2]).mean() + 0.03
+
+
+# ---------------------------------------------------------------------------------- evaluation
+
+class CopyMethod(torch.nn.Module):
+    """A stand-in generator that returns one of its inputs: the measurements' fixed points."""
+
+    def __init__(self, which: str):
+        super().__init__()
+        self.which = which
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+        self.info = DataInfo(skeleton=OPENPOSE18, num_classes=1, height=H, width=W)
+
+    def render(self, source, target_kp=None, other=None):
+        return (other if self.which == "attributes" else source).clone()
+
+
+def test_swap_measurements_of_copying_either_input(tiny_synth, tmp_path):
+    from keyreid.data.synthetic import SynthScenes
+    from keyreid.generation.ipgan_eval import measure_swaps, swap_pairs
+
+    scenes = SynthScenes(tiny_synth)
+    pairs = swap_pairs(scenes, "query", 6, seed=0)
+    assert all(scenes.pid(a) != scenes.pid(b) for a, b in pairs)
+    probe = tiny_checkpoint(tmp_path / "kae.pt", "kae", height=H, width=W, group_channels=4, global_channels=8)
+    copy_b, _ = measure_swaps(CopyMethod("attributes"), tiny_synth, pairs, H, W, probe_checkpoint=probe)
+    copy_a, images = measure_swaps(CopyMethod("identity"), tiny_synth, pairs, H, W, probe_checkpoint=probe)
+    assert copy_b["full_l1"]["generated vs attribute image"] == 0.0
+    assert copy_a["full_l1"]["generated vs identity image"] == 0.0
+    assert copy_b["person_l1"]["generated"] == copy_b["person_l1"]["attribute image (control)"]
+    assert copy_a["person_l1"]["generated"] == copy_a["person_l1"]["identity image (control)"]
+    kb = copy_b["keypoints"]
+    assert kb["pck vs attribute image"] == kb["probe on real attribute images (ceiling), pck"]
+    assert copy_b["keypoints"]["mean px to attribute image"] != copy_a["keypoints"]["mean px to attribute image"]
+    assert list(images) == ["identity", "attributes", "generated", "ground truth"]
+    torch.testing.assert_close(images["generated"], images["identity"])
+
+
+def test_augmented_set_adds_one_swap_per_image_with_the_attribute_keypoints(tiny_synth, tmp_path):
+    from keyreid.data.datasets import build_dataset
+    from keyreid.generation.ipgan_eval import write_augmented_set
+
+    real = build_dataset("market1501", tiny_synth, keypoints=tiny_synth / "keypoints.jsonl")
+    excluded = sorted({s.pid for s in real.train})[:2]
+    summary = write_augmented_set(CopyMethod("attributes"), tiny_synth, tmp_path / "aug", seed=0,
+                                  exclude_pids=excluded)
+    kept = [s for s in real.train if s.pid not in excluded]
+    assert summary["generated"] == len(kept)
+    aug = build_dataset("market1501", tmp_path / "aug", keypoints=tmp_path / "aug" / "keypoints.jsonl")
+    assert len(aug.train) == len(real.train) + len(kept)
+    assert len(aug.query) == len(real.query) and len(aug.gallery) == len(real.gallery)
+    made = [s for s in aug.train if s.meta["frame"] >= 900000]
+    assert {s.pid for s in made} == {s.pid for s in kept}             # every kept identity, no excluded one
+    # the copy method returns the attribute image: its keypoints (scaled to 32x16) came along
+    by_name = {Path(s.path).name: s for s in real.train}
+    made_by_name = {Path(s.path).name: s for s in made}
+    for name, identity, attributes in summary["swaps"]:
+        assert made_by_name[name].pid == by_name[identity].pid != by_name[attributes].pid
+        b = by_name[attributes].keypoints           # 128x64 -> 32x16, pixel centres
+        expected = np.stack([(b[:, 0] + 0.5) / 4 - 0.5, (b[:, 1] + 0.5) / 4 - 0.5, b[:, 2]], 1)
+        got = made_by_name[name].keypoints
+        vis = got[:, 2] > 0
+        assert vis.any() and np.allclose(got[vis, :2], expected[vis, :2], atol=2e-3)
+    assert np.asarray(Image.open(made[0].path)).shape == (H, W, 3)
+    assert write_augmented_set(CopyMethod("attributes"), tiny_synth, tmp_path / "aug", seed=0) == summary
