@@ -33,76 +33,78 @@ class Killed(Exception):
     pass
 
 
+class FakeMethod(GenerationMethod):
+    """G: 1 conv on concat(source, target skeleton); D: 1 conv. Option two_stage: stage "A"
+    (1 epoch, both train) then stage "B" (1 + 1 decay epochs) where G is frozen."""
+
+    uses_pose_maps = False
+
+    def __init__(self, cfg, info):
+        super().__init__(cfg, info)
+        self.gen = nn.Conv2d(6, 3, 3, padding=1)
+        self.disc = nn.Conv2d(3, 1, 3, padding=1)
+        self.two_stage = bool(cfg.method_options.get("two_stage", False))
+        self.stage_name = "main"
+
+    def stages(self):
+        if self.two_stage:
+            return [Stage("A", 1), Stage("B", 1, 1)]
+        return super().stages()
+
+    def begin_stage(self, stage):
+        self.stage_name = stage.name
+        self.gen.requires_grad_(stage.name != "B")
+
+    def optimizers(self, stage):
+        out = {"discriminator": torch.optim.Adam(self.disc.parameters(), lr=1e-2, betas=(0.5, 0.999))}
+        if stage.name != "B":
+            out["generator"] = torch.optim.Adam(self.gen.parameters(), lr=1e-2, betas=(0.5, 0.999))
+        return out
+
+    def generate(self, source, pose):
+        return torch.tanh(self.gen(torch.cat([source, pose], 1)))
+
+    def train_step(self, batch, ctx: StepContext):
+        where = (ctx.stage.name, ctx.epoch, ctx.step_index)
+        if KILL["at"] == where:
+            raise Killed(str(where))
+        src, tgt, pose = batch["source"], batch["target"], batch["target_skeleton"]
+        with ctx.autocast():  # noise from the global RNG (as FD-GAN's G): resume must restore it
+            fake = self.generate(src + 0.1 * torch.randn_like(src), pose)
+        out = {}
+        if "generator" in ctx.optimizers:
+            g = F.l1_loss(fake, tgt) + 0.1 * ((self.disc(fake) - 1) ** 2).mean()
+            ctx.backward(g)
+            ctx.step("generator")
+            out["g"] = float(g.detach())
+        self.disc.zero_grad(set_to_none=True)
+        d = 0.5 * (((self.disc(tgt) - 1) ** 2).mean() + (self.disc(fake.detach()) ** 2).mean())
+        ctx.backward(d)
+        ctx.step("discriminator")
+        out["d"] = float("nan") if NAN["at"] == where else float(d.detach())
+        return out
+
+    @torch.no_grad()
+    def sample(self, batch):
+        return {"source": batch["source"], "target pose": batch["target_skeleton"],
+                "generated": self.generate(batch["source"], batch["target_skeleton"]),
+                "ground truth": batch["target"]}
+
+    def card(self):
+        return {"canonical_poses": [], "note": "fake"}
+
+    @torch.no_grad()
+    def render(self, source, target_kp=None, other=None):
+        from keyreid.generation.pose import skeleton_image, to_unit_range
+
+        h, w = source.shape[-2:]
+        pose = torch.stack([to_unit_range(skeleton_image(k.numpy(), self.info.skeleton, h, w))
+                            for k in target_kp])
+        return self.generate(source, pose)
+
+
 if "test_fake" not in GENERATION_METHODS:
-    @register_method("test_fake")
-    class FakeMethod(GenerationMethod):
-        """G: 1 conv on concat(source, target skeleton); D: 1 conv. Option two_stage: stage "A"
-        (1 epoch, both train) then stage "B" (1 + 1 decay epochs) where G is frozen."""
-
-        uses_pose_maps = False
-
-        def __init__(self, cfg, info):
-            super().__init__(cfg, info)
-            self.gen = nn.Conv2d(6, 3, 3, padding=1)
-            self.disc = nn.Conv2d(3, 1, 3, padding=1)
-            self.two_stage = bool(cfg.method_options.get("two_stage", False))
-            self.stage_name = "main"
-
-        def stages(self):
-            if self.two_stage:
-                return [Stage("A", 1), Stage("B", 1, 1)]
-            return super().stages()
-
-        def begin_stage(self, stage):
-            self.stage_name = stage.name
-            self.gen.requires_grad_(stage.name != "B")
-
-        def optimizers(self, stage):
-            out = {"discriminator": torch.optim.Adam(self.disc.parameters(), lr=1e-2, betas=(0.5, 0.999))}
-            if stage.name != "B":
-                out["generator"] = torch.optim.Adam(self.gen.parameters(), lr=1e-2, betas=(0.5, 0.999))
-            return out
-
-        def generate(self, source, pose):
-            return torch.tanh(self.gen(torch.cat([source, pose], 1)))
-
-        def train_step(self, batch, ctx: StepContext):
-            where = (ctx.stage.name, ctx.epoch, ctx.step_index)
-            if KILL["at"] == where:
-                raise Killed(str(where))
-            src, tgt, pose = batch["source"], batch["target"], batch["target_skeleton"]
-            with ctx.autocast():  # noise from the global RNG (as FD-GAN's G): resume must restore it
-                fake = self.generate(src + 0.1 * torch.randn_like(src), pose)
-            out = {}
-            if "generator" in ctx.optimizers:
-                g = F.l1_loss(fake, tgt) + 0.1 * ((self.disc(fake) - 1) ** 2).mean()
-                ctx.backward(g)
-                ctx.step("generator")
-                out["g"] = float(g.detach())
-            self.disc.zero_grad(set_to_none=True)
-            d = 0.5 * (((self.disc(tgt) - 1) ** 2).mean() + (self.disc(fake.detach()) ** 2).mean())
-            ctx.backward(d)
-            ctx.step("discriminator")
-            out["d"] = float("nan") if NAN["at"] == where else float(d.detach())
-            return out
-
-        @torch.no_grad()
-        def sample(self, batch):
-            return {"source": batch["source"], "target pose": batch["target_skeleton"],
-                    "generated": self.generate(batch["source"], batch["target_skeleton"]),
-                    "ground truth": batch["target"]}
-
-        def card(self):
-            return {"canonical_poses": [], "note": "fake"}
-
-        @torch.no_grad()
-        def render(self, source, target_kp=None, other=None):
-            from keyreid.generation.pose import skeleton_image, to_unit_range
-
-            h, w = source.shape[-2:]
-            pose = torch.stack([to_unit_range(skeleton_image(k.numpy(), self.info.skeleton, h, w))
-                                for k in target_kp])
-            return self.generate(source, pose)
+    register_method("test_fake")(FakeMethod)
 
 
 @pytest.fixture(scope="module")

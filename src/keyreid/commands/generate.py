@@ -121,9 +121,9 @@ def poses(root: Path = typer.Argument(..., help="Dataset root."),
     if not side.is_file():
         raise DataError(side, "keypoint sidecar not found; give --sidecar or run `keyreid keypoints estimate`")
     ds = build_dataset(dataset, root)
-    if not ds.skeleton:
-        raise DataError(root, f"dataset {dataset!r} declares no keypoint skeleton")
     ds.attach_keypoints(side, require_all=False)
+    if not ds.skeleton:
+        raise DataError(side, "the sidecar names no keypoint skeleton")
     from keyreid.generation.canonical import canonical_from_samples, write_canonical
 
     canonical = canonical_from_samples(ds.train, get_skeleton(ds.skeleton), k=k, seed=seed)

@@ -191,6 +191,7 @@ class GanTrainer:
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.is_main = self.rank == 0
+        method_cls = GENERATION_METHODS.get(cfg.method)  # an unknown name first: the plainest mistake
         self.device = resolve_device(cfg.device)
         if self.world_size > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
@@ -207,7 +208,6 @@ class GanTrainer:
         self.config_changes = check_gen_resume_config(checkpoint.get("config") if checkpoint else None,
                                                       cfg, last, allow_config_change)
 
-        method_cls = GENERATION_METHODS.get(cfg.method)
         self._prepare_data(method_cls)
         self.method: GenerationMethod = method_cls(cfg, self.info)
         self.stages: list[Stage] = list(self.method.stages())
