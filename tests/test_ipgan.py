@@ -242,6 +242,29 @@ def test_kill_and_resume_is_bit_identical_and_the_checkpoint_renders(tiny_synth,
     torch.testing.assert_close(method.render(x, other=x.flip(0)), expected)
     assert (tmp_path / "straight" / "samples" / "epoch_002.png").is_file()
 
+    # `keyreid generate render CKPT IDENTITY --other ATTRIBUTES`: identity from the first image,
+    # pose and background from the second; without --other one error line, exit 2
+    import sys
+
+    from keyreid import cli
+    from keyreid.generation.load import read_model_image
+    from keyreid.generation.pose import from_unit_range
+
+    a, b = sorted((tiny_synth / "query").glob("*.jpg"))[:2]
+    ckpt, png = tmp_path / "straight" / "last.pt", tmp_path / "swap.png"
+
+    def run(*args):
+        monkeypatch.setattr(sys, "argv", ["keyreid", "generate", "render", str(ckpt), *map(str, args)])
+        monkeypatch.setenv("KEYREID_PROGRESS", "plain")
+        with pytest.raises(SystemExit) as exc:
+            cli.main()
+        return exc.value.code or 0
+
+    assert run(a, "--other", b, "-o", png) == 0
+    want = from_unit_range(method.render(read_model_image(a, H, W)[0], other=read_model_image(b, H, W)[0]))[0]
+    assert np.array_equal(np.asarray(Image.open(png)), want)
+    assert run(a, "-o", tmp_path / "none.png") == 2 and not (tmp_path / "none.png").exists()
+
 
 # ---------------------------------------------------------------------------------- short training
 
