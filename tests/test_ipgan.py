@@ -391,3 +391,16 @@ def test_augmented_set_adds_one_swap_per_image_with_the_attribute_keypoints(tiny
         assert vis.any() and np.allclose(got[vis, :2], expected[vis, :2], atol=2e-3)
     assert np.asarray(Image.open(made[0].path)).shape == (H, W, 3)
     assert write_augmented_set(CopyMethod("attributes"), tiny_synth, tmp_path / "aug", seed=0) == summary
+
+
+def test_a_missing_identity_encoder_is_one_clear_config_error(tmp_path):
+    from keyreid.config import ConfigError
+
+    info = DataInfo(skeleton=OPENPOSE18, num_classes=2, height=H, width=W, train_pids=[0, 1])
+    with pytest.raises(ConfigError, match="reid_checkpoint: IP-GAN needs"):
+        IPGAN(GenConfig(method="ipgan"), info)
+    with pytest.raises(ConfigError, match="not found"):
+        IPGAN(GenConfig(method="ipgan", reid_checkpoint=str(tmp_path / "nope.pt")), info)
+    with pytest.raises(ConfigError, match="unknown key"):
+        IPGAN(GenConfig(method="ipgan", reid_checkpoint=str(tmp_path / "nope.pt"),
+                        method_options={"kl": 1.0}), info)

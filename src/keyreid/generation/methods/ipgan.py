@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
@@ -153,6 +154,12 @@ class IPGAN(GenerationMethod):
         if not cfg.reid_checkpoint:
             raise ConfigError("reid_checkpoint: IP-GAN needs a trained keyreid re-ID checkpoint as its "
                               "identity encoder (set reid_checkpoint=PATH/best.pt)")
+        if not Path(cfg.reid_checkpoint).is_file():
+            # also when a trained IP-GAN is loaded: the encoder's architecture comes from this file
+            # (its weights from the GAN checkpoint)
+            raise ConfigError(f"reid_checkpoint: {cfg.reid_checkpoint} not found; IP-GAN builds its identity "
+                              "encoder from this keyreid re-ID checkpoint (configs/generation/ipgan_demo.yaml "
+                              "uses the kae model `make demo` trains)")
         o, h, w = self.opts, info.height, info.width
         self.identity = IdentityEncoder(cfg.reid_checkpoint, o.identity_vector)
         self.attr = AttributeEncoder(h, w, o.z_dim, o.channels)
