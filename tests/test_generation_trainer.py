@@ -7,6 +7,7 @@ discriminator) keeps these tests independent of the real methods."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 
 import numpy as np
@@ -366,3 +367,62 @@ def test_amp_context_is_a_no_op_on_cpu_and_steps_by_name():
     assert step <= (0.5 * 0.1) ** 2 + 1e-9                # clipped to norm 0.1, lr 0.5
     with pytest.raises(KeyError, match="'other'"):
         ctx.step("other")
+
+
+# ------------------------------------------------------------------------------------ DDP
+
+DDP_SCRIPT = '''
+import json, os, sys
+from pathlib import Path
+import torch
+torch.set_num_threads(1)
+sys.path.insert(0, sys.argv[1])
+from test_generation_trainer import FakeMethod
+from keyreid.generation.method import register_method
+seen = []
+
+@register_method("test_fake_ddp")
+class Recording(FakeMethod):
+    def train_step(self, batch, ctx):
+        seen.append([ctx.epoch, batch["source_index"].tolist(), batch["target_index"].tolist()])
+        return super().train_step(batch, ctx)
+
+from keyreid.generation.config import load_gen_config
+from keyreid.generation.trainer import GanTrainer
+cfg = load_gen_config(None, sys.argv[3:])
+trainer = GanTrainer(cfg, show_progress=False)
+trainer.fit()
+rank, out = int(os.environ["RANK"]), Path(sys.argv[2])
+with trainer.bare_networks():
+    torch.save(trainer.method.state_dict(), out / f"rank{rank}.pt")
+(out / f"seen{rank}.json").write_text(json.dumps(seen))
+'''
+
+
+def test_torchrun_two_cpu_ranks_split_the_pairs_and_stay_in_sync(synth_root, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "ddp_train.py"
+    script.write_text(DDP_SCRIPT)
+    out = tmp_path / "run"
+    sets = [f"data.root={synth_root}", f"output_dir={out}", "method=test_fake_ddp", "device=cpu",
+            "data.height=32", "data.width=16", "data.batch_size=4", "data.workers=0", "optim.epochs=1",
+            "optim.decay_epochs=1", "log.sample_count=2", "log.tensorboard=false"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "KEYREID_PROGRESS": "off"}
+    torchrun = Path(sys.executable).parent / "torchrun"
+    r = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", str(script),
+                        str(Path(__file__).parent), str(tmp_path), *sets],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    w0, w1 = (torch.load(tmp_path / f"rank{k}.pt") for k in range(2))
+    assert same_weights(w0, w1)                                   # gradients all-reduced
+    assert same_weights(w0, weights(out)[1])                     # rank 0 wrote last.pt
+    seen = [json.loads((tmp_path / f"seen{k}.json").read_text()) for k in range(2)]
+    for epoch in range(2):
+        pairs = [{(s, t) for e, src, tgt in ranks if e == epoch for s, t in zip(src, tgt)} for ranks in seen]
+        assert len(pairs[0]) == len(pairs[1]) == 12 and not pairs[0] & pairs[1]   # 24 pairs, disjoint halves
+    assert [b[1] for b in seen[0] if b[0] == 0] != [b[1] for b in seen[0] if b[0] == 1]   # reshuffled per epoch
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert [r["steps"] for r in rows] == ["3", "3"]              # 12 pairs per rank in batches of 4
