@@ -426,3 +426,30 @@ def test_torchrun_two_cpu_ranks_split_the_pairs_and_stay_in_sync(synth_root, tmp
     assert [b[1] for b in seen[0] if b[0] == 0] != [b[1] for b in seen[0] if b[0] == 1]   # reshuffled per epoch
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     assert [r["steps"] for r in rows] == ["3", "3"]              # 12 pairs per rank in batches of 4
+
+
+def test_loss_scaling_path_steps_like_plain_fp32_and_allows_a_second_step():
+    """The GradScaler path of StepContext (fp16 AMP on a GPU), run on CPU with a CPU scaler: a
+    power-of-two scale unscales exactly, so clipped steps equal the unscaled ones; an optimizer
+    stepped twice in one train_step gets an update() in between instead of torch's error."""
+    def run(scaler):
+        torch.manual_seed(0)
+        g, d = nn.Linear(3, 2), nn.Linear(2, 1)
+        opts = {"g": torch.optim.SGD(g.parameters(), lr=0.1), "d": torch.optim.SGD(d.parameters(), lr=0.1)}
+        x = torch.randn(4, 3)
+        for _ in range(2):
+            ctx = StepContext(torch.device("cpu"), opts, scaler=scaler, grad_clip=0.5)
+            ctx.backward(d(g(x)).pow(2).mean())
+            ctx.step("g")
+            ctx.backward(d(g(x).detach()).mean())
+            ctx.step("d")
+            ctx.backward(d(g(x)).pow(2).mean())
+            ctx.step("g")                         # the same optimizer again
+            ctx.update()
+        return [p.detach().clone() for p in (*g.parameters(), *d.parameters())]
+
+    plain = run(None)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
+    scaled = run(scaler)
+    assert all(torch.equal(a, b) for a, b in zip(plain, scaled))
+    assert scaler.get_scale() == 2.0 ** 10        # no overflow: the scale stayed
