@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,17 @@ class _Copy(torch.nn.Module):
         return (source if self.give == "source" else other).clone()
 
 
-def test_generation_demo_measures_reports_and_resumes(tiny_synth, tmp_path):
+@pytest.fixture(scope="module")
+def reid_runs(tiny_synth, tmp_path_factory) -> Path:
+    """OUTPUT with the default demo's kae and bnneck runs at toy size (seed 3)."""
+    out = tmp_path_factory.mktemp("demo")
+    for name in ("kae", "bnneck"):
+        G.demo_reid_run(name, out, tiny_synth, 3, TOY)
+    return out
+
+
+def test_generation_demo_measures_reports_and_resumes(tiny_synth, reid_runs):
+    tmp_path = reid_runs
     trained = []
 
     def fake_train(method, out, data_root, seed, reid_checkpoint, overrides, show_progress):
@@ -100,3 +111,24 @@ def test_demo_suite_option(tmp_path):
     assert result.exit_code != 0 and "nosuch" in (result.output + str(result.exception))
     with pytest.raises(Exception, match="unknown generation method"):
         G.run_generation_demo(tmp_path, tmp_path / "data", methods=["stylegan"])
+
+
+def test_generation_demo_trains_a_real_method_at_toy_size(tiny_synth, reid_runs, tmp_path):
+    """PN-GAN through the real trainer and loader (tiny nets, 8 pairs, one epoch)."""
+    for name in ("kae", "bnneck"):
+        shutil.copytree(reid_runs / "seed3" / name, tmp_path / "seed3" / name)
+    tiny = ["method_options.ngf=8", "method_options.n_blocks=1", "method_options.ndf=8", "data.max_pairs_per_epoch=8",
+            "data.batch_size=4", "data.workers=0", "optim.epochs=1", "optim.decay_epochs=0", "log.sample_count=2",
+            "log.tensorboard=false", "device=cpu"]
+    (r,) = G.run_generation_demo(tmp_path, tiny_synth, seed=3, methods=["pngan"], gen_overrides=tiny, pairs=6,
+                                 show_progress=False, report=False)
+    n = r.numbers
+    assert r.checkpoint == tmp_path / "seed3" / "generation" / "pngan" / "last.pt" and r.checkpoint.is_file()
+    assert torch.load(r.checkpoint, map_location="cpu", weights_only=False)["format"] == "keyreid-gan"
+    assert 0 < n["l1_gt"] < 1 and 0 < n["l1_source"] < 1 and -1 <= n["ssim_gt"] <= 1
+    assert n["train_seconds"] > 0 and n["pairs"] == 6
+    assert r.grid.is_file()
+    stamp = r.checkpoint.stat().st_mtime_ns
+    (again,) = G.run_generation_demo(tmp_path, tiny_synth, seed=3, methods=["pngan"], gen_overrides=tiny, pairs=6,
+                                     show_progress=False, report=False)
+    assert again.numbers == n and r.checkpoint.stat().st_mtime_ns == stamp

@@ -75,9 +75,16 @@ def demo_reid_run(name: str, output: Path, data_root: Path, seed: int, overrides
     return best
 
 
-def _timing(out: Path) -> dict:
-    path = out / "demo_timing.json"
-    return json.loads(path.read_text()) if path.is_file() else {"train_seconds": 0.0}
+def trained_seconds(out: Path) -> Optional[float]:
+    """Sum of the trainer's per-epoch seconds (OUT/metrics.csv), across resumes; None without a log."""
+    import csv
+
+    log = out / "metrics.csv"
+    if not log.is_file():
+        return None
+    with log.open(newline="") as f:
+        secs = [float(r["seconds"]) for r in csv.DictReader(f) if r.get("seconds")]
+    return sum(secs) if secs else None
 
 
 def train_generator(method: str, out: Path, data_root: Path, seed: int, reid_checkpoint: Path,
@@ -93,10 +100,8 @@ def train_generator(method: str, out: Path, data_root: Path, seed: int, reid_che
     console.rule(f"[bold]{method}")
     t0 = time.time()
     GanTrainer(cfg, resume=True, show_progress=show_progress).fit()
-    timing = _timing(out)
-    timing["train_seconds"] += time.time() - t0  # every call's wall time, resumed runs included
-    atomic_write_text(out / "demo_timing.json", json.dumps(timing, indent=2))
-    return out / "last.pt", timing["train_seconds"]
+    seconds = trained_seconds(out)
+    return out / "last.pt", time.time() - t0 if seconds is None else seconds
 
 
 def save_transfer_grid(path: Path, scenes, pairs: Sequence[tuple[str, str]], generated: np.ndarray,
