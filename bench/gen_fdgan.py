@@ -50,6 +50,7 @@ WORK = Path("runs/bench/gen_fdgan")
 QUALITY_PAIRS = 256
 GRID_ROWS = 8
 VARIANTS = {"siamese": [], "kae": ["method_options.encoder=kae"]}
+EXTRA: list[str] = []          # --set overrides for every GAN run (smoke tests at a tiny size)
 
 
 def _tag(seed: int, data_root: Path) -> str:
@@ -79,7 +80,7 @@ def gan_config(variant: str, seed: int, data_root: Path):
 
     return load_gen_config(GEN_CONFIG, [*VARIANTS[variant], f"seed={seed}", f"data.root={data_root}",
                                         f"output_dir={gan_dir(variant, seed, data_root)}",
-                                        f"name=fdgan_demo_{variant}"])
+                                        f"name=fdgan_demo_{variant}", *EXTRA])
 
 
 def stage_seconds(variant: str, seed: int, data_root: Path) -> dict[str, float]:
@@ -184,7 +185,7 @@ def reid_checkpoints(seed: int, data_root: Path) -> dict[str, Path]:
     return {name: out / f"seed{seed}" / name / "best.pt" for name in ("bnneck", "kae")}
 
 
-def probe(seed: int, data_root: Path, variants) -> dict:
+def probe(seed: int, data_root: Path, variants, heads: bool = True) -> dict:
     """Pose-probe numbers per feature source (cached per source)."""
     from keyreid.generation.fdgan_eval import encoder_features, pose_probe
     from keyreid.inference import load_model
@@ -225,9 +226,10 @@ def probe(seed: int, data_root: Path, variants) -> dict:
         return _json(work / "imagenet.json", make)
 
     out["ImageNet backbone, untrained"] = imagenet()
-    ckpts = reid_checkpoints(seed, data_root)
-    out["bnneck (demo)"] = keyreid_model(ckpts["bnneck"], "bnneck")
-    out["kae (demo)"] = keyreid_model(ckpts["kae"], "kae")
+    if heads:
+        ckpts = reid_checkpoints(seed, data_root)
+        out["bnneck (demo)"] = keyreid_model(ckpts["bnneck"], "bnneck")
+        out["kae (demo)"] = keyreid_model(ckpts["kae"], "kae")
     for variant in variants:
         for stage, which in (("stage I", "stage I"), ("stage III", "final")):
             def make(variant=variant, which=which) -> dict:
@@ -324,7 +326,12 @@ def main() -> None:
     ap.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--only", choices=("reid", "probe", "quality"))
+    ap.add_argument("--set", dest="overrides", action="append", default=[],
+                    help="extra key=value for the GAN runs (a smoke test at a tiny size)")
+    ap.add_argument("--no-heads", action="store_true",
+                    help="probe without the demo's bnneck / kae runs (and no quality)")
     args = ap.parse_args()
+    EXTRA.extend(args.overrides)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     t0 = time.time()
     reids, probes = {}, {}
@@ -333,9 +340,9 @@ def main() -> None:
             reids[v] = reid(v, args.seed, args.data_root)
             print(f"[{time.time() - t0:.0f} s] re-ID {v}: {json.dumps(reids[v])}", flush=True)
     if args.only in (None, "probe"):
-        probes = probe(args.seed, args.data_root, args.variants)
+        probes = probe(args.seed, args.data_root, args.variants, heads=not args.no_heads)
         print(f"[{time.time() - t0:.0f} s] probe: {json.dumps(probes)}", flush=True)
-    if args.only in (None, "quality"):
+    if args.only in (None, "quality") and not args.no_heads:
         q = quality(args.seed, args.data_root, work_dir(args.seed, args.data_root) / "quality")
         print(f"[{time.time() - t0:.0f} s] quality: {json.dumps(q)}", flush=True)
     base = None
