@@ -37,13 +37,20 @@ console = Console()
 
 GEN_METHODS = ("pngan", "fdgan", "ipgan")
 GEN_CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs" / "generation"
-# per method: overrides of its <method>_demo.yaml so that the suite (kae + bnneck ~8 min when the
-# default demo has not made them, the three methods, ~1 min of measuring) stays under 30 minutes
-# on 2 cores
+# per method: overrides of its <method>_demo.yaml so that the whole suite stays under 30 minutes on
+# 2 cores. Measured single-thread CPU seconds per training pair (no loader workers, 2026-11-23):
+# PN-GAN 0.13; IP-GAN 0.039; FD-GAN stage I 0.05, stage II 0.19, stage III 0.5 (small runs, so
+# per-epoch overhead included). Each budget below is ~7 single-core minutes (PN-GAN 2 + 2 epochs
+# of 800 pairs: 3,200 pairs; IP-GAN 3 + 2 epochs of every training image: ~11,900; FD-GAN stage I
+# 4 epochs of 1,200, II 1 + 1 and III 1 + 1 epochs of 160), about a third of each *_demo.yaml
+# (bench/generation.py trains those), plus kae and bnneck (~7 min when `keyreid demo` has not
+# made them) and ~2 min of measuring.
 GEN_DEMO_BUDGET: dict[str, list[str]] = {
-    "pngan": [],
-    "fdgan": [],
-    "ipgan": [],
+    "pngan": ["optim.epochs=2", "optim.decay_epochs=2", "data.max_pairs_per_epoch=800"],
+    "fdgan": ["method_options.stage1_epochs=4", "method_options.stage1_step=3", "method_options.stage2_epochs=1",
+              "method_options.stage2_decay_epochs=1", "method_options.stage3_epochs=1",
+              "method_options.stage3_decay_epochs=1", "method_options.gan_pairs_per_epoch=160"],
+    "ipgan": ["optim.epochs=3", "optim.decay_epochs=2"],
 }
 TRANSFER_PAIRS = 200
 GRID_ROWS = 8
