@@ -23,7 +23,8 @@ def demo(output: Path = typer.Option(Path("runs/demo"), help="Where runs and the
                                    "PN-GAN, FD-GAN, IP-GAN measured against the synthetic ground truth "
                                    "(reuses the default suite's kae and bnneck runs)."),
          ) -> None:
-    """Generate the synthetic benchmark, train bnneck / kae / kae + adaptive L2, evaluate, report."""
+    """Generate the synthetic benchmark, train bnneck / kae / kae + adaptive L2, evaluate, report
+    (--suite generation: PN-GAN, FD-GAN and IP-GAN against the synthetic ground truth)."""
     if suite not in SUITES:
         raise KeyreidError(f"--suite: unknown suite {suite!r}; one of {', '.join(SUITES)}")
     if suite == "generation":
