@@ -355,6 +355,8 @@ def test_swap_measurements_of_copying_either_input(tiny_synth, tmp_path):
     copy_a, images = measure_swaps(CopyMethod("identity"), tiny_synth, pairs, H, W, probe_checkpoint=probe)
     assert copy_b["full_l1"]["generated vs attribute image"] == 0.0
     assert copy_a["full_l1"]["generated vs identity image"] == 0.0
+    assert copy_b["silhouette_l1"]["generated vs attribute image"] == 0.0
+    assert copy_b["silhouette_l1"]["generated vs identity image"] > 0.05
     assert copy_b["person_l1"]["generated"] == copy_b["person_l1"]["attribute image (control)"]
     assert copy_a["person_l1"]["generated"] == copy_a["person_l1"]["identity image (control)"]
     kb = copy_b["keypoints"]

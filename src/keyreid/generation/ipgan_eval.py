@@ -18,7 +18,9 @@ identities (open set: the generator never saw them):
   So the comparison that means something is INSIDE the person (the ground truth's mask): L1 / SSIM
   of x' vs transfer(A, B) on its mask, next to two controls on the same pixels, B's real image
   (right pose, wrong person: what copying the attribute image scores) and A's real image (right
-  person, wrong pose). Full-image numbers are given against B's real image (the background x'
+  person, wrong pose). Where the two silhouettes differ (A's person xor B's: the pixels whose
+  content depends on whose pose is drawn) L1 of x' to B and to A says whose pose x' follows
+  without a keypoint model. Full-image numbers are given against B's real image (the background x'
   should reproduce) and against the ground truth (background mismatch included, for reference).
 
 Augmentation: write_augmented_set writes a copy of a Market-layout set whose training split has
@@ -159,6 +161,15 @@ def measure_swaps(method, root: str | Path, pairs: Sequence[tuple[str, str]], he
                         "generated vs identity image": mean_metric(M.ssim, fake, x_a, False),
                         "generated vs ground truth": mean_metric(M.ssim, fake, gt, False)}
 
+    # where exactly one of the two people is (A's and B's silhouettes differ): there the attribute
+    # image and the identity image disagree about pose (and background), whatever a probe finds
+    sil_a = [resize_mask(scenes.render(p).mask, height, width) for p in a_paths]
+    sil_b = [resize_mask(scenes.render(p).mask, height, width) for p in b_paths]
+    region = [ma ^ mb for ma, mb in zip(sil_a, sil_b)]
+    out["silhouette_l1"] = {
+        "generated vs attribute image": float(np.nanmean([M.l1(fake[i], x_b[i], region[i]) for i in range(len(pairs))])),
+        "generated vs identity image": float(np.nanmean([M.l1(fake[i], x_a[i], region[i]) for i in range(len(pairs))])),
+    }
     if probe_checkpoint is not None:
         probe = M.KeypointProbe(probe_checkpoint)
         kp_a = np.stack([scale_keypoints(scenes.render(p).keypoints, _hw(root / p), (height, width))
