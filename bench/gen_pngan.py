@@ -1,7 +1,7 @@
 """PN-GAN at demo scale: pose-transfer quality and the paper's re-ID use of canonical poses.
 
     .venv/bin/python bench/gen_pngan.py --seed 0                  # everything, prints JSON
-    .venv/bin/python bench/gen_pngan.py --seed 0 --only quality   # or gan / fused / augmentation
+    .venv/bin/python bench/gen_pngan.py --seed 0 --only quality   # or gan / baseline_net / fused / augmentation
 
 Stages, each cached under runs/bench/gen_pngan/seed<seed> (a killed run resumes where it was):
   canonical.json/.png   8 canonical poses of the training set (generation/canonical.py)
@@ -13,6 +13,9 @@ Stages, each cached under runs/bench/gen_pngan/seed<seed> (a killed run resumes 
                         the target and the source pose, the bnneck judge's identity rank-1;
                         the source image itself as control. grid.png: source | target pose |
                         generated | truth; canonical_grid.png: query images in the 8 poses.
+  baseline_net          every query / gallery image rendered in the 8 poses (renders/, resumable);
+                        net (a), bench/heads.py's bnneck, embeds the renderings: fused rows
+                        "(baseline net)", no re-ID training beyond the baseline's
   fused                 (a) bench/heads.py's bnneck (configs/demo.yaml) on the original images;
                         (b) the same recipe on the generated images only (every training image in
                         the 8 poses); every query / gallery image rendered in the 8 poses, net (b)'s
@@ -227,42 +230,96 @@ def _trees(seed: int, data_root: Path, method, which: str):
                                renders_dir=work / "renders" / "train")
 
 
-def fused(seed: int, data_root: Path) -> dict:
-    """Net (b) on generated images; fused-feature metrics of the canonical-pose renderings."""
-    from keyreid.generation.pngan_reid import embed_rendered, fusion_metrics, method_canonical, render_samples
-    from keyreid.inference import load_model
+def _json_stage(path: Path, make: Callable[[], dict]) -> dict:
     from keyreid.utils.io import atomic_write_text
 
+    if path.is_file():
+        return json.loads(path.read_text())
+    out = make()
+    atomic_write_text(path, json.dumps(out, indent=2))
+    return out
+
+
+def test_renders(seed: int, data_root: Path) -> dict:
+    """Every query / gallery image in the canonical poses (JPEGs under renders/, resumable)."""
+    from keyreid.generation.pngan_reid import method_canonical, render_samples
+
     work = work_dir(seed, data_root)
-    done = work / "fused.json"
-    if done.is_file():
-        return json.loads(done.read_text())
-    method, gan_s = load_pngan(seed, data_root)
-    net_a = reid_checkpoints(seed, data_root)["bnneck"]
-    a_metrics = json.loads((net_a.parent / "test_metrics.json").read_text())
-    t0 = time.time()
-    tree = _trees(seed, data_root, method, "generated")
-    render_train_s = time.time() - t0
-    b = _reid_run("pngan generated", seed, tree.root, work / "reid_generated")
+
+    def make() -> dict:
+        method, gan_s = load_pngan(seed, data_root)
+        ds, canon = dataset(data_root), method_canonical(method)
+        t0 = time.time()
+        for split, samples in (("query", ds.query), ("gallery", ds.gallery)):
+            render_samples(method, samples, canon, work / "renders" / split,
+                           description=f"canonical poses ({split})")
+        return {"render_test_s": time.time() - t0, "gan_train_s": gan_s,
+                "images": len(ds.query) + len(ds.gallery), "poses": len(canon.poses)}
+    return _json_stage(work / "renders_test.json", make)
+
+
+def _rendered_paths(work: Path, samples, k: int) -> list[list[Path]]:
+    from keyreid.generation.pngan_reid import rendered_name
+
+    return [[work / "renders" / s.split / rendered_name(Path(s.path).name, p) for p in range(k)]
+            for s in samples]
+
+
+def _fusion(seed: int, data_root: Path, net: Path) -> dict:
+    """fusion_metrics of `net`'s features of the renderings, with net (a)'s of the originals."""
+    from keyreid.generation.pngan_reid import embed_rendered, fusion_metrics
+    from keyreid.inference import load_model
+
+    work = work_dir(seed, data_root)
+    k = test_renders(seed, data_root)["poses"]
     ds = dataset(data_root)
-    canon = method_canonical(method)
-    t0 = time.time()
-    q_paths = render_samples(method, ds.query, canon, work / "renders" / "query", description="canonical poses (query)")
-    g_paths = render_samples(method, ds.gallery, canon, work / "renders" / "gallery", description="canonical poses (gallery)")
-    render_test_s = time.time() - t0
-    t0 = time.time()
-    model_b, model_a = load_model(work / "reid_generated" / "best.pt", device="cpu"), load_model(net_a, device="cpu")
-    qf, gf = embed_rendered(model_b, q_paths), embed_rendered(model_b, g_paths)
+    model, model_a = load_model(net, device="cpu"), load_model(reid_checkpoints(seed, data_root)["bnneck"], device="cpu")
+    qf = embed_rendered(model, _rendered_paths(work, ds.query, k))
+    gf = embed_rendered(model, _rendered_paths(work, ds.gallery, k))
     qa = model_a.embed([s.path for s in ds.query], batch_size=128, normalize=False)
     ga = model_a.embed([s.path for s in ds.gallery], batch_size=128, normalize=False)
-    metrics = fusion_metrics(ds.query, ds.gallery, qf, gf, qa, ga)
-    embed_s = time.time() - t0
-    out = {"metrics": metrics, "generated_only_on_originals": b,
-           "net_a_train_s": a_metrics["train_seconds"], "net_b_train_s": b["train_seconds"],
-           "gan_train_s": gan_s, "render_train_s": render_train_s, "render_test_s": render_test_s,
-           "embed_s": embed_s, "generated_train_images": tree.generated}
-    atomic_write_text(done, json.dumps(out, indent=2))
-    return out
+    return fusion_metrics(ds.query, ds.gallery, qf, gf, qa, ga)
+
+
+def fused_baseline(seed: int, data_root: Path) -> dict:
+    """No extra re-ID training: net (a), trained on the originals, embeds the renderings."""
+    work = work_dir(seed, data_root)
+
+    def make() -> dict:
+        rend = test_renders(seed, data_root)
+        net_a = reid_checkpoints(seed, data_root)["bnneck"]
+        t0 = time.time()
+        metrics = _fusion(seed, data_root, net_a)
+        a = json.loads((net_a.parent / "test_metrics.json").read_text())
+        return {"metrics": metrics, "net_a_train_s": a["train_seconds"], "embed_s": time.time() - t0, **rend}
+    return _json_stage(work / "fused_baseline_net.json", make)
+
+
+def fused(seed: int, data_root: Path) -> dict:
+    """The paper's protocol: net (b) trained on generated images embeds the renderings."""
+    work = work_dir(seed, data_root)
+
+    def make() -> dict:
+        method, gan_s = load_pngan(seed, data_root)
+        net_a = reid_checkpoints(seed, data_root)["bnneck"]
+        a = json.loads((net_a.parent / "test_metrics.json").read_text())
+        t0 = time.time()
+        tree = _trees(seed, data_root, method, "generated")
+        render_train_s = time.time() - t0
+        b = _reid_run("pngan generated", seed, tree.root, work / "reid_generated")
+        rend = test_renders(seed, data_root)
+        t0 = time.time()
+        metrics = _fusion(seed, data_root, work / "reid_generated" / "best.pt")
+        return {"metrics": metrics, "generated_only_on_originals": b,
+                "net_a_train_s": a["train_seconds"], "net_b_train_s": b["train_seconds"],
+                "render_train_s": render_train_s, "embed_s": time.time() - t0,
+                "generated_train_images": tree.generated, **rend, "gan_train_s": gan_s}
+    return _json_stage(work / "fused.json", make)
+
+
+def slug(name: str) -> str:
+    """A row's folder name, as bench/leaderboard.py makes it."""
+    return "".join(ch if ch.isalnum() or ch in "+-_." else "_" for ch in name)
 
 
 def _row(metrics: dict, train_s: float, **extra) -> dict:
@@ -281,13 +338,14 @@ def _cached(out_dir: Path, make: Callable[[], dict]) -> dict:
     return row
 
 
-def fused_row(key: str) -> Callable[[int, Path, Path], dict]:
+def fused_row(key: str, baseline_net: bool = False) -> Callable[[int, Path, Path], dict]:
     def run(seed: int, data_root: Path, out_dir: Path) -> dict:
         def make() -> dict:
-            f = fused(seed, data_root)
-            train_s = f["net_b_train_s"] + (f["net_a_train_s"] if key.endswith("original") else 0.0)
+            f = fused_baseline(seed, data_root) if baseline_net else fused(seed, data_root)
+            train_s = f["net_a_train_s"] if baseline_net else \
+                f["net_b_train_s"] + (f["net_a_train_s"] if key.endswith("original") else 0.0)
             return _row(f["metrics"][key], train_s, gan_train_s=f["gan_train_s"],
-                        render_s=f["render_train_s"] + f["render_test_s"])
+                        render_s=f.get("render_train_s", 0.0) + f["render_test_s"])
         return _cached(out_dir, make)
     return run
 
@@ -316,6 +374,10 @@ def reid_entries() -> dict[str, Callable[[int, Path, Path], dict]]:
     rows = {f"pngan fused {how}": fused_row(f"fused {how}") for how in ("avg", "max", "concat")}
     rows.update({f"pngan fused {how} + original": fused_row(f"fused {how} + original")
                  for how in ("avg", "max", "concat")})
+    rows.update({f"pngan fused {how} (baseline net)": fused_row(f"fused {how}", baseline_net=True)
+                 for how in ("avg", "max", "concat")})
+    rows.update({f"pngan fused {how} + original (baseline net)": fused_row(f"fused {how} + original", True)
+                 for how in ("avg", "max", "concat")})
     rows["pngan generated only"] = generated_only
     rows["pngan augmentation"] = augmentation
     return rows
@@ -326,7 +388,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--output", type=Path, default=Path("runs/bench/gen_pngan"))
-    ap.add_argument("--only", choices=("gan", "quality", "fused", "augmentation"))
+    ap.add_argument("--only", choices=("gan", "quality", "baseline_net", "fused", "augmentation"))
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     out = args.output / _tag(args.seed, args.data_root)
@@ -336,12 +398,16 @@ def main() -> None:
     if args.only in (None, "quality"):
         q = quality(args.seed, args.data_root, out / "quality")
         print(json.dumps({"quality": q}, indent=2), flush=True)
+    def rows(names):
+        return {name: fn(args.seed, args.data_root, out / "rows" / slug(name))
+                for name, fn in reid_entries().items() if name in names}
+    if args.only in (None, "baseline_net"):
+        print(json.dumps(rows([n for n in reid_entries() if n.endswith("(baseline net)")]), indent=2), flush=True)
     if args.only in (None, "fused"):
-        rows = {name: fn(args.seed, args.data_root, out / "rows" / name.replace(" ", "_").replace("+", "plus"))
-                for name, fn in reid_entries().items() if name != "pngan augmentation"}
-        print(json.dumps(rows, indent=2), flush=True)
+        names = [n for n in reid_entries() if n.startswith("pngan fused") and not n.endswith("(baseline net)")]
+        print(json.dumps(rows(names + ["pngan generated only"]), indent=2), flush=True)
     if args.only in (None, "augmentation"):
-        row = augmentation(args.seed, args.data_root, out / "rows" / "pngan_augmentation")
+        row = augmentation(args.seed, args.data_root, out / "rows" / slug("pngan augmentation"))
         print(json.dumps({"pngan augmentation": row}, indent=2), flush=True)
 
 
