@@ -6,7 +6,6 @@ generator and pose discriminator on the session's tiny synthetic set.
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import numpy as np
