@@ -17,17 +17,20 @@ Stages, each cached under runs/bench/gen_pngan/seed<seed> (a killed run resumes 
                         net (a), bench/heads.py's bnneck, embeds the renderings: fused rows
                         "(baseline net)", no re-ID training beyond the baseline's
   fused                 (a) bench/heads.py's bnneck (configs/demo.yaml) on the original images;
-                        (b) the same recipe on the generated images only (every training image in
-                        the 8 poses); every query / gallery image rendered in the 8 poses, net (b)'s
-                        8 features L2-normalised and fused (avg, max, concat), with and without
-                        net (a)'s feature of the original image.
-  augmentation          (c) the same recipe on the originals + their 8 renderings (validation
+                        (b) the same recipe on generated images only: each training image in
+                        TRAIN_POSES canonical poses (default 1, drawn per image; the paper: all 8,
+                        --train-poses 8); every query / gallery image rendered in the 8 poses, net
+                        (b)'s 8 features L2-normalised and fused (avg, max, concat), with and
+                        without net (a)'s feature of the original image. "pngan generated only":
+                        net (b) on the original test images.
+  augmentation          (c) the same recipe on the originals + their renderings (validation
                         identities: originals only, so checkpoint choice is the baseline's).
 
-Same budget: configs/demo.yaml's backbone, size and epochs for every re-ID run. Nets (b) and (c)
-see 8x and 9x the images per epoch, so they take 8-9x the steps of (a): train_s says so.
-A benchmark, not a test: on a quiet 2-core machine the GAN takes ~30 min, rendering the
-training set and the test split ~25 min, nets (b) and (c) ~30 min each.
+Same budget: configs/demo.yaml's backbone, size and epochs for every re-ID run. With one rendering
+per image, net (b) has the baseline's steps and (c) twice them (as bench/gen_ipgan.py's row); with
+--train-poses 8 they take 8x / 9x (hours on a shared 2-core machine): train_s says what it cost.
+A benchmark, not a test: on a quiet 2-core machine the GAN takes ~30 min, rendering the test
+split in 8 poses ~15 min, each re-ID run 4-8 min (1 pose per image).
 """
 
 from __future__ import annotations
@@ -54,6 +57,10 @@ HEADS = Path("runs/heads")
 WORK = Path("runs/bench/gen_pngan")
 QUALITY_PAIRS = 256
 GRID_ROWS = 8
+# canonical renderings per training image for nets (b) and (c): 1 (a pose drawn per image) keeps
+# the generated set as large as the original, so the demo's epochs are also its steps; the
+# paper's protocol is all 8 (--train-poses 8: 8x / 9x the steps of the baseline).
+TRAIN_POSES = int(os.environ.get("PNGAN_TRAIN_POSES", "1"))
 
 
 def _tag(seed: int, data_root: Path) -> str:
@@ -221,13 +228,15 @@ def _trees(seed: int, data_root: Path, method, which: str):
     ds = dataset(data_root)
     canon = method_canonical(method)
     if which == "generated":
-        return write_training_tree(method, ds.train, canon, data_root, work / "tree_generated",
-                                   originals=False, renders_dir=work / "renders" / "train")
+        return write_training_tree(method, ds.train, canon, data_root, work / f"tree_generated_p{TRAIN_POSES}",
+                                   originals=False, renders_dir=work / "renders" / "train",
+                                   poses_per_image=TRAIN_POSES, seed=seed)
     val_cfg = load_config(DEMO_CONFIG, [f"data.root={data_root}", f"seed={seed}"])
     _, val_q, val_g = split_validation(ds.train, val_cfg.data.val_identities, val_cfg.seed)
-    return write_training_tree(method, ds.train, canon, data_root, work / "tree_augmented",
+    return write_training_tree(method, ds.train, canon, data_root, work / f"tree_augmented_p{TRAIN_POSES}",
                                originals=True, exclude_pids=sorted({s.pid for s in val_q}),
-                               renders_dir=work / "renders" / "train")
+                               renders_dir=work / "renders" / "train", poses_per_image=TRAIN_POSES,
+                               seed=seed)
 
 
 def _json_stage(path: Path, make: Callable[[], dict]) -> dict:
@@ -306,15 +315,16 @@ def fused(seed: int, data_root: Path) -> dict:
         t0 = time.time()
         tree = _trees(seed, data_root, method, "generated")
         render_train_s = time.time() - t0
-        b = _reid_run("pngan generated", seed, tree.root, work / "reid_generated")
+        b = _reid_run("pngan generated", seed, tree.root, work / f"reid_generated_p{TRAIN_POSES}")
         rend = test_renders(seed, data_root)
         t0 = time.time()
-        metrics = _fusion(seed, data_root, work / "reid_generated" / "best.pt")
+        metrics = _fusion(seed, data_root, work / f"reid_generated_p{TRAIN_POSES}" / "best.pt")
         return {"metrics": metrics, "generated_only_on_originals": b,
                 "net_a_train_s": a["train_seconds"], "net_b_train_s": b["train_seconds"],
                 "render_train_s": render_train_s, "embed_s": time.time() - t0,
-                "generated_train_images": tree.generated, **rend, "gan_train_s": gan_s}
-    return _json_stage(work / "fused.json", make)
+                "generated_train_images": tree.generated, "train_poses_per_image": TRAIN_POSES,
+                **rend, "gan_train_s": gan_s}
+    return _json_stage(work / f"fused_p{TRAIN_POSES}.json", make)
 
 
 def slug(name: str) -> str:
@@ -364,9 +374,9 @@ def augmentation(seed: int, data_root: Path, out_dir: Path) -> dict:
         work = work_dir(seed, data_root)
         method, gan_s = load_pngan(seed, data_root)
         tree = _trees(seed, data_root, method, "augmented")
-        r = _reid_run("pngan augmentation", seed, tree.root, work / "reid_augmented")
+        r = _reid_run("pngan augmentation", seed, tree.root, work / f"reid_augmented_p{TRAIN_POSES}")
         return _row(r, r["train_seconds"], gan_train_s=gan_s, generated_images=tree.generated,
-                    real_images=tree.originals)
+                    real_images=tree.originals, train_poses_per_image=TRAIN_POSES)
     return _cached(out_dir, make)
 
 
@@ -384,14 +394,20 @@ def reid_entries() -> dict[str, Callable[[int, Path, Path], dict]]:
 
 
 def main() -> None:
+    global TRAIN_POSES
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--output", type=Path, default=Path("runs/bench/gen_pngan"))
     ap.add_argument("--only", choices=("gan", "quality", "baseline_net", "fused", "augmentation"))
+    ap.add_argument("--train-poses", type=int, default=TRAIN_POSES,
+                    help="canonical renderings per training image for nets (b), (c): 1 (default) or 8 (the paper)")
     args = ap.parse_args()
+    TRAIN_POSES = args.train_poses
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     out = args.output / _tag(args.seed, args.data_root)
+    if args.train_poses != 1:
+        out = out / f"train_poses{args.train_poses}"
     if args.only == "gan":
         ckpt, seconds = train_gan(args.seed, args.data_root)
         print(json.dumps({"gan": str(ckpt), "train_s": seconds}), flush=True)

@@ -325,8 +325,8 @@ def test_short_training_moves_the_person_to_the_target_pose(tiny_set):
 # ------------------------------------------------------------------------------- re-ID use
 
 from keyreid.data.records import Sample
-from keyreid.generation.pngan_reid import (fuse, fusion_metrics, render_samples, rendered_name,
-                                           with_original, write_training_tree)
+from keyreid.generation.pngan_reid import (fuse, fusion_metrics, pose_choice, render_samples,
+                                           rendered_name, with_original, write_training_tree)
 
 
 def test_rendered_names_keep_identity_and_camera_and_say_the_pose():
@@ -387,10 +387,23 @@ def test_render_samples_writes_a_resumable_market_tree(tiny_set, tmp_path):
     render_samples(m, few, canon, tmp_path / "r", show_progress=False)
     assert paths[0][0].stat().st_mtime_ns == stamp          # kept, not re-rendered
 
+    # rendering pose by pose gives the same pixels as all poses of a source at once
+    one = render_samples(m, few, canon, tmp_path / "r1", poses=[[1], [0], [1]], batch_size=2,
+                         show_progress=False)
+    assert [p[0].name for p in one] == [paths[0][1].name, paths[1][0].name, paths[2][1].name]
+    diff = np.asarray(Image.open(one[0][0])).astype(int) - np.asarray(Image.open(paths[0][1]))
+    assert np.abs(diff).max() <= 3        # (float rounding of other batch sizes, then JPEG)
+
     tree = write_training_tree(m, train[:6], canon, root, tmp_path / "tree", originals=True,
                                exclude_pids=[train[5].pid], show_progress=False)
     ds = build_dataset("market1501", tree.root)
     kept = [s for s in train[:6] if s.pid != train[5].pid]
     assert tree.generated == 2 * len(kept) and len(ds.train) == tree.generated + 6
+    single = write_training_tree(m, train[:6], canon, root, tmp_path / "tree1", originals=False,
+                                 renders_dir=tmp_path / "tree" / "renders", poses_per_image=1)
+    assert single.generated == 6 and len(build_dataset("market1501", single.root).train) == 6
+    assert pose_choice(50, 8, 1, 0) == pose_choice(50, 8, 1, 0)
+    assert len({tuple(p) for p in pose_choice(50, 8, 1, 0)}) == 8      # every pose gets used
+    assert pose_choice(3, 8, None, 0) == [list(range(8))] * 3
     assert sorted({(s.pid, s.camid) for s in ds.train}) == sorted({(s.pid, s.camid) for s in train[:6]})
     assert len(ds.query) == len(build_dataset("market1501", root).query)

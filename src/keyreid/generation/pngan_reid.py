@@ -84,32 +84,52 @@ def render_poses(method, sources: torch.Tensor, poses_px: np.ndarray) -> np.ndar
     return from_unit_range(out.cpu()).reshape(b, k, *out.shape[-2:], 3)
 
 
+def pose_choice(n: int, k: int, per_image: Optional[int], seed: int) -> list[list[int]]:
+    """Per sample, the canonical poses to render: all k (per_image None or >= k), else
+    `per_image` distinct ones drawn per sample from (seed, sample index)."""
+    if per_image is None or per_image >= k:
+        return [list(range(k)) for _ in range(n)]
+    if per_image < 1:
+        raise ValueError(f"poses per image must be >= 1, got {per_image}")
+    return [sorted(np.random.default_rng([seed, i]).choice(k, size=per_image, replace=False).tolist())
+            for i in range(n)]
+
+
 def render_samples(method, samples: Sequence[Sample], canonical: Canonical, out_dir: str | Path,
-                   batch_size: int = 4, show_progress: bool = True, description: str = "rendering"
-                   ) -> list[list[Path]]:
-    """Render each sample in every canonical pose into out_dir (JPEG, Market names); returns per
-    sample its k paths. Images already there are kept (a killed run resumes)."""
+                   poses: Optional[Sequence[Sequence[int]]] = None, batch_size: int = 32,
+                   show_progress: bool = True, description: str = "rendering") -> list[list[Path]]:
+    """Render each sample in its canonical poses (`poses[i]`, default all k) into out_dir (JPEG,
+    Market names); returns per sample the paths of its poses, in order. Images already there are
+    kept (a killed run resumes); batch_size counts renderings."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     h, w = _model_hw(method)
-    poses = canonical.pixels(h, w)
-    k = len(poses)
-    paths = [[out_dir / rendered_name(Path(s.path).name, p) for p in range(k)] for s in samples]
-    todo = [i for i, ps in enumerate(paths) if not all(p.is_file() for p in ps)]
+    pixels = canonical.pixels(h, w)
+    k = len(pixels)
+    chosen = [list(range(k)) for _ in samples] if poses is None else [list(p) for p in poses]
+    paths = [[out_dir / rendered_name(Path(s.path).name, p) for p in ps] for s, ps in zip(samples, chosen)]
+    jobs = [(i, p, path) for i, ps in enumerate(chosen) for p, path in zip(ps, paths[i]) if not path.is_file()]
     was_training = method.training
     method.eval()
     try:
         with progress_bar(show_progress) as bar:
-            task = bar.add_task(description, total=len(samples), completed=len(samples) - len(todo))
-            for start in range(0, len(todo), batch_size):
-                chunk = todo[start:start + batch_size]
-                sources = torch.stack([load_source(samples[i].path, h, w) for i in chunk])
-                images = render_poses(method, sources, poses)
-                for i, imgs in zip(chunk, images):
-                    for path, img in zip(paths[i], imgs):
-                        pil = Image.fromarray(img)
-                        atomic_write(path, lambda tmp, pil=pil: pil.save(tmp, format="JPEG",
-                                                                         quality=JPEG_QUALITY))
+            total = sum(len(ps) for ps in chosen)
+            task = bar.add_task(description, total=total, completed=total - len(jobs))
+            previous: dict[int, torch.Tensor] = {}   # a sample's poses may straddle two chunks
+            for start in range(0, len(jobs), batch_size):
+                chunk = jobs[start:start + batch_size]
+                loaded: dict[int, torch.Tensor] = {}
+                for i, _, _ in chunk:
+                    if i not in loaded:
+                        loaded[i] = previous[i] if i in previous else load_source(samples[i].path, h, w)
+                previous = loaded
+                src = torch.stack([loaded[i] for i, _, _ in chunk])
+                kp = torch.as_tensor(np.stack([pixels[p] for _, p, _ in chunk]))
+                with torch.no_grad():
+                    images = from_unit_range(method.render(src, kp).cpu())
+                for (_, _, path), img in zip(chunk, images):
+                    pil = Image.fromarray(img)
+                    atomic_write(path, lambda tmp, pil=pil: pil.save(tmp, format="JPEG", quality=JPEG_QUALITY))
                 bar.advance(task, len(chunk))
     finally:
         method.train(was_training)
@@ -132,18 +152,23 @@ class GeneratedSet:
 
 def write_training_tree(method, train: Sequence[Sample], canonical: Canonical, data_root: str | Path,
                         out_root: str | Path, originals: bool, exclude_pids: Iterable[int] = (),
-                        renders_dir: str | Path | None = None, show_progress: bool = True) -> GeneratedSet:
+                        renders_dir: str | Path | None = None, poses_per_image: Optional[int] = None,
+                        seed: int = 0, show_progress: bool = True) -> GeneratedSet:
     """A Market-layout dataset at out_root whose bounding_box_train links to the canonical-pose
     renderings of `train` (minus exclude_pids) and, with `originals`, to every original training
     image; query/ and bounding_box_test/ link to data_root's, so a re-ID run on the tree is
     tested on the real test split. Renderings go to renders_dir (default out_root/renders), so
-    several trees can share one rendering of the training set."""
+    several trees can share one rendering of the training set. poses_per_image: all k canonical
+    poses (None, the paper's), or that many drawn per image (pose_choice with `seed`): with 1,
+    a generated set as large as the original, so the same epochs are the same steps."""
     out_root, data_root = Path(out_root), Path(data_root)
     renders_dir = Path(renders_dir) if renders_dir is not None else out_root / "renders"
     excluded = set(int(p) for p in exclude_pids)
-    chosen = [s for s in train if s.pid not in excluded]
-    rendered = render_samples(method, chosen, canonical, renders_dir, show_progress=show_progress,
-                              description="canonical poses (train)")
+    index = [i for i, s in enumerate(train) if s.pid not in excluded]
+    chosen = [train[i] for i in index]
+    every = pose_choice(len(train), len(canonical.poses), poses_per_image, seed)
+    rendered = render_samples(method, chosen, canonical, renders_dir, poses=[every[i] for i in index],
+                              show_progress=show_progress, description="canonical poses (train)")
     train_dir = out_root / SPLIT_DIRS["train"]
     train_dir.mkdir(parents=True, exist_ok=True)
     for path in (p for ps in rendered for p in ps):
@@ -153,7 +178,7 @@ def write_training_tree(method, train: Sequence[Sample], canonical: Canonical, d
             _link(Path(s.path), train_dir / Path(s.path).name)
     for split in ("query", "gallery"):
         _link(data_root / SPLIT_DIRS[split], out_root / SPLIT_DIRS[split])
-    return GeneratedSet(out_root, len(chosen) * len(canonical.poses), len(train) if originals else 0)
+    return GeneratedSet(out_root, sum(len(ps) for ps in rendered), len(train) if originals else 0)
 
 
 # ------------------------------------------------------------------------------- fused features
@@ -214,5 +239,5 @@ def fusion_metrics(query: Sequence[Sample], gallery: Sequence[Sample], q_rendere
 
 
 __all__ = ["FUSIONS", "GeneratedSet", "cosine_distances", "embed_rendered", "fuse", "fusion_metrics",
-           "load_source", "method_canonical", "normalize", "render_poses", "render_samples",
+           "load_source", "method_canonical", "normalize", "pose_choice", "render_poses", "render_samples",
            "rendered_name", "with_original", "write_training_tree"]
