@@ -162,7 +162,8 @@ def probe(ckpt: Path) -> list[str]:
         pq, pg = fq["part_features"], fg["part_features"]
         per = [metrics(pq[:, p].numpy(), pg[:, p].numpy(), query, gallery)["mAP"] for p in range(pq.shape[1])]
         lines += ["", "mAP of each part block alone (%): " + ", ".join(f"{100 * v:.1f}" for v in per)]
-        start = gdim or 0
+        # the part blocks follow the global slice (aacn: global_dim, kae: global_channels)
+        start = gdim or (head.global_channels if cfg.model.head == "kae" else 0)
         sw = swap_test(fq["embedding"], fg["embedding"], query, gallery, start, pq.shape[2])
         lines += ["", "swap test (cosine to the donor's gallery, x1000; per block, mean over blocks): " +
                   ", ".join(f"{n} {1000 * v:.2f}" if n != "blocks" else f"{n} {v}" for n, v in sw.items())]

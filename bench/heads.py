@@ -56,6 +56,7 @@ VARIANTS: dict[str, list[str]] = {
     "aacn_global_wide": ["model.head=aacn", "model.head_options={global_channels: 1280}"],
     "aacn_parts_narrow": ["model.head=aacn", "model.head_options={part_channels: 16}"],
     "aacn_detached": ["model.head=aacn", "model.head_options={detach_attention: true}"],
+    "aacn_per_part": ["model.head=aacn", "model.head_options={part_stream: per_part}"],
 }
 
 

@@ -66,7 +66,8 @@ class AACNHead(nn.Module):
                  part_channels: int = 64, global_channels: int = 256, hidden: int = 128,
                  limb_sigma: float = 1.0, map_loss_weight: float = 1.0,
                  visibility_weighting: bool = True,
-                 map_init_std: Optional[float] = None, detach_attention: bool = False):
+                 map_init_std: Optional[float] = None, detach_attention: bool = False,
+                 part_stream: str = "shared"):
         super().__init__()
         if skeleton is None:
             raise ValueError("the aacn head needs a keypoint skeleton (dataset with keypoints)")
@@ -81,18 +82,31 @@ class AACNHead(nn.Module):
         self.map_loss_weight = map_loss_weight
         self.visibility_weighting = visibility_weighting
         self.detach_attention = detach_attention
+        if part_stream not in ("shared", "per_part"):
+            raise ValueError(f"aacn part_stream must be shared or per_part, got {part_stream!r}")
+        self.part_stream = part_stream
         self.global_dim = global_channels
         self.attention = nn.Sequential(nn.Conv2d(in_channels, hidden, 3, padding=1, bias=False),
                                        nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
                                        nn.Conv2d(hidden, k + n + r, 1))
-        self.reduce = nn.Sequential(nn.Conv2d(in_channels, part_channels, 1, bias=False),
-                                    nn.BatchNorm2d(part_channels), nn.ReLU(inplace=True))
+        if part_stream == "shared":
+            self.reduce = nn.Sequential(nn.Conv2d(in_channels, part_channels, 1, bias=False),
+                                        nn.BatchNorm2d(part_channels), nn.ReLU(inplace=True))
+        else:
+            # per part: the attention masks the backbone map itself, then the part's own linear
+            # embedding maps the masked average to part_channels
+            self.part_embed = nn.Parameter(torch.empty(n + r, in_channels, part_channels))
         self.global_reduce = nn.Sequential(nn.Conv2d(in_channels, global_channels, 1, bias=False),
                                            nn.BatchNorm2d(global_channels), nn.ReLU(inplace=True))
         self.dim = global_channels + (n + r) * part_channels
         self.neck = BNNeck(self.dim, num_classes)
         self.heatmap_loss = HeatmapMSELoss()
         init_conv(self)
+        if part_stream == "per_part":
+            # fan-in init (a linear layer's): the part slice then starts with a norm like the
+            # shared stream's (~16 against ~10 on a demo batch); the fan-out init of the 1x1 convs
+            # made it ~100, and the triplet loss then saw the parts only
+            nn.init.normal_(self.part_embed, std=in_channels ** -0.5)
         if map_init_std is not None:
             # the map predictor's last conv starts near 0, as in pose networks: with the ReLU
             # (kaiming) init its maps start with a per-pixel MSE of ~8 (pabr) / ~3 per map (aacn)
@@ -110,8 +124,12 @@ class AACNHead(nn.Module):
             # trained PPA: the re-ID losses use the maps but do not reshape them
             parts_maps = parts_maps.detach()
         m = parts_maps / parts_maps.amax(dim=(-2, -1), keepdim=True).clamp_min(1e-6)
-        f = self.reduce(fmap)                                                  # [B, c, h, w]
-        parts = torch.einsum("bphw,bchw->bpc", m, f) / (f.shape[-1] * f.shape[-2])
+        if self.part_stream == "shared":
+            f = self.reduce(fmap)                                              # [B, c, h, w]
+            parts = torch.einsum("bphw,bchw->bpc", m, f) / (f.shape[-1] * f.shape[-2])
+        else:
+            pooled = torch.einsum("bphw,bchw->bpc", m, fmap) / (fmap.shape[-1] * fmap.shape[-2])
+            parts = torch.einsum("bpC,pCc->bpc", pooled, self.part_embed)     # [B, P, c]
         visibility = parts_maps.mean(dim=(-2, -1))                             # [B, P]
         weights = visibility.shape[1] * visibility / visibility.sum(1, keepdim=True).clamp_min(1e-6)
         if not self.visibility_weighting:
