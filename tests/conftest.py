@@ -37,3 +37,15 @@ def tiny_overrides(root, out, head="bnneck", **extra):
     }
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """A test that changes torch's thread count (to run one training single-threaded) must not
+    leave it changed: a later test comparing an in-process run with a subprocess run (default
+    threads) would then see different conv numerics and fail (test_search_cli's resume test did)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

@@ -17,7 +17,6 @@ from typer.testing import CliRunner
 
 from keyreid.demo import generation as G
 
-torch.set_num_threads(1)
 
 TOY = ("model.backbone=resnet18", "model.pretrained=null", "data.height=64", "data.width=32", "data.p=4",
        "data.k=2", "data.workers=0", "optim.epochs=1", "optim.warmup_epochs=0", "data.val_identities=0.3",

@@ -16,7 +16,6 @@ from keyreid.data.keypoints import COCO17
 from keyreid.generation.nets.fdgan_nets import PoseGenerator, VerificationHead
 from keyreid.generation.pose import OPENPOSE18, coco17_to_openpose18, pose_maps
 
-torch.set_num_threads(1)
 
 H, W = 64, 32
 

@@ -20,7 +20,6 @@ from keyreid.generation.method import GENERATION_METHODS, register_method
 # the fake methods and the tiny synthetic set of the trainer tests
 from test_generation_trainer import FakeMethod, synth_root  # noqa: F401
 
-torch.set_num_threads(1)
 
 if "test_fake_other" not in GENERATION_METHODS:
     @register_method("test_fake_other")

@@ -27,7 +27,6 @@ from keyreid.models.build import build_model
 from keyreid.models.output import ModelOutput
 from keyreid.models.targets import keypoint_heatmaps
 
-torch.set_num_threads(1)
 
 
 def _skimage_ssim(a: np.ndarray, b: np.ndarray) -> float:

@@ -9,7 +9,6 @@ import torch
 from keyreid.generation.losses import (GANLoss, discriminator_loss, feature_matching,
                                        kl_divergence, safe_mean)
 
-torch.set_num_threads(1)
 
 
 # ------------------------------------------------------------------------------------ losses

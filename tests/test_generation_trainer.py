@@ -24,7 +24,6 @@ from keyreid.generation.method import GENERATION_METHODS, GenerationMethod, Stag
     register_method
 from keyreid.generation.samples import TITLE_HEIGHT, sample_grid
 
-torch.set_num_threads(1)
 
 KILL: dict = {"at": None}       # (stage name, epoch within stage, step): train_step raises there
 NAN: dict = {"at": None}        # the same: train_step returns a NaN loss there
