@@ -406,3 +406,27 @@ def test_a_missing_identity_encoder_is_one_clear_config_error(tmp_path):
     with pytest.raises(ConfigError, match="unknown key"):
         IPGAN(GenConfig(method="ipgan", reid_checkpoint=str(tmp_path / "nope.pt"),
                         method_options={"kl": 1.0}), info)
+
+
+def test_identity_choice_counts_which_of_the_two_identities_is_nearer():
+    from keyreid.generation.ipgan_eval import identity_choice
+
+    class Judge:   # 1-d "embeddings": the image's mean pixel; gallery of pids 1, 2 in cameras 0, 1
+        batch_size = 8
+        gallery_pids = np.array([1, 1, 2, 2])
+        gallery_camids = np.array([0, 1, 0, 1])
+        feats = np.array([[-0.5], [0.9], [0.5], [-0.9]], np.float32)
+
+        class model:
+            @staticmethod
+            def embed(arrays, batch_size):
+                return np.array([[a.mean() / 127.5 - 1] for a in arrays], np.float32)
+
+        def distances(self, f):
+            return np.abs(f - self.feats.T)
+
+    images = torch.stack([torch.full((3, 4, 2), v) for v in (-0.5, 0.5, 0.85)])
+    # image 0 sits on pid 1's camera-0 image, image 1 on pid 2's; camera 1 excluded for image 2,
+    # which then only sees -0.5 (pid 1) and 0.5 (pid 2): pid 2 nearer
+    assert identity_choice(Judge(), images, [1, 1, 1], [2, 2, 2], [1, 1, 1]) == pytest.approx(1 / 3)
+    assert identity_choice(Judge(), images, [2, 2, 2], [1, 1, 1], [1, 1, 1]) == pytest.approx(2 / 3)

@@ -202,8 +202,29 @@ def measure_swaps(method, root: str | Path, pairs: Sequence[tuple[str, str]], he
             "rank1 attribute image's id": judge.rank1(fake, pid_b, cam_b),
             "rank1 of the real identity images (ceiling)": judge.rank1(x_a, pid_a, cam_a),
             "chance": 1.0 / len(set(judge.gallery_pids.tolist())),
+            "closer to identity image's id than to attribute image's (share of pairs)":
+                identity_choice(judge, fake, pid_a, pid_b, cam_b),
         }
     return out, {"identity": x_a, "attributes": x_b, "generated": fake, "ground truth": gt}
+
+
+def identity_choice(judge, images: torch.Tensor, pid_a: Sequence[int], pid_b: Sequence[int],
+                    cam: Sequence[int]) -> float:
+    """Share of images whose nearest gallery image of identity A is nearer than the nearest of
+    identity B (gallery images of either identity from camera `cam` left out): a two-way choice,
+    0.5 by chance, that still says which identity a blurry swap carries when rank-1 over every
+    gallery identity is 0 for both."""
+    feats = np.asarray(judge.model.embed(list(from_unit_range(images)), batch_size=judge.batch_size), np.float32)
+    d = judge.distances(feats)
+    g_pid, g_cam = judge.gallery_pids, judge.gallery_camids
+    wins = []
+    for i in range(len(feats)):
+        allowed = np.ones(len(g_pid), bool) if g_cam is None else g_cam != cam[i]
+        da = d[i][(g_pid == pid_a[i]) & allowed]
+        db = d[i][(g_pid == pid_b[i]) & allowed]
+        if len(da) and len(db):
+            wins.append(float(da.min() < db.min()))
+    return float(np.mean(wins)) if wins else float("nan")
 
 
 def _camera(rel_path: str) -> int:
