@@ -17,6 +17,9 @@ Pieces, each cached (a killed run resumes where it was):
                test identities, scored on the other half) of: the ImageNet backbone before any
                training, the demo's bnneck and kae (bench/heads.py's cache: the same backbone
                trained the usual way), and each FD-GAN encoder after stage I and III
+  control      E after stage I, then stage III's encoder steps (same optimiser, pairs, batches)
+               with E's own losses only and no generator: how much of stage III's change is the
+               GAN's. runs/bench/gen_fdgan/<tag>/control_<variant>.json
   quality      generation.metrics.evaluate_transfer on QUALITY_PAIRS test-split pairs against
                SynthScenes' true transfer, plus a grid (source | target pose | generated | truth)
 
@@ -147,6 +150,60 @@ def reid(variant: str, seed: int, data_root: Path) -> dict:
     return _json(work_dir(seed, data_root) / f"reid_{variant}.json", make)
 
 
+def control(variant: str, seed: int, data_root: Path) -> dict:
+    """The control of stage III: E after stage I (the snapshot in the finished run), then stage
+    III's encoder optimiser (Adam, stage3_lr_g, BN frozen, the same LR factors) for stage III's
+    epochs on stage III's pairs, batches and flips, with E's own losses only (lambda_veri x the
+    verification CE, + the head's ID / heatmap losses for kae) and no generator: what stage III
+    gives E without the GAN. {"test": {"plain"}, "val": {"plain"}, "train_s"}."""
+    from torch.utils.data import DataLoader
+
+    from keyreid.engine.checkpoint import load_checkpoint
+    from keyreid.generation.fdgan_eval import evaluate_encoder
+    from keyreid.generation.method import lr_factor, unwrap
+    from keyreid.generation.methods.fdgan import stage_kind
+    from keyreid.generation.trainer import EpochSampler, GanTrainer, _seed_of
+
+    def make() -> dict:
+        ckpt = train_gan(variant, seed, data_root)
+        cfg = gan_config(variant, seed, data_root)
+        cfg.output_dir = str(work_dir(seed, data_root) / f"control_{variant}")
+        tr = GanTrainer(cfg, resume=False, show_progress=False)   # data, pairs and a fresh method
+        m, o = tr.method, tr.method.opts
+        m.load_state_dict(load_checkpoint(ckpt)["method_state"])
+        unwrap(m.siamese).load_state_dict(m._stage1_encoder)
+        stages = m.stages()
+        index = next(i for i, s in enumerate(stages) if stage_kind(s) == "III")
+        stage, before = stages[index], sum(s.epochs + s.decay_epochs for s in stages[:index])
+        m.begin_stage(stage)
+        opt = torch.optim.Adam(m._params(m.siamese), lr=o.stage3_lr_g, betas=tuple(o.betas))
+        t0 = time.time()
+        for e in range(stage.epochs + stage.decay_epochs):
+            for g in opt.param_groups:
+                g["lr"] = o.stage3_lr_g * lr_factor(stage, e)
+            items = m.pairs(tr.info.train_pids, before + e, cfg.seed, cfg.data.max_pairs_per_epoch)
+            item_seed = _seed_of(cfg.seed, index, e)
+            ds = tr._pair_dataset(tr.train_samples, items, cfg.data.flip_prob, item_seed)
+            loader = DataLoader(ds, batch_sampler=EpochSampler(len(ds), cfg.data.batch_size, item_seed),
+                                num_workers=cfg.data.workers)
+            m.train()
+            for batch in loader:
+                losses = m.verification_losses(batch, tr.device)
+                loss = losses["total"] + (o.stage3_lambda_veri - 1) * losses["verification"]
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        out = {"train_s": time.time() - t0}
+        ds = dataset(data_root)
+        out["test"] = evaluate_encoder(m, ds.query, ds.gallery, cfg.data.height, cfg.data.width)
+        if cfg.data.val_identities > 0:
+            val_q, val_g = validation_split(cfg, data_root)
+            out["val"] = evaluate_encoder(m, val_q, val_g, cfg.data.height, cfg.data.width)
+        return out
+
+    return _json(work_dir(seed, data_root) / f"control_{variant}.json", make)
+
+
 def _row(metrics: dict, train_s: float, **extra) -> dict:
     return {"R1": 100 * metrics["R1"], "mAP": 100 * metrics["mAP"], "mINP": 100 * metrics["mINP"],
             "train_s": train_s, **extra}
@@ -163,11 +220,21 @@ def reid_row(variant: str, stage: str, rescored: bool) -> Callable[[int, Path, P
     return run
 
 
+def control_row(variant: str) -> Callable[[int, Path, Path], dict]:
+    def run(seed: int, data_root: Path, out_dir: Path) -> dict:
+        def make() -> dict:
+            c = control(variant, seed, data_root)
+            return _row(c["test"]["plain"], stage_seconds(variant, seed, data_root)["I"] + c["train_s"])
+        return _json(Path(out_dir) / "result.json", make)
+    return run
+
+
 def reid_entries() -> dict[str, Callable[[int, Path, Path], dict]]:
     rows = {}
     for stage in ("stage I", "stage III"):
         rows[f"fdgan {stage}"] = reid_row("siamese", stage, False)
         rows[f"fdgan {stage} + rescoring"] = reid_row("siamese", stage, True)
+    rows["fdgan stage I + verification fine-tune (control)"] = control_row("siamese")
     rows["fdgan on kae encoder stage I"] = reid_row("kae", "stage I", False)
     rows["fdgan on kae encoder"] = reid_row("kae", "stage III", False)
     return rows
@@ -300,7 +367,7 @@ def _fmt(m: dict) -> str:
     return f"{100 * m['R1']:.1f} | {100 * m['mAP']:.1f} | {100 * m['mINP']:.1f}"
 
 
-def report(reids: dict, probes: dict, baseline: dict | None) -> str:
+def report(reids: dict, probes: dict, baseline: dict | None, controls: dict | None = None) -> str:
     lines = ["| encoder | test R1 | mAP | mINP | + re-scoring R1 | mAP | mINP | val mAP | train s |",
              "|---|---|---|---|---|---|---|---|---|"]
     if baseline:
@@ -313,6 +380,11 @@ def report(reids: dict, probes: dict, baseline: dict | None) -> str:
             val = f"{100 * r[stage]['val']['plain']['mAP']:.1f}" if "val" in r[stage] else "-"
             lines.append(f"| fdgan {variant} {stage} | {_fmt(t['plain'])} | {_fmt(t['rescored'])} | {val} | "
                          f"{train_s:.0f} |")
+        c = (controls or {}).get(variant)
+        if c:
+            val = f"{100 * c['val']['plain']['mAP']:.1f}" if "val" in c else "-"
+            lines.append(f"| control: {variant} stage I + stage III's E steps without G | {_fmt(c['test']['plain'])} "
+                         f"| | | | {val} | {r['train_s']['I'] + c['train_s']:.0f} |")
     if probes:
         lines += ["", "| features | yaw R^2 | yaw error (deg) | keypoint R^2 |", "|---|---|---|---|"]
         for name, p in probes.items():
@@ -325,7 +397,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    ap.add_argument("--only", choices=("reid", "probe", "quality"))
+    ap.add_argument("--only", choices=("reid", "control", "probe", "quality"))
     ap.add_argument("--set", dest="overrides", action="append", default=[],
                     help="extra key=value for the GAN runs (a smoke test at a tiny size)")
     ap.add_argument("--no-heads", action="store_true",
@@ -339,6 +411,11 @@ def main() -> None:
         for v in args.variants:
             reids[v] = reid(v, args.seed, args.data_root)
             print(f"[{time.time() - t0:.0f} s] re-ID {v}: {json.dumps(reids[v])}", flush=True)
+    controls = {}
+    if args.only in (None, "control"):
+        for v in args.variants:
+            controls[v] = control(v, args.seed, args.data_root)
+            print(f"[{time.time() - t0:.0f} s] control {v}: {json.dumps(controls[v])}", flush=True)
     if args.only in (None, "probe"):
         probes = probe(args.seed, args.data_root, args.variants, heads=not args.no_heads)
         print(f"[{time.time() - t0:.0f} s] probe: {json.dumps(probes)}", flush=True)
@@ -350,7 +427,7 @@ def main() -> None:
         / f"seed{args.seed}" / "bnneck" / "test_metrics.json"
     if done.is_file():
         base = json.loads(done.read_text())
-    print(report(reids, probes, base))
+    print(report(reids, probes, base, controls))
 
 
 if __name__ == "__main__":
