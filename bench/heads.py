@@ -57,6 +57,19 @@ VARIANTS: dict[str, list[str]] = {
     "aacn_parts_narrow": ["model.head=aacn", "model.head_options={part_channels: 16}"],
     "aacn_detached": ["model.head=aacn", "model.head_options={detach_attention: true}"],
     "aacn_per_part": ["model.head=aacn", "model.head_options={part_stream: per_part}"],
+    # issue 11 ablations, second round. PABR: one change of the default each
+    "pabr_no_l2": ["model.head=pabr", "model.head_options={l2_normalize: false}"],
+    "pabr_compact": ["model.head=pabr", "model.head_options={compact_dim: 512}"],
+    "pabr_head_lr10": ["model.head=pabr", "optim.head_lr_factor=10"],
+    # AACN with the global stream as wide as the backbone (aacn_global_wide), then one change each
+    "aacn_gw_maps_light": ["model.head=aacn", "model.head_options={global_channels: 1280, map_loss_weight: 0.1}"],
+    "aacn_gw_no_visibility": ["model.head=aacn",
+                              "model.head_options={global_channels: 1280, visibility_weighting: false}"],
+    "aacn_gw_no_maxnorm": ["model.head=aacn", "model.head_options={global_channels: 1280, max_normalize: false}"],
+    "aacn_gw_parts_narrow": ["model.head=aacn", "model.head_options={global_channels: 1280, part_channels: 16}"],
+    "aacn_gw_head_lr10": ["model.head=aacn", "model.head_options={global_channels: 1280}",
+                          "optim.head_lr_factor=10"],
+    "aacn_gw_detached": ["model.head=aacn", "model.head_options={global_channels: 1280, detach_attention: true}"],
 }
 
 

@@ -356,3 +356,53 @@ def test_aacn_detached_attention_takes_no_reid_gradient():
         out = head(fmap)
         sum(head.keypoint_losses(out, _kp(2), (128, 64), 1.5).values()).backward()
         assert float(head.attention[-1].weight.grad.abs().max()) > 0
+
+
+def test_pabr_compact_bilinear_is_the_count_sketch_of_the_outer_product():
+    # Tensor Sketch identity (Pham and Pagh): FFT-convolving the count sketches of a and p equals
+    # count-sketching a (outer) p with hash (h_a(c) + h_p(k)) mod d and sign s_a(c) s_p(k)
+    torch.manual_seed(0)
+    fmap = torch.randn(2, 16, 8, 4)
+    head = build_head("pabr", in_channels=16, num_classes=3, skeleton=COCO17, appearance_channels=4,
+                      part_hidden=8, compact_dim=12, signed_sqrt=False).eval()
+    out = head(fmap)
+    assert out.feature.shape == (2, 12) and head.dim == 12 and out.part_features is None
+    a, p = head.appearance(fmap), head.part(fmap).relu()
+    full = torch.einsum("bchw,bkhw->bkc", a, p) / 32                       # [B, K, Ca]
+    ha, sa = head.sketch_a.abs().argmax(1), head.sketch_a.sum(1)
+    hp, sp = head.sketch_p.abs().argmax(1), head.sketch_p.sum(1)
+    want = torch.zeros(2, 12)
+    for k in range(17):
+        for c in range(4):
+            want[:, (ha[c] + hp[k]) % 12] += sa[c] * sp[k] * full[:, k, c]
+    torch.testing.assert_close(out.feature, 10.0 * want / want.norm(dim=1, keepdim=True), rtol=1e-4, atol=1e-5)
+    # the sketch is a fixed part of the model: saved with it, the same in every build
+    again = build_head("pabr", in_channels=16, num_classes=3, skeleton=COCO17, appearance_channels=4,
+                       part_hidden=8, compact_dim=12)
+    assert torch.equal(again.sketch_a, head.sketch_a) and "sketch_p" in head.state_dict()
+
+
+def test_pabr_without_l2_normalisation_keeps_the_descriptor_scale():
+    torch.manual_seed(0)
+    fmap = torch.randn(2, 16, 8, 4)
+    head = build_head("pabr", in_channels=16, num_classes=3, skeleton=COCO17, appearance_channels=4,
+                      part_hidden=8, l2_normalize=False, signed_sqrt=False).eval()
+    out = head(fmap)
+    torch.testing.assert_close(out.feature, out.part_features.flatten(1))
+
+
+def test_aacn_attention_without_max_normalisation_masks_with_the_raw_maps():
+    torch.manual_seed(0)
+    fmap = torch.randn(2, 16, 8, 4)
+    head = build_head("aacn", in_channels=16, num_classes=3, skeleton=COCO17, part_channels=4,
+                      global_channels=8, hidden=8, max_normalize=False, visibility_weighting=False).eval()
+    out = head(fmap)
+    maps = torch.cat([out.maps["nonrigid"], out.maps["rigid"]], 1).abs()
+    f = head.reduce(fmap)
+    want = torch.einsum("bphw,bchw->bpc", maps, f) / 32
+    torch.testing.assert_close(out.part_features, want)
+    normed = build_head("aacn", in_channels=16, num_classes=3, skeleton=COCO17, part_channels=4,
+                        global_channels=8, hidden=8, visibility_weighting=False)
+    normed.load_state_dict(head.state_dict())
+    normed.eval()
+    assert not torch.allclose(normed(fmap).part_features, want)

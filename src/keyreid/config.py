@@ -84,6 +84,7 @@ class OptimConfig:
     amp: bool = True                                  # only takes effect on a GPU
     freeze_pretrained_epochs: int = 0                 # backbone (+ stage copies) fixed, BN stats too
     divergence_factor: float = 10.0                   # stop when the loss exceeds this x its early value (0: off)
+    head_lr_factor: float = 1.0                       # the head's (new layers') lr = this x lr
 
 
 @dataclass

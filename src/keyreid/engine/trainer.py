@@ -216,6 +216,9 @@ class Trainer:
             weight_decay = oc.weight_decay
         for g in groups:
             g.setdefault("lr", oc.lr)
+        if oc.head_lr_factor != 1.0:
+            groups = split_head_groups(groups, self.model, oc.head_lr_factor)
+        for g in groups:
             g["initial_lr"] = g["lr"]
         if oc.optimizer == "adam":
             return torch.optim.Adam(groups, lr=oc.lr, weight_decay=weight_decay)
@@ -498,3 +501,23 @@ def epoch_line(row: dict, epochs: int) -> str:
     if val:
         parts.append("val " + " ".join(val))
     return "  ".join(parts)
+
+
+def split_head_groups(groups: list[dict], model: torch.nn.Module, factor: float) -> list[dict]:
+    """Each parameter group split in two: the head's parameters at factor x the group's lr (new
+    layers trained faster than the pretrained backbone, as papers on ImageNet backbones often do)."""
+    if factor <= 0:
+        raise ConfigValueError(f"optim.head_lr_factor must be positive, got {factor}")
+    head = getattr(model, "head", None)
+    if head is None:
+        raise ConfigValueError("optim.head_lr_factor needs a model with a head")
+    head_ids = {id(p) for p in head.parameters()}
+    out = []
+    for g in groups:
+        inside = [p for p in g["params"] if id(p) in head_ids]
+        outside = [p for p in g["params"] if id(p) not in head_ids]
+        if outside:
+            out.append({**g, "params": outside})
+        if inside:
+            out.append({**g, "params": inside, "lr": g["lr"] * factor})
+    return out

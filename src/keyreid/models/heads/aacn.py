@@ -67,7 +67,7 @@ class AACNHead(nn.Module):
                  limb_sigma: float = 1.0, map_loss_weight: float = 1.0,
                  visibility_weighting: bool = True,
                  map_init_std: Optional[float] = None, detach_attention: bool = False,
-                 part_stream: str = "shared"):
+                 part_stream: str = "shared", max_normalize: bool = True):
         super().__init__()
         if skeleton is None:
             raise ValueError("the aacn head needs a keypoint skeleton (dataset with keypoints)")
@@ -82,6 +82,7 @@ class AACNHead(nn.Module):
         self.map_loss_weight = map_loss_weight
         self.visibility_weighting = visibility_weighting
         self.detach_attention = detach_attention
+        self.max_normalize = max_normalize
         if part_stream not in ("shared", "per_part"):
             raise ValueError(f"aacn part_stream must be shared or per_part, got {part_stream!r}")
         self.part_stream = part_stream
@@ -123,7 +124,8 @@ class AACNHead(nn.Module):
             # the attention is learnt from the pose targets alone, as the slides' separately
             # trained PPA: the re-ID losses use the maps but do not reshape them
             parts_maps = parts_maps.detach()
-        m = parts_maps / parts_maps.amax(dim=(-2, -1), keepdim=True).clamp_min(1e-6)
+        m = parts_maps / parts_maps.amax(dim=(-2, -1), keepdim=True).clamp_min(1e-6) \
+            if self.max_normalize else parts_maps
         if self.part_stream == "shared":
             f = self.reduce(fmap)                                              # [B, c, h, w]
             parts = torch.einsum("bphw,bchw->bpc", m, f) / (f.shape[-1] * f.shape[-2])

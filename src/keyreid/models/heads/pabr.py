@@ -42,7 +42,8 @@ class PABRHead(nn.Module):
                  appearance_channels: int = 64, part_hidden: int = 128,
                  pose_epochs: Optional[int] = None, feature_scale: float = 10.0,
                  signed_sqrt: bool = True, global_part: bool = False,
-                 map_init_std: Optional[float] = 0.001):
+                 map_init_std: Optional[float] = 0.001, l2_normalize: bool = True,
+                 compact_dim: Optional[int] = None):
         super().__init__()
         if skeleton is None:
             raise ValueError("the pabr head needs a keypoint skeleton (dataset with keypoints)")
@@ -52,12 +53,28 @@ class PABRHead(nn.Module):
         self.feature_scale = feature_scale
         self.signed_sqrt = signed_sqrt
         self.global_part = global_part
+        self.l2_normalize = l2_normalize
+        self.compact_dim = compact_dim
         self.appearance = nn.Sequential(nn.Conv2d(in_channels, appearance_channels, 1, bias=False),
                                         nn.BatchNorm2d(appearance_channels), nn.ReLU(inplace=True))
         self.part = nn.Sequential(nn.Conv2d(in_channels, part_hidden, 3, padding=1, bias=False),
                                   nn.BatchNorm2d(part_hidden), nn.ReLU(inplace=True),
                                   nn.Conv2d(part_hidden, k, 1))
         self.dim = appearance_channels * (k + int(global_part))
+        if compact_dim is not None:
+            # compact bilinear pooling (Gao et al., CVPR 2016: Tensor Sketch), which the paper uses
+            # to shrink the bilinear descriptor: fixed random count sketches of a and p, their
+            # circular convolution by FFT; <sketch(a x p), sketch(a' x p')> estimates <a x p, a' x p'>
+            if compact_dim < 2:
+                raise ValueError(f"pabr compact_dim must be at least 2, got {compact_dim}")
+            g = torch.Generator().manual_seed(1)
+            for name, c in (("sketch_a", appearance_channels), ("sketch_p", k + int(global_part))):
+                rows = torch.randint(compact_dim, (c,), generator=g)
+                signs = torch.randint(2, (c,), generator=g).float() * 2 - 1
+                m = torch.zeros(c, compact_dim)
+                m[torch.arange(c), rows] = signs
+                self.register_buffer(name, m)
+            self.dim = compact_dim
         self.neck = BNNeck(self.dim, num_classes)
         self.heatmap_loss = HeatmapMSELoss()
         init_conv(self)
@@ -75,15 +92,28 @@ class PABRHead(nn.Module):
         if self.global_part:
             # a uniform part map: its bilinear block is the plain average of A, the global feature
             p = torch.cat([torch.ones_like(p[:, :1]), p], 1)
-        bilinear = torch.einsum("bchw,bkhw->bkc", a, p) / (a.shape[-1] * a.shape[-2])
-        parts = bilinear
-        f = bilinear.flatten(1)
+        if self.compact_dim is None:
+            bilinear = torch.einsum("bchw,bkhw->bkc", a, p) / (a.shape[-1] * a.shape[-2])
+            parts = bilinear
+            f = bilinear.flatten(1)
+        else:
+            parts = None  # a sketch has no per-part blocks
+            f = self._tensor_sketch(a, p)
         if self.signed_sqrt:
             f = torch.sign(f) * torch.sqrt(f.abs() + 1e-8)
-        feature = self.feature_scale * F.normalize(f, dim=1)
+        # without the L2 normalisation the descriptor keeps its own scale (feature_scale unused)
+        feature = self.feature_scale * F.normalize(f, dim=1) if self.l2_normalize else f
         embedding, logits = self.neck(feature)
         return ModelOutput(embedding=embedding, feature=feature, logits=logits, heatmaps=heatmaps,
                            part_features=parts)
+
+    def _tensor_sketch(self, a: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        """Average over locations of the Tensor Sketch of a_xy (outer) p_xy: [B, compact_dim]."""
+        d = self.compact_dim
+        sa = torch.einsum("bchw,cd->bhwd", a, self.sketch_a).float()
+        sp = torch.einsum("bkhw,kd->bhwd", p, self.sketch_p).float()
+        conv = torch.fft.irfft(torch.fft.rfft(sa, dim=-1) * torch.fft.rfft(sp, dim=-1), n=d, dim=-1)
+        return conv.mean(dim=(1, 2)).to(a.dtype)
 
     def keypoint_losses(self, out: ModelOutput, keypoints: torch.Tensor, image_hw: tuple[int, int],
                         sigma: float, epoch: int = 0) -> dict[str, torch.Tensor]:
