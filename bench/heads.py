@@ -69,6 +69,7 @@ VARIANTS: dict[str, list[str]] = {
     "aacn_gw_parts_narrow": ["model.head=aacn", "model.head_options={global_channels: 1280, part_channels: 16}"],
     "aacn_gw_head_lr10": ["model.head=aacn", "model.head_options={global_channels: 1280}",
                           "optim.head_lr_factor=10"],
+    "aacn_gw_per_part": ["model.head=aacn", "model.head_options={global_channels: 1280, part_stream: per_part}"],
     "aacn_gw_detached": ["model.head=aacn", "model.head_options={global_channels: 1280, detach_attention: true}"],
 }
 
