@@ -452,3 +452,21 @@ def test_loss_scaling_path_steps_like_plain_fp32_and_allows_a_second_step():
     scaled = run(scaler)
     assert all(torch.equal(a, b) for a, b in zip(plain, scaled))
     assert scaler.get_scale() == 2.0 ** 10        # no overflow: the scale stayed
+
+
+def test_a_finished_run_given_more_epochs_trains_them(synth_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    train(config(synth_root, out, "log.sample_every=0"))
+    before = weights(out)[1]
+    with pytest.raises(ConfigError, match="optim.epochs: 1 \\(checkpoint\\) -> 2 \\(now\\)"):
+        train(config(synth_root, out, "log.sample_every=0", "optim.epochs=2"))
+    trainer, result = train(config(synth_root, out, "log.sample_every=0", "optim.epochs=2"),
+                            allow_config_change=True)
+    assert "goes on with 1 more epoch(s) of stage 'main'" in capsys.readouterr().out
+    assert result["epochs"] == 3 and [r["epoch"] for r in result["history"]] == [1, 2, 3]
+    assert not same_weights(before, weights(out)[1])
+    assert len((out / "metrics.csv").read_text().strip().splitlines()) == 1 + 3
+    # finished again: a rerun with the same config trains nothing more
+    extended = weights(out)[1]
+    _, again = train(config(synth_root, out, "log.sample_every=0", "optim.epochs=2"), allow_config_change=True)
+    assert again["epochs"] == 3 and same_weights(extended, weights(out)[1])

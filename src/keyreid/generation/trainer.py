@@ -414,6 +414,17 @@ class GanTrainer:
             # the config now gives this stage fewer epochs (--allow-config-change): go on with the next
             self.state.stage_index, self.state.epoch = self.state.stage_index + 1, 0
             ck["optimizers"] = None
+        if self.stages and self.state.stage_index >= len(self.stages):
+            last = self.stages[-1]
+            done = sum(1 for row in self.state.history if row.get("stage") == last.name)
+            if done < last.epochs + last.decay_epochs:
+                # a finished run given more epochs (--allow-config-change): its last stage goes on.
+                # The optimizers' moments are not kept past a stage's end, so they start afresh.
+                self.state.stage_index, self.state.epoch = len(self.stages) - 1, done
+                ck["optimizers"] = None
+                if self.is_main:
+                    print(f"{path}: the finished run goes on with {last.epochs + last.decay_epochs - done} "
+                          f"more epoch(s) of stage {last.name!r} (optimizer moments start afresh)", flush=True)
         self._optimizer_states = ck.get("optimizers") if self.state.epoch > 0 else None
         self.scaler.load_state_dict(ck["scaler"])
         self._rng = ck["rng"]
