@@ -176,6 +176,9 @@ def test_render_errors_are_one_line_exit_2(trained, person, tmp_path, monkeypatc
     code, _, err = run_cli(["generate", "render", ck, image, "--pose", "canonical:0", "-o", out],
                            monkeypatch, capsys)
     assert code == 2 and "stores no canonical poses" in one_error_line(err)
+    # a method that draws in a target pose, without one
+    code, _, err = run_cli(["generate", "render", ck, image, "-o", out], monkeypatch, capsys)
+    assert code == 2 and "test_fake render draws the person in a target pose: give --pose" in one_error_line(err)
     # a method that needs --other, without it
     code, _, err = run_cli(["generate", "render", trained["test_fake_other"], image, "--pose", "canonical:1",
                             "-o", out], monkeypatch, capsys)

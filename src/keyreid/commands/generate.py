@@ -80,6 +80,9 @@ def render(checkpoint: Path = typer.Argument(..., help="A generation checkpoint 
     h, w = cfg.data.height, cfg.data.width
     source, size = read_model_image(image, h, w)
     target = None
+    if pose is None and getattr(method, "needs_keypoints", False):
+        raise KeyreidError(f"{cfg.method} render draws the person in a target pose: give --pose POSE.json "
+                           "(keypoints) or --pose canonical:K / canonical:all")
     if pose is not None:
         if pose.startswith("canonical:"):
             target = canonical_targets(ck.get("card") or {}, pose, h, w, str(checkpoint))
