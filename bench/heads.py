@@ -61,6 +61,7 @@ VARIANTS: dict[str, list[str]] = {
     "pabr_no_l2": ["model.head=pabr", "model.head_options={l2_normalize: false}"],
     "pabr_compact": ["model.head=pabr", "model.head_options={compact_dim: 512}"],
     "pabr_head_lr10": ["model.head=pabr", "optim.head_lr_factor=10"],
+    "pabr_pose_heavy": ["model.head=pabr", "loss.heatmap_weight=10"],
     # AACN with the global stream as wide as the backbone (aacn_global_wide), then one change each
     "aacn_gw_maps_light": ["model.head=aacn", "model.head_options={global_channels: 1280, map_loss_weight: 0.1}"],
     "aacn_gw_no_visibility": ["model.head=aacn",
