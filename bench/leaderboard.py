@@ -100,8 +100,16 @@ def table(per: dict[str, list[dict]], seeds: list[int], failed: dict[str, str]) 
     return lines
 
 
+def is_cached(name: str, seed: int, heads_dir: Path, output: Path) -> bool:
+    """Whether the row's run for this seed is finished (its result is read, nothing trains)."""
+    if name in VARIANTS:
+        return (heads_dir / f"seed{seed}" / name / "test_metrics.json").is_file()
+    return (output / f"seed{seed}" / slug(name) / "result.json").is_file()
+
+
 def run_leaderboard(rows: Optional[list[str]], seeds: list[int], heads_dir: Path, output: Path,
-                    data_root: Path, overrides: list[str], gen_modules: list[str] = GEN_MODULES) -> str:
+                    data_root: Path, overrides: list[str], gen_modules: list[str] = GEN_MODULES,
+                    cached_only: bool = False) -> str:
     gen, missing = generation_rows(gen_modules) if rows is None or set(rows) - set(VARIANTS) else ({}, {})
     names = rows or [*HEAD_ROWS, *gen]
     failed: dict[str, str] = {}
@@ -116,6 +124,8 @@ def run_leaderboard(rows: Optional[list[str]], seeds: list[int], heads_dir: Path
     t0 = time.time()
     for seed in seeds:
         for name in runnable:
+            if cached_only and not is_cached(name, seed, heads_dir, output):
+                continue
             print(f"[leaderboard] seed {seed} {name}", flush=True)
             try:
                 if name in VARIANTS:
@@ -149,6 +159,8 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[],
                     help="extra key=value for every head run (e.g. optim.epochs=1 for a toy run)")
     ap.add_argument("--list", action="store_true", help="print the rows and exit")
+    ap.add_argument("--cached-only", action="store_true",
+                    help="train nothing: the table of the runs already finished (seeds column = how many)")
     args = ap.parse_args()
     if args.overrides and args.heads_dir == Path("runs/heads"):
         ap.error("--set changes the runs: give another --heads-dir, so the shared cache runs/heads "
@@ -162,7 +174,8 @@ def main() -> None:
         for mod, why in missing.items():
             print(f"{mod:22s} not available: {why}")
         return
-    print(run_leaderboard(args.rows, args.seeds, args.heads_dir, args.output, args.data_root, args.overrides))
+    print(run_leaderboard(args.rows, args.seeds, args.heads_dir, args.output, args.data_root, args.overrides,
+                          cached_only=args.cached_only))
 
 
 if __name__ == "__main__":

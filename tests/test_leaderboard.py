@@ -1,0 +1,39 @@
+"""bench/leaderboard.py's table from cached runs: nothing trains with --cached-only, and the mean,
+spread and per-seed columns are the hand-computed ones."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _head_run(heads: Path, seed: int, name: str, mAP: float, r1: float, minp: float, secs: float) -> None:
+    d = heads / f"seed{seed}" / name
+    d.mkdir(parents=True)
+    (d / "test_metrics.json").write_text(json.dumps(
+        {"metrics": {"R1": r1, "mAP": mAP, "mINP": minp}, "train_seconds": secs}))
+
+
+def test_cached_only_reads_finished_runs_and_trains_nothing(tmp_path):
+    heads, out = tmp_path / "heads", tmp_path / "board"
+    _head_run(heads, 0, "bnneck", 0.60, 0.70, 0.30, 100)
+    _head_run(heads, 1, "bnneck", 0.64, 0.74, 0.34, 300)
+    _head_run(heads, 0, "pabr", 0.70, 0.80, 0.40, 200)
+    gen = out / "seed0" / "ipgan_augmentation"
+    gen.mkdir(parents=True)
+    (gen / "result.json").write_text(json.dumps({"R1": 50.0, "mAP": 40.0, "mINP": 20.0, "train_s": 50}))
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "leaderboard.py"), "--cached-only", "--seeds", "0", "1",
+         "--rows", "bnneck", "pabr", "kae", "ipgan augmentation", "--heads-dir", str(heads),
+         "--output", str(out), "--data-root", str(tmp_path / "no_data")],
+        capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    lines = {l.split(" | ")[0].strip("| "): l for l in proc.stdout.splitlines() if l.startswith("| ")}
+    assert lines["bnneck"] == "| bnneck | 2 | 72.0 ± 2.0 | 62.0 ± 2.0 | 32.0 ± 2.0 | 200 | 60.0, 64.0 |"
+    assert lines["pabr"] == "| pabr | 1 | 80.0 ± 0.0 | 70.0 ± 0.0 | 40.0 ± 0.0 | 200 | 70.0 |"
+    assert lines["ipgan augmentation"].startswith("| ipgan augmentation | 1 | 50.0 ± 0.0 | 40.0 ± 0.0 |")
+    assert "kae" not in lines                                    # never run: not trained, not a row
+    assert "pabr +8.0" in proc.stdout and "ipgan augmentation -22.0" in proc.stdout
+    assert not (heads / "seed0" / "kae").exists() and not (heads / "seed1" / "pabr").exists()
