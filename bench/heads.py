@@ -49,14 +49,16 @@ VARIANTS: dict[str, list[str]] = {
     "pabr_pose4": ["model.head=pabr", "model.head_options={pose_epochs: 4}"],
     "pabr_wide": ["model.head=pabr", "model.head_options={appearance_channels: 128}"],
     "pabr_margin_soft": ["model.head=pabr", "loss.margin=null"],
-    # AACN (default unchanged by issue 11): one change each
-    "aacn_small_init": ["model.head=aacn", "model.head_options={map_init_std: 0.001}"],
-    "aacn_maps_light": ["model.head=aacn", "model.head_options={map_loss_weight: 0.1}"],
-    "aacn_no_visibility": ["model.head=aacn", "model.head_options={visibility_weighting: false}"],
+    # AACN. Issue 11 made the global stream as wide as the backbone (1,280 here) the default:
+    # aacn_global256 is the old default, the names below (first round) changed one thing of it
+    "aacn_global256": ["model.head=aacn", "model.head_options={global_channels: 256}"],
+    "aacn_small_init": ["model.head=aacn", "model.head_options={global_channels: 256, map_init_std: 0.001}"],
+    "aacn_maps_light": ["model.head=aacn", "model.head_options={global_channels: 256, map_loss_weight: 0.1}"],
+    "aacn_no_visibility": ["model.head=aacn", "model.head_options={global_channels: 256, visibility_weighting: false}"],
     "aacn_global_wide": ["model.head=aacn", "model.head_options={global_channels: 1280}"],
-    "aacn_parts_narrow": ["model.head=aacn", "model.head_options={part_channels: 16}"],
-    "aacn_detached": ["model.head=aacn", "model.head_options={detach_attention: true}"],
-    "aacn_per_part": ["model.head=aacn", "model.head_options={part_stream: per_part}"],
+    "aacn_parts_narrow": ["model.head=aacn", "model.head_options={global_channels: 256, part_channels: 16}"],
+    "aacn_detached": ["model.head=aacn", "model.head_options={global_channels: 256, detach_attention: true}"],
+    "aacn_per_part": ["model.head=aacn", "model.head_options={global_channels: 256, part_stream: per_part}"],
     # issue 11 ablations, second round. PABR: one change of the default each
     "pabr_no_l2": ["model.head=pabr", "model.head_options={l2_normalize: false}"],
     "pabr_compact": ["model.head=pabr", "model.head_options={compact_dim: 512}"],

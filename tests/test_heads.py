@@ -406,3 +406,38 @@ def test_aacn_attention_without_max_normalisation_masks_with_the_raw_maps():
     normed.load_state_dict(head.state_dict())
     normed.eval()
     assert not torch.allclose(normed(fmap).part_features, want)
+
+
+def test_aacn_global_stream_is_as_wide_as_the_backbone_by_default():
+    # issue 11: a 256-d global stream next to P x 64 part dims made the feature mostly parts (demo
+    # seed 0: 52.1 mAP against 64.2 with the backbone's width); a given width still wins
+    head = build_head("aacn", in_channels=48, num_classes=3, skeleton=COCO17, part_channels=4, hidden=8)
+    p = len(COCO17.limbs) + 6
+    assert head.global_dim == 48 and head.dim == 48 + p * 4
+    out = head.eval()(torch.randn(2, 48, 8, 4))
+    assert out.feature.shape == (2, 48 + p * 4)
+    assert build_head("aacn", in_channels=48, num_classes=3, skeleton=COCO17, global_channels=8).global_dim == 8
+
+
+def test_an_aacn_checkpoint_from_before_the_wider_default_still_loads(tiny_synth, tmp_path):
+    from conftest import tiny_overrides
+
+    from keyreid.config import load_config
+    from keyreid.demo.run import DEMO_CONFIG
+    from keyreid.engine.trainer import Trainer
+    from keyreid.inference import load_model
+
+    over = tiny_overrides(tiny_synth, tmp_path / "aacn", head="aacn", **{"optim.epochs": 1,
+                          "model.head_options": "{global_channels: 8}"})
+    torch.manual_seed(0)
+    Trainer(load_config(DEMO_CONFIG, over), resume=False, show_progress=False).fit()
+    path = tmp_path / "aacn" / "last.pt"
+    ck = torch.load(path, weights_only=False)
+    # as written before issue 11: the 256-wide global stream was the default, so no option was stored
+    for where in (ck["card"]["model"], ck["config"]["model"]):
+        where["head_options"].pop("global_channels")
+    torch.save(ck, path)
+    lm = load_model(path, device="cpu")
+    assert lm.model.head.global_dim == 8
+    torch.testing.assert_close(lm.model.state_dict()["head.global_reduce.0.weight"],
+                               ck["model"]["head.global_reduce.0.weight"])

@@ -128,6 +128,21 @@ def _legacy_config(path: Path, config: Optional[Union[str, Path, Config]]) -> Co
     return config if isinstance(config, Config) else load_config(config)
 
 
+def _options_from_weights(model_cfg: ModelConfig, state: dict) -> ModelConfig:
+    """Head options that the weights decide (a default that changed since the checkpoint was
+    written): a head class may say which through options_from_weights(state, options)."""
+    from keyreid.models.heads import HEADS
+
+    try:
+        hook = getattr(HEADS.get(model_cfg.head), "options_from_weights", None)
+    except Exception:  # noqa: BLE001  (an unknown head is reported by build_model, with its message)
+        return model_cfg
+    extra = hook(state, dict(model_cfg.head_options or {})) if hook else {}
+    if not extra:
+        return model_cfg
+    return dataclasses.replace(model_cfg, head_options={**(model_cfg.head_options or {}), **extra})
+
+
 def load_model(checkpoint: Union[str, Path], device: str = "auto",
                config: Optional[Union[str, Path, Config]] = None) -> LoadedModel:
     """Load `best.pt` / `last.pt` (or an exported `.onnx`) as a LoadedModel.
@@ -149,7 +164,7 @@ def load_model(checkpoint: Union[str, Path], device: str = "auto",
         raise KeyreidError(f"{path}: not a keyreid checkpoint (no model weights)")
     card = ck.get("card")
     if card is not None and card.get("format") == CARD_FORMAT:
-        model_cfg = _build(ModelConfig, card["model"], f"{path}:card.model")
+        model_cfg = _options_from_weights(_build(ModelConfig, card["model"], f"{path}:card.model"), ck["model"])
         cfg = _build(Config, ck["config"], f"{path}:config") if ck.get("config") else Config()
         cfg.model = model_cfg
         skeleton = get_skeleton(card["skeleton"]) if card.get("skeleton") else None
@@ -157,7 +172,7 @@ def load_model(checkpoint: Union[str, Path], device: str = "auto",
     else:
         cfg = _legacy_config(path, config)
         skeleton = get_skeleton(ck["skeleton"]) if ck.get("skeleton") else None
-        model_cfg = dataclasses.replace(cfg.model, pretrained=None)
+        model_cfg = _options_from_weights(dataclasses.replace(cfg.model, pretrained=None), ck["model"])
         model = build_model(model_cfg, len(ck["label_map"]), skeleton)
         card = None
     try:
