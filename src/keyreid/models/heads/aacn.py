@@ -8,13 +8,21 @@ keypoints. Attention-aware alignment: each part map M_p, normalised by its maxim
 |M_p|. Weighted composition: f = concat_p(w_p * f_p) with w_p = P * v_p / sum_q v_q (mean weight 1),
 concatenated after a global feature.
 
-Issue 11 (AACN 9 mAP below bnneck on the demo): not fixed. map_init_std (default None: the ReLU
-init) starts the maps' last conv near 0; with the ReLU init the three map losses start at ~3 each
-and send the backbone a gradient of norm 40 against 88 from the re-ID losses (kae: 8 against 80),
-but starting them near 0 scored 48.0 mAP on demo seed 0 against 52.1 for the old head, so the old
-init stays. The slides train the part attention (PPA) on its own, before the re-ID network.
+Issue 11 (AACN 9 mAP below bnneck on the demo). Found and fixed: the global stream was reduced to
+256 channels while the part streams add P x 64 (25 parts: 1,600 dims), so the BNNeck feature was
+mostly parts; as wide as the backbone (global_channels None, the default) it scored 64.2 mAP on demo
+seed 0 against 52.1 (63.7 over seeds 0-2, bnneck 62.9). Why it stays near bnneck, measured with
+bench/head_probes.py: its part blocks are nearly interchangeable (swapping block k with a donor's
+block k moves a query towards the donor hardly more than swapping in another of the donor's blocks,
+11.0 vs 8.4; kae: 27.0 vs -0.1), consistent with how they are made: each is an average of one map under a
+mask that keeps only 36-38% of its mass inside its part (a uniform mask: 16-22%) at the backbone's
+8x4 resolution. bench/RESULTS.md has the ablations (map loss weight, visibility weighting, max
+normalisation, per-part embeddings, detached attention, head learning rate).
+map_init_std (default None: the ReLU init): starting the maps' last conv near 0 scored 48.0 against
+52.1 with the old width. The slides train the part attention (PPA) on its own, before the re-ID
+network (detach_attention: the re-ID losses do not reshape the maps).
 Options for the ablations of bench/heads.py: map_init_std, map_loss_weight (the slides' mu_1, mu_2),
-visibility_weighting, part_channels, global_channels.
+visibility_weighting, max_normalize, part_channels, global_channels, part_stream, detach_attention.
 """
 
 from __future__ import annotations
