@@ -49,16 +49,18 @@ VARIANTS: dict[str, list[str]] = {
     "pabr_pose4": ["model.head=pabr", "model.head_options={pose_epochs: 4}"],
     "pabr_wide": ["model.head=pabr", "model.head_options={appearance_channels: 128}"],
     "pabr_margin_soft": ["model.head=pabr", "loss.margin=null"],
-    # AACN. Issue 11 made the global stream as wide as the backbone (1,280 here) the default:
-    # aacn_global256 is the old default, the names below (first round) changed one thing of it
-    "aacn_global256": ["model.head=aacn", "model.head_options={global_channels: 256}"],
-    "aacn_small_init": ["model.head=aacn", "model.head_options={global_channels: 256, map_init_std: 0.001}"],
+    # AACN. Issue 11 made the default a global stream as wide as the backbone (1,280 here) and the
+    # part-map losses weighted 0.1 (aacn_gw_maps_light); aacn_global256 is the old default (256,
+    # weight 1.0) and the first-round names below change one thing of it; the aacn_gw_* names
+    # change one thing of aacn_global_wide (1,280, weight 1.0)
+    "aacn_global256": ["model.head=aacn", "model.head_options={global_channels: 256, map_loss_weight: 1.0}"],
+    "aacn_small_init": ["model.head=aacn", "model.head_options={global_channels: 256, map_init_std: 0.001, map_loss_weight: 1.0}"],
     "aacn_maps_light": ["model.head=aacn", "model.head_options={global_channels: 256, map_loss_weight: 0.1}"],
-    "aacn_no_visibility": ["model.head=aacn", "model.head_options={global_channels: 256, visibility_weighting: false}"],
-    "aacn_global_wide": ["model.head=aacn", "model.head_options={global_channels: 1280}"],
-    "aacn_parts_narrow": ["model.head=aacn", "model.head_options={global_channels: 256, part_channels: 16}"],
-    "aacn_detached": ["model.head=aacn", "model.head_options={global_channels: 256, detach_attention: true}"],
-    "aacn_per_part": ["model.head=aacn", "model.head_options={global_channels: 256, part_stream: per_part}"],
+    "aacn_no_visibility": ["model.head=aacn", "model.head_options={global_channels: 256, visibility_weighting: false, map_loss_weight: 1.0}"],
+    "aacn_global_wide": ["model.head=aacn", "model.head_options={global_channels: 1280, map_loss_weight: 1.0}"],
+    "aacn_parts_narrow": ["model.head=aacn", "model.head_options={global_channels: 256, part_channels: 16, map_loss_weight: 1.0}"],
+    "aacn_detached": ["model.head=aacn", "model.head_options={global_channels: 256, detach_attention: true, map_loss_weight: 1.0}"],
+    "aacn_per_part": ["model.head=aacn", "model.head_options={global_channels: 256, part_stream: per_part, map_loss_weight: 1.0}"],
     # issue 11 ablations, second round. PABR: one change of the default each
     "pabr_no_l2": ["model.head=pabr", "model.head_options={l2_normalize: false}"],
     "pabr_compact": ["model.head=pabr", "model.head_options={compact_dim: 512}"],
@@ -67,13 +69,13 @@ VARIANTS: dict[str, list[str]] = {
     # AACN with the global stream as wide as the backbone (aacn_global_wide), then one change each
     "aacn_gw_maps_light": ["model.head=aacn", "model.head_options={global_channels: 1280, map_loss_weight: 0.1}"],
     "aacn_gw_no_visibility": ["model.head=aacn",
-                              "model.head_options={global_channels: 1280, visibility_weighting: false}"],
-    "aacn_gw_no_maxnorm": ["model.head=aacn", "model.head_options={global_channels: 1280, max_normalize: false}"],
-    "aacn_gw_parts_narrow": ["model.head=aacn", "model.head_options={global_channels: 1280, part_channels: 16}"],
-    "aacn_gw_head_lr10": ["model.head=aacn", "model.head_options={global_channels: 1280}",
+                              "model.head_options={global_channels: 1280, visibility_weighting: false, map_loss_weight: 1.0}"],
+    "aacn_gw_no_maxnorm": ["model.head=aacn", "model.head_options={global_channels: 1280, max_normalize: false, map_loss_weight: 1.0}"],
+    "aacn_gw_parts_narrow": ["model.head=aacn", "model.head_options={global_channels: 1280, part_channels: 16, map_loss_weight: 1.0}"],
+    "aacn_gw_head_lr10": ["model.head=aacn", "model.head_options={global_channels: 1280, map_loss_weight: 1.0}",
                           "optim.head_lr_factor=10"],
-    "aacn_gw_per_part": ["model.head=aacn", "model.head_options={global_channels: 1280, part_stream: per_part}"],
-    "aacn_gw_detached": ["model.head=aacn", "model.head_options={global_channels: 1280, detach_attention: true}"],
+    "aacn_gw_per_part": ["model.head=aacn", "model.head_options={global_channels: 1280, part_stream: per_part, map_loss_weight: 1.0}"],
+    "aacn_gw_detached": ["model.head=aacn", "model.head_options={global_channels: 1280, detach_attention: true, map_loss_weight: 1.0}"],
 }
 
 

@@ -11,7 +11,10 @@ concatenated after a global feature.
 Issue 11 (AACN 9 mAP below bnneck on the demo). Found and fixed: the global stream was reduced to
 256 channels while the part streams add P x 64 (25 parts: 1,600 dims), so the BNNeck feature was
 mostly parts; as wide as the backbone (global_channels None, the default) it scored 64.2 mAP on demo
-seed 0 against 52.1 (63.7 over seeds 0-2, bnneck 62.9). Why it stays near bnneck, measured with
+seed 0 against 52.1 (63.7 over seeds 0-2, bnneck 62.9). Then the part-map losses (non-rigid, rigid)
+weighted 0.1 instead of 1.0 (map_loss_weight, the slides' mu_1 = mu_2; the keypoint map keeps
+loss.heatmap_weight): 65.5 over seeds 0-2, better on every seed (+1.6, +0.8, +3.0). Why it stays
+below kae, measured with
 bench/head_probes.py: its part blocks are nearly interchangeable (swapping block k with a donor's
 block k moves a query towards the donor hardly more than swapping in another of the donor's blocks,
 11.0 vs 8.4; kae: 27.0 vs -0.1), consistent with how they are made: each is an average of one map under a
@@ -72,7 +75,7 @@ RIGID_PARTS: dict[str, list[tuple[str, ...]]] = {
 class AACNHead(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, skeleton: Skeleton,
                  part_channels: int = 64, global_channels: Optional[int] = None, hidden: int = 128,
-                 limb_sigma: float = 1.0, map_loss_weight: float = 1.0,
+                 limb_sigma: float = 1.0, map_loss_weight: float = 0.1,
                  visibility_weighting: bool = True,
                  map_init_std: Optional[float] = None, detach_attention: bool = False,
                  part_stream: str = "shared", max_normalize: bool = True):
