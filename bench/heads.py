@@ -48,6 +48,7 @@ VARIANTS: dict[str, list[str]] = {
     "pabr_global": ["model.head=pabr", "model.head_options={signed_sqrt: true, global_part: true}"],
     "pabr_pose4": ["model.head=pabr", "model.head_options={signed_sqrt: true, pose_epochs: 4}"],
     "pabr_wide": ["model.head=pabr", "model.head_options={signed_sqrt: true, appearance_channels: 128}"],
+    "pabr_wide256": ["model.head=pabr", "model.head_options={signed_sqrt: true, appearance_channels: 256}"],
     "pabr_margin_soft": ["model.head=pabr", "model.head_options={signed_sqrt: true}", "loss.margin=null"],
     # AACN. Issue 11 made the default a global stream as wide as the backbone (1,280 here) and the
     # part-map losses weighted 0.1 (aacn_gw_maps_light); aacn_global256 is the old default (256,
