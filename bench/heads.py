@@ -38,18 +38,20 @@ VARIANTS: dict[str, list[str]] = {
     # soft-margin triplet; their 20 frozen epochs do not fit the 10-epoch budget (demo: none)
     "stripes": ["model.head=stripes", "loss.margin=null"],
     "stripes+adaptiveL2": ["model.head=stripes", "loss.margin=null", "regularizer.adaptive_l2=true"],
-    # PABR. _old: the head before issue 11 (unit-norm descriptor, so a triplet margin of 0.3 was the
-    # whole spread of distances; map predictor with the ReLU init, map loss ~8 at the start);
-    # then one change of the current default each
-    "pabr_old": ["model.head=pabr", "model.head_options={signed_sqrt: true, feature_scale: 1.0, map_init_std: null}"],
-    "pabr_unscaled": ["model.head=pabr", "model.head_options={signed_sqrt: true, feature_scale: 1.0}"],
-    "pabr_kaiming_init": ["model.head=pabr", "model.head_options={signed_sqrt: true, map_init_std: null}"],
-    "pabr_no_sqrt": ["model.head=pabr", "model.head_options={signed_sqrt: false}"],
-    "pabr_global": ["model.head=pabr", "model.head_options={signed_sqrt: true, global_part: true}"],
-    "pabr_pose4": ["model.head=pabr", "model.head_options={signed_sqrt: true, pose_epochs: 4}"],
+    # PABR. The default after issue 11 has 128 appearance channels; pabr_64 is the session-3 default
+    # (64 channels) and the names below change one thing of it. pabr_old: the head before issue 11
+    # (unit-norm descriptor, so a triplet margin of 0.3 was the whole spread of distances; map
+    # predictor with the ReLU init, map loss ~8 at the start)
+    "pabr_64": ["model.head=pabr", "model.head_options={appearance_channels: 64, signed_sqrt: true}"],
+    "pabr_old": ["model.head=pabr", "model.head_options={appearance_channels: 64, signed_sqrt: true, feature_scale: 1.0, map_init_std: null}"],
+    "pabr_unscaled": ["model.head=pabr", "model.head_options={appearance_channels: 64, signed_sqrt: true, feature_scale: 1.0}"],
+    "pabr_kaiming_init": ["model.head=pabr", "model.head_options={appearance_channels: 64, signed_sqrt: true, map_init_std: null}"],
+    "pabr_no_sqrt": ["model.head=pabr", "model.head_options={appearance_channels: 64, signed_sqrt: false}"],
+    "pabr_global": ["model.head=pabr", "model.head_options={appearance_channels: 64, signed_sqrt: true, global_part: true}"],
+    "pabr_pose4": ["model.head=pabr", "model.head_options={appearance_channels: 64, signed_sqrt: true, pose_epochs: 4}"],
     "pabr_wide": ["model.head=pabr", "model.head_options={signed_sqrt: true, appearance_channels: 128}"],
     "pabr_wide256": ["model.head=pabr", "model.head_options={signed_sqrt: true, appearance_channels: 256}"],
-    "pabr_margin_soft": ["model.head=pabr", "model.head_options={signed_sqrt: true}", "loss.margin=null"],
+    "pabr_margin_soft": ["model.head=pabr", "model.head_options={appearance_channels: 64, signed_sqrt: true}", "loss.margin=null"],
     # AACN. Issue 11 made the default a global stream as wide as the backbone (1,280 here) and the
     # part-map losses weighted 0.1 (aacn_gw_maps_light); aacn_global256 is the old default (256,
     # weight 1.0) and the first-round names below change one thing of it; the aacn_gw_* names
@@ -63,10 +65,10 @@ VARIANTS: dict[str, list[str]] = {
     "aacn_detached": ["model.head=aacn", "model.head_options={global_channels: 256, detach_attention: true, map_loss_weight: 1.0}"],
     "aacn_per_part": ["model.head=aacn", "model.head_options={global_channels: 256, part_stream: per_part, map_loss_weight: 1.0}"],
     # issue 11 ablations, second round. PABR: one change of the default each
-    "pabr_no_l2": ["model.head=pabr", "model.head_options={signed_sqrt: true, l2_normalize: false}"],
-    "pabr_compact": ["model.head=pabr", "model.head_options={signed_sqrt: true, compact_dim: 512}"],
-    "pabr_head_lr10": ["model.head=pabr", "model.head_options={signed_sqrt: true}", "optim.head_lr_factor=10"],
-    "pabr_pose_heavy": ["model.head=pabr", "model.head_options={signed_sqrt: true}", "loss.heatmap_weight=10"],
+    "pabr_no_l2": ["model.head=pabr", "model.head_options={appearance_channels: 64, signed_sqrt: true, l2_normalize: false}"],
+    "pabr_compact": ["model.head=pabr", "model.head_options={appearance_channels: 64, signed_sqrt: true, compact_dim: 512}"],
+    "pabr_head_lr10": ["model.head=pabr", "model.head_options={appearance_channels: 64, signed_sqrt: true}", "optim.head_lr_factor=10"],
+    "pabr_pose_heavy": ["model.head=pabr", "model.head_options={appearance_channels: 64, signed_sqrt: true}", "loss.heatmap_weight=10"],
     # AACN with the global stream as wide as the backbone (aacn_global_wide), then one change each
     "aacn_gw_maps_light": ["model.head=aacn", "model.head_options={global_channels: 1280, map_loss_weight: 0.1}"],
     "aacn_gw_no_visibility": ["model.head=aacn",

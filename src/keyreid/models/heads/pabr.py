@@ -6,19 +6,27 @@ first (our stand-in for the COCO-pretrained pose network) and then fine-tuned by
 alone once `pose_epochs` have passed. The descriptor is the bilinear pooling
 f = sum_xy a_xy (outer) p_xy, with signed square root and L2 normalisation, so <f_I, f_J> compares
 the appearance of part k in I with the appearance of part k in J. Compact form: C_a is small
-(default 64) and P has K channels, so the descriptor has C_a * K dimensions.
+(default 128) and P has K channels, so the descriptor has C_a * K dimensions (2,176 for COCO-17).
 
-Issue 11 (PABR 9 mAP below bnneck on the demo), two implementation choices changed, the method not:
+Issue 11 (PABR 9 mAP below bnneck on the demo). Changed, the method not:
 - feature_scale (default 10): the metric loss sees s * L2norm(f). At s = 1 every pair of images sat
   at distance 0.32 +- 0.02 at the start, so BoT's triplet margin 0.3 was the whole spread, and on a
   demo batch the re-ID losses sent a backbone gradient of norm 5.6 against 26 from the heatmap loss
   (kae: 80 against 8). At s = 10: 48 against 26. The retrieval ranking (cosine) does not depend on s.
 - map_init_std (default 0.001): the part map's last conv starts near 0, as pose networks do; with
   the ReLU init the heatmap loss started at ~8 per pixel and was still 4.3 after two epochs.
-Both together: 63.7 mAP on demo seed 0 against 52.3 before (bnneck 61.2); one seed, the two
-changes not yet separated (bench/heads.py variants pabr_unscaled, pabr_kaiming_init).
-Options for the ablations of bench/heads.py: signed_sqrt, global_part (one uniform part map, whose
-block is the average appearance: a global feature inside the bilinear form), pose_epochs.
+  Both together: 52.3 -> 63.7 mAP on demo seed 0; 66.3 over seeds 0-2 (bnneck 62.9).
+- appearance_channels 128 (was 64): 74.7 mAP over seeds 0-2, better on each seed by 7-10 points
+  (bench/RESULTS.md has the one-seed ablations: signed square root, L2 normalisation, soft margin,
+  global part, pose_epochs, heavier heatmap loss, compact bilinear pooling).
+What the part stream learns: with the heatmap loss at weight 1 its maps do not become keypoint
+heatmaps (loss 0.178 -> 0.170 over 10 epochs, PCK@0.1 2% against 57% for a mean-pose prior); they
+are re-ID attention maps, which is what the paper's fine-tuning makes of its pose stream too. At
+loss.heatmap_weight 10 they localise (PCK@0.1 37%, @0.2 86%) and score 65.9 against 63.7 (seed 0),
+but the blocks become less part-specific in the swap test (bench/head_probes.py).
+Options for the ablations of bench/heads.py: signed_sqrt, l2_normalize, compact_dim (Tensor
+Sketch), global_part (one uniform part map, whose block is the average appearance: a global
+feature inside the bilinear form), pose_epochs, appearance_channels.
 """
 
 from __future__ import annotations
@@ -39,7 +47,7 @@ from keyreid.models.output import ModelOutput
 @register_head("pabr")
 class PABRHead(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, skeleton: Skeleton,
-                 appearance_channels: int = 64, part_hidden: int = 128,
+                 appearance_channels: int = 128, part_hidden: int = 128,
                  pose_epochs: Optional[int] = None, feature_scale: float = 10.0,
                  signed_sqrt: bool = True, global_part: bool = False,
                  map_init_std: Optional[float] = 0.001, l2_normalize: bool = True,
@@ -84,6 +92,14 @@ class PABRHead(nn.Module):
             # and the map losses then drive the backbone's first steps more than the re-ID losses
             nn.init.normal_(self.part[-1].weight, std=map_init_std)
             nn.init.zeros_(self.part[-1].bias)
+
+    @staticmethod
+    def options_from_weights(state: dict, options: dict) -> dict:
+        """Checkpoints from before issue 11 were trained with 64 appearance channels, the default then."""
+        weight = state.get("head.appearance.0.weight")
+        if "appearance_channels" in options or weight is None:
+            return {}
+        return {"appearance_channels": int(weight.shape[0])}
 
     def forward(self, fmap: torch.Tensor) -> ModelOutput:
         a = self.appearance(fmap)                                        # [B, Ca, h, w]
