@@ -80,6 +80,7 @@ VARIANTS: dict[str, list[str]] = {
     "aacn_gw_per_part": ["model.head=aacn", "model.head_options={global_channels: 1280, part_stream: per_part, map_loss_weight: 1.0}"],
     # and one change of the issue-11 default (1,280, map losses x0.1)
     "aacn_parts_wide": ["model.head=aacn", "model.head_options={part_channels: 128}"],
+    "aacn_keypoint_light": ["model.head=aacn", "loss.heatmap_weight=0.1"],
     "aacn_gw_detached": ["model.head=aacn", "model.head_options={global_channels: 1280, detach_attention: true, map_loss_weight: 1.0}"],
 }
 
