@@ -93,10 +93,14 @@ def table(per: dict[str, list[dict]], seeds: list[int], failed: dict[str, str]) 
     lines += ["", f"seeds {seeds}; spread = half the range over seeds; train s = mean training time of a run "
                   "(generation rows: the re-ID run, the generator's own training not included unless the row says so)"]
     if per.get("bnneck"):
-        base = np.mean([r["mAP"] for r in per["bnneck"]])
-        lines.append("minus bnneck (mAP points): " + ", ".join(
-            f"{name} {np.mean([r['mAP'] for r in runs]) - base:+.1f}"
-            for name, runs in per.items() if runs and name != "bnneck"))
+        # seed-matched: each row against bnneck on the seeds both have (rows differ in seeds run)
+        base = {r.get("seed"): r["mAP"] for r in per["bnneck"]}
+        diffs = []
+        for name, runs in per.items():
+            shared = [r["mAP"] - base[r.get("seed")] for r in runs if r.get("seed") in base]
+            if shared and name != "bnneck":
+                diffs.append(f"{name} {np.mean(shared):+.1f} ({len(shared)} seed{'s' if len(shared) > 1 else ''})")
+        lines.append("minus bnneck on the same seeds (mAP points): " + ", ".join(diffs))
     return lines
 
 
@@ -129,10 +133,11 @@ def run_leaderboard(rows: Optional[list[str]], seeds: list[int], heads_dir: Path
             print(f"[leaderboard] seed {seed} {name}", flush=True)
             try:
                 if name in VARIANTS:
-                    per[name].append(head_row(name, seed, heads_dir, data_root, overrides))
+                    per[name].append(head_row(name, seed, heads_dir, data_root, overrides) | {"seed": seed})
                 else:
                     entry = gen[name](seed, data_root, output / f"seed{seed}" / slug(name))
-                    per[name].append({c: float(entry[c]) for c in COLUMNS} | {"train_s": float(entry.get("train_s", np.nan))})
+                    per[name].append({c: float(entry[c]) for c in COLUMNS} | {"seed": seed,
+                                     "train_s": float(entry.get("train_s", np.nan))})
             except KeyboardInterrupt:
                 raise
             except Exception as e:  # noqa: BLE001  (one broken row must not lose the others' hours)
