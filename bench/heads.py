@@ -27,63 +27,76 @@ from keyreid.config import load_config
 from keyreid.demo.run import DEMO_CONFIG, train_and_test
 
 # name -> overrides of configs/demo.yaml. The plain head names are each head's defaults, i.e. what
-# a user gets by switching model.head; the other names change one thing of that default.
+# a user gets by switching model.head; the other names change one thing of a base named beside them.
+def _yaml(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "null" if value is None else str(value)
+
+
+def head(name: str, options: dict | None = None, *extra: str) -> list[str]:
+    """Overrides selecting head `name` with these head_options (a YAML flow map) and extra keys."""
+    out = [f"model.head={name}"]
+    if options:
+        out.append("model.head_options={" + ", ".join(f"{k}: {_yaml(v)}" for k, v in options.items()) + "}")
+    return out + list(extra)
+
+
+# PABR's session-3 default (64 appearance channels; the default after issue 11 has 128)
+PABR_64 = {"appearance_channels": 64, "signed_sqrt": True}
+# AACN's default before issue 11 (global stream 256, part-map losses x1.0), and with the global
+# stream as wide as the backbone (1,280 here); the default after issue 11 is 1,280 with x0.1
+AACN_256 = {"global_channels": 256, "map_loss_weight": 1.0}
+AACN_GW = {"global_channels": 1280, "map_loss_weight": 1.0}
+
 VARIANTS: dict[str, list[str]] = {
-    "bnneck": ["model.head=bnneck"],
-    "kae": ["model.head=kae"],
-    "aacn": ["model.head=aacn"],
-    "pabr": ["model.head=pabr"],
+    "bnneck": head("bnneck"),
+    "kae": head("kae"),
+    "aacn": head("aacn"),
+    "pabr": head("pabr"),
     # AdaptiveReID's model (configs/base/adaptivereid.yaml): global + 2 stripes on copies of the
     # last stage, features clipped to [0, 1], pre-BN retrieval (the head's defaults), the authors'
     # soft-margin triplet; their 20 frozen epochs do not fit the 10-epoch budget (demo: none)
-    "stripes": ["model.head=stripes", "loss.margin=null"],
-    "stripes+adaptiveL2": ["model.head=stripes", "loss.margin=null", "regularizer.adaptive_l2=true"],
-    # PABR. The default after issue 11 has 128 appearance channels; pabr_64 is the session-3 default
-    # (64 channels) and the names below change one thing of it. pabr_old: the head before issue 11
-    # (unit-norm descriptor, so a triplet margin of 0.3 was the whole spread of distances; map
-    # predictor with the ReLU init, map loss ~8 at the start)
-    "pabr_64": ["model.head=pabr", "model.head_options={appearance_channels: 64, signed_sqrt: true}"],
-    "pabr_old": ["model.head=pabr", "model.head_options={appearance_channels: 64, signed_sqrt: true, feature_scale: 1.0, map_init_std: null}"],
-    "pabr_unscaled": ["model.head=pabr", "model.head_options={appearance_channels: 64, signed_sqrt: true, feature_scale: 1.0}"],
-    "pabr_kaiming_init": ["model.head=pabr", "model.head_options={appearance_channels: 64, signed_sqrt: true, map_init_std: null}"],
-    "pabr_no_sqrt": ["model.head=pabr", "model.head_options={appearance_channels: 64, signed_sqrt: false}"],
-    "pabr_global": ["model.head=pabr", "model.head_options={appearance_channels: 64, signed_sqrt: true, global_part: true}"],
-    "pabr_pose4": ["model.head=pabr", "model.head_options={appearance_channels: 64, signed_sqrt: true, pose_epochs: 4}"],
-    "pabr_wide": ["model.head=pabr", "model.head_options={signed_sqrt: true, appearance_channels: 128}"],
-    "pabr_wide256": ["model.head=pabr", "model.head_options={signed_sqrt: true, appearance_channels: 256}"],
-    "pabr_margin_soft": ["model.head=pabr", "model.head_options={appearance_channels: 64, signed_sqrt: true}", "loss.margin=null"],
-    # AACN. Issue 11 made the default a global stream as wide as the backbone (1,280 here) and the
-    # part-map losses weighted 0.1 (aacn_gw_maps_light); aacn_global256 is the old default (256,
-    # weight 1.0) and the first-round names below change one thing of it; the aacn_gw_* names
-    # change one thing of aacn_global_wide (1,280, weight 1.0)
-    "aacn_global256": ["model.head=aacn", "model.head_options={global_channels: 256, map_loss_weight: 1.0}"],
-    "aacn_small_init": ["model.head=aacn", "model.head_options={global_channels: 256, map_init_std: 0.001, map_loss_weight: 1.0}"],
-    "aacn_maps_light": ["model.head=aacn", "model.head_options={global_channels: 256, map_loss_weight: 0.1}"],
-    "aacn_no_visibility": ["model.head=aacn", "model.head_options={global_channels: 256, visibility_weighting: false, map_loss_weight: 1.0}"],
-    "aacn_global_wide": ["model.head=aacn", "model.head_options={global_channels: 1280, map_loss_weight: 1.0}"],
-    "aacn_parts_narrow": ["model.head=aacn", "model.head_options={global_channels: 256, part_channels: 16, map_loss_weight: 1.0}"],
-    "aacn_detached": ["model.head=aacn", "model.head_options={global_channels: 256, detach_attention: true, map_loss_weight: 1.0}"],
-    "aacn_per_part": ["model.head=aacn", "model.head_options={global_channels: 256, part_stream: per_part, map_loss_weight: 1.0}"],
-    # issue 11 ablations, second round. PABR: one change of the default each
-    "pabr_no_l2": ["model.head=pabr", "model.head_options={appearance_channels: 64, signed_sqrt: true, l2_normalize: false}"],
-    "pabr_compact": ["model.head=pabr", "model.head_options={appearance_channels: 64, signed_sqrt: true, compact_dim: 512}"],
-    "pabr_head_lr10": ["model.head=pabr", "model.head_options={appearance_channels: 64, signed_sqrt: true}", "optim.head_lr_factor=10"],
-    "pabr_pose_heavy": ["model.head=pabr", "model.head_options={appearance_channels: 64, signed_sqrt: true}", "loss.heatmap_weight=10"],
-    # AACN with the global stream as wide as the backbone (aacn_global_wide), then one change each
-    "aacn_gw_maps_light": ["model.head=aacn", "model.head_options={global_channels: 1280, map_loss_weight: 0.1}"],
-    "aacn_gw_no_visibility": ["model.head=aacn",
-                              "model.head_options={global_channels: 1280, visibility_weighting: false, map_loss_weight: 1.0}"],
-    "aacn_gw_no_maxnorm": ["model.head=aacn", "model.head_options={global_channels: 1280, max_normalize: false, map_loss_weight: 1.0}"],
-    "aacn_gw_parts_narrow": ["model.head=aacn", "model.head_options={global_channels: 1280, part_channels: 16, map_loss_weight: 1.0}"],
-    "aacn_gw_head_lr10": ["model.head=aacn", "model.head_options={global_channels: 1280, map_loss_weight: 1.0}",
-                          "optim.head_lr_factor=10"],
-    "aacn_gw_per_part": ["model.head=aacn", "model.head_options={global_channels: 1280, part_stream: per_part, map_loss_weight: 1.0}"],
-    # and one change of the issue-11 default (1,280, map losses x0.1)
-    "aacn_parts_wide": ["model.head=aacn", "model.head_options={part_channels: 128}"],
-    "aacn_keypoint_light": ["model.head=aacn", "loss.heatmap_weight=0.1"],
-    "aacn_gw_detached": ["model.head=aacn", "model.head_options={global_channels: 1280, detach_attention: true, map_loss_weight: 1.0}"],
+    "stripes": head("stripes", None, "loss.margin=null"),
+    "stripes+adaptiveL2": head("stripes", None, "loss.margin=null", "regularizer.adaptive_l2=true"),
+    # PABR: one change of PABR_64 each. pabr_old: the head before issue 11 (unit-norm descriptor, so
+    # a triplet margin of 0.3 was the whole spread of distances; map predictor with the ReLU init,
+    # map loss ~8 at the start)
+    "pabr_64": head("pabr", PABR_64),
+    "pabr_old": head("pabr", {**PABR_64, "feature_scale": 1.0, "map_init_std": None}),
+    "pabr_unscaled": head("pabr", {**PABR_64, "feature_scale": 1.0}),
+    "pabr_kaiming_init": head("pabr", {**PABR_64, "map_init_std": None}),
+    "pabr_no_sqrt": head("pabr", {**PABR_64, "signed_sqrt": False}),
+    "pabr_global": head("pabr", {**PABR_64, "global_part": True}),
+    "pabr_pose4": head("pabr", {**PABR_64, "pose_epochs": 4}),
+    "pabr_wide": head("pabr", {**PABR_64, "appearance_channels": 128}),
+    "pabr_wide256": head("pabr", {**PABR_64, "appearance_channels": 256}),
+    "pabr_margin_soft": head("pabr", PABR_64, "loss.margin=null"),
+    "pabr_no_l2": head("pabr", {**PABR_64, "l2_normalize": False}),
+    "pabr_compact": head("pabr", {**PABR_64, "compact_dim": 512}),
+    "pabr_head_lr10": head("pabr", PABR_64, "optim.head_lr_factor=10"),
+    "pabr_pose_heavy": head("pabr", PABR_64, "loss.heatmap_weight=10"),
+    # AACN, first round: one change of AACN_256 each
+    "aacn_global256": head("aacn", AACN_256),
+    "aacn_small_init": head("aacn", {**AACN_256, "map_init_std": 0.001}),
+    "aacn_maps_light": head("aacn", {**AACN_256, "map_loss_weight": 0.1}),
+    "aacn_no_visibility": head("aacn", {**AACN_256, "visibility_weighting": False}),
+    "aacn_global_wide": head("aacn", AACN_GW),
+    "aacn_parts_narrow": head("aacn", {**AACN_256, "part_channels": 16}),
+    "aacn_detached": head("aacn", {**AACN_256, "detach_attention": True}),
+    "aacn_per_part": head("aacn", {**AACN_256, "part_stream": "per_part"}),
+    # second round: one change of AACN_GW each (aacn_gw_maps_light became the default)
+    "aacn_gw_maps_light": head("aacn", {**AACN_GW, "map_loss_weight": 0.1}),
+    "aacn_gw_no_visibility": head("aacn", {**AACN_GW, "visibility_weighting": False}),
+    "aacn_gw_no_maxnorm": head("aacn", {**AACN_GW, "max_normalize": False}),
+    "aacn_gw_parts_narrow": head("aacn", {**AACN_GW, "part_channels": 16}),
+    "aacn_gw_head_lr10": head("aacn", AACN_GW, "optim.head_lr_factor=10"),
+    "aacn_gw_per_part": head("aacn", {**AACN_GW, "part_stream": "per_part"}),
+    "aacn_gw_detached": head("aacn", {**AACN_GW, "detach_attention": True}),
+    # third: one change of the issue-11 default
+    "aacn_parts_wide": head("aacn", {"part_channels": 128}),
+    "aacn_keypoint_light": head("aacn", None, "loss.heatmap_weight=0.1"),
 }
-
 
 def run_one(name: str, seed: int, output: Path, data_root: Path, extra: list[str]) -> dict:
     out = output / f"seed{seed}" / name
