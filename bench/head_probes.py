@@ -136,10 +136,14 @@ def swap_test(eq: torch.Tensor, eg: torch.Tensor, query, gallery, start: int, bl
             "other-slot loss (own)": float(torch.stack(other_o).mean())}
 
 
-def probe(ckpt: Path) -> list[str]:
+def load(ckpt: Path):
+    """(the loaded model, its dataset with keypoints): shared by the probes and the figure."""
     lm = load_model(ckpt, device="cpu")
+    return lm, prepare_data(lm.config, need_keypoints=True, notify=lambda m: None)
+
+
+def probe(ckpt: Path, lm, data) -> list[str]:
     cfg = lm.config
-    data = prepare_data(cfg, need_keypoints=True, notify=lambda m: None)
     query, gallery = data.dataset.query, data.dataset.gallery
     k = data.skeleton.num_keypoints
     head = lm.model.head
@@ -185,13 +189,11 @@ def probe(ckpt: Path) -> list[str]:
 
 
 @torch.no_grad()
-def heatmap_figure(ckpt: Path, out_png: Path, n: int = 6) -> Path:
+def heatmap_figure(ckpt: Path, lm, data, out_png: Path, n: int = 6) -> Path:
     """The checkpoint's predicted keypoint heatmaps on n test queries (fixed picks), true keypoints
     as crosses: the picture of whether its maps localise."""
     from keyreid.viz.heatmaps import plot_heatmap_overlays
 
-    lm = load_model(ckpt, device="cpu")
-    data = prepare_data(lm.config, need_keypoints=True, notify=lambda m: None)
     query = data.dataset.query
     picks = [query[i] for i in np.random.default_rng(0).choice(len(query), size=min(n, len(query)), replace=False)]
     ds = ImageDataset(picks, lm.transform, data.skeleton.num_keypoints)
@@ -222,10 +224,11 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     for ckpt in args.checkpoints:
+        lm, data = load(ckpt)
         if not args.figures_only:
-            print("\n".join(probe(ckpt)) + "\n")
+            print("\n".join(probe(ckpt, lm, data)) + "\n")
         if args.figures is not None:
-            print(f"figure: {heatmap_figure(ckpt, args.figures / f'{ckpt.parent.name}.png')}")
+            print(f"figure: {heatmap_figure(ckpt, lm, data, args.figures / f'{ckpt.parent.name}.png')}")
         sys.stdout.flush()
 
 

@@ -135,7 +135,7 @@ def _options_from_weights(model_cfg: ModelConfig, state: dict) -> ModelConfig:
 
     try:
         hook = getattr(HEADS.get(model_cfg.head), "options_from_weights", None)
-    except Exception:  # noqa: BLE001  (an unknown head is reported by build_model, with its message)
+    except KeyreidError:  # an unknown head: build_model reports it, with its message
         return model_cfg
     extra = hook(state, dict(model_cfg.head_options or {})) if hook else {}
     if not extra:

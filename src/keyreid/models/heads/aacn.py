@@ -14,12 +14,11 @@ mostly parts; as wide as the backbone (global_channels None, the default) it sco
 seed 0 against 52.1 (63.7 over seeds 0-2, bnneck 62.9). Then the part-map losses (non-rigid, rigid)
 weighted 0.1 instead of 1.0 (map_loss_weight, the slides' mu_1 = mu_2; the keypoint map keeps
 loss.heatmap_weight): 65.5 over seeds 0-2, better on every seed (+1.6, +0.8, +3.0). Why it stays
-below kae, measured with
-bench/head_probes.py: its part blocks are nearly interchangeable (swapping block k with a donor's
-block k moves a query towards the donor hardly more than swapping in another of the donor's blocks,
-11.0 vs 8.4; kae: 27.0 vs -0.1), consistent with how they are made: each is an average of one map under a
-mask that keeps only 36-38% of its mass inside its part (a uniform mask: 16-22%) at the backbone's
-8x4 resolution. bench/RESULTS.md has the ablations (map loss weight, visibility weighting, max
+below kae, measured with bench/head_probes.py: its part blocks are nearly interchangeable (swapping
+block k with a donor's block k moves a query towards the donor hardly more than swapping in another
+of the donor's blocks, 10.7 vs 8.2; kae: 27.0 vs -0.1), consistent with how they are made: each is an
+average of one map under a mask that keeps only 24-38% of its mass inside its part (a uniform mask:
+16-22%) at the backbone's 8x4 resolution. bench/RESULTS.md has the ablations (map loss weight, visibility weighting, max
 normalisation, per-part embeddings, detached attention, head learning rate).
 map_init_std (default None: the ReLU init): starting the maps' last conv near 0 scored 48.0 against
 52.1 with the old width. The slides train the part attention (PPA) on its own, before the re-ID
@@ -38,7 +37,7 @@ import torch.nn as nn
 from keyreid.data.keypoints import Skeleton
 from keyreid.losses.heatmap import HeatmapMSELoss
 from keyreid.models.heads import register_head
-from keyreid.models.heads.common import BNNeck, heatmap_loss, init_conv
+from keyreid.models.heads.common import BNNeck, heatmap_loss, init_conv, width_from_weights
 from keyreid.models.output import ModelOutput
 from keyreid.models.targets import box_maps, limb_maps
 
@@ -97,8 +96,8 @@ class AACNHead(nn.Module):
         if part_stream not in ("shared", "per_part"):
             raise ValueError(f"aacn part_stream must be shared or per_part, got {part_stream!r}")
         self.part_stream = part_stream
-        # the global stream as wide as the backbone by default (issue 11: 256 made the feature mostly
-        # parts, 1,280 parts-dims against 256, and scored 52.1 mAP on demo seed 0 against 64.2)
+        # the global stream as wide as the backbone by default (issue 11: 256 beside 1,600 part dims
+        # made the feature mostly parts, and scored 52.1 mAP on demo seed 0 against 64.2)
         global_channels = in_channels if global_channels is None else global_channels
         self.global_dim = global_channels
         self.attention = nn.Sequential(nn.Conv2d(in_channels, hidden, 3, padding=1, bias=False),
@@ -133,10 +132,7 @@ class AACNHead(nn.Module):
     def options_from_weights(state: dict, options: dict) -> dict:
         """Options a checkpoint's weights decide that its config may not state: checkpoints from
         before issue 11 were trained with a 256-wide global stream, the default then."""
-        weight = state.get("head.global_reduce.0.weight")
-        if "global_channels" in options or weight is None:
-            return {}
-        return {"global_channels": int(weight.shape[0])}
+        return width_from_weights(state, options, "global_channels", "head.global_reduce.0.weight")
 
     def forward(self, fmap: torch.Tensor) -> ModelOutput:
         k, n = self.num_keypoints, self.num_limbs

@@ -65,3 +65,13 @@ def heatmap_loss(loss: nn.Module, heatmaps: torch.Tensor, keypoints: torch.Tenso
     resolution (shared by kae, aacn and pabr)."""
     target, weights = keypoint_heatmaps(keypoints, image_hw, tuple(heatmaps.shape[-2:]), sigma)
     return loss(heatmaps, target, weights)
+
+
+def width_from_weights(state: dict, options: dict, option: str, weight_key: str) -> dict:
+    """{option: the output channels of state[weight_key]} when `options` do not state it: for a
+    head whose default width changed after a checkpoint was written (heads' options_from_weights,
+    used by keyreid.inference.load_model)."""
+    weight = state.get(weight_key)
+    if option in options or weight is None:
+        return {}
+    return {option: int(weight.shape[0])}

@@ -20,8 +20,9 @@ Issue 11 (PABR 9 mAP below bnneck on the demo). Changed, the method not:
   (bench/RESULTS.md has the one-seed ablations: signed square root, L2 normalisation, soft margin,
   global part, pose_epochs, heavier heatmap loss, compact bilinear pooling).
 What the part stream learns: with the heatmap loss at weight 1 its maps do not become keypoint
-heatmaps (loss 0.178 -> 0.170 over 10 epochs, PCK@0.1 2% against 57% for a mean-pose prior); they
-are re-ID attention maps, which is what the paper's fine-tuning makes of its pose stream too. At
+heatmaps (64 channels: loss 0.178 -> 0.170 over 10 epochs, PCK@0.1 2% against 57% for a mean-pose
+prior; 128: 7.7%); they are re-ID attention maps, which is what the paper's fine-tuning makes of its
+pose stream too. At
 loss.heatmap_weight 10 they localise (PCK@0.1 37%, @0.2 86%) and score 65.9 against 63.7 (seed 0),
 but the blocks become less part-specific in the swap test (bench/head_probes.py).
 Options for the ablations of bench/heads.py: signed_sqrt, l2_normalize, compact_dim (Tensor
@@ -40,7 +41,7 @@ import torch.nn.functional as F
 from keyreid.data.keypoints import Skeleton
 from keyreid.losses.heatmap import HeatmapMSELoss
 from keyreid.models.heads import register_head
-from keyreid.models.heads.common import BNNeck, heatmap_loss, init_conv
+from keyreid.models.heads.common import BNNeck, heatmap_loss, init_conv, width_from_weights
 from keyreid.models.output import ModelOutput
 
 
@@ -96,10 +97,7 @@ class PABRHead(nn.Module):
     @staticmethod
     def options_from_weights(state: dict, options: dict) -> dict:
         """Checkpoints from before issue 11 were trained with 64 appearance channels, the default then."""
-        weight = state.get("head.appearance.0.weight")
-        if "appearance_channels" in options or weight is None:
-            return {}
-        return {"appearance_channels": int(weight.shape[0])}
+        return width_from_weights(state, options, "appearance_channels", "head.appearance.0.weight")
 
     def forward(self, fmap: torch.Tensor) -> ModelOutput:
         a = self.appearance(fmap)                                        # [B, Ca, h, w]
