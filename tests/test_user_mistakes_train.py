@@ -120,6 +120,7 @@ BAD_SETTINGS = [
     ("optim.grad_clip=0", "optim.grad_clip"),
     ("optim.freeze_pretrained_epochs=-2", "optim.freeze_pretrained_epochs"),
     ("optim.divergence_factor=0.5", "optim.divergence_factor"),
+    ("optim.head_lr_factor=0", "optim.head_lr_factor"),
     ("regularizer.amplitude=0", "regularizer.amplitude"),
     ("regularizer.omega=-1", "regularizer.omega"),
     ("eval.every=-1", "eval.every"),
@@ -147,6 +148,18 @@ def test_bad_setting_is_one_line_naming_the_key(override, key, user_config, tmp_
     assert key in line, line
     assert snapshot(user_config, tiny_synth) == before
     assert not out.exists()  # found before any work: not even the run folder was made
+
+
+def test_a_head_options_own_check_is_one_line_before_any_work(user_config, tmp_path, tiny_synth,
+                                                              monkeypatch, capsys):
+    out = tmp_path / "run"
+    before = snapshot(user_config, tiny_synth)
+    code, _, err = run_cli(["train", user_config, *tiny_sets(tiny_synth, out), "--set", "model.head=pabr",
+                            "--set", "model.head_options={compact_dim: 1}"], monkeypatch, capsys)
+    assert code == 2
+    assert one_error_line(err) == ("error: model.head_options of head 'pabr': pabr compact_dim must be "
+                                   "at least 2, got 1")
+    assert snapshot(user_config, tiny_synth) == before and not out.exists()
 
 
 def test_enum_messages_list_the_allowed_values(user_config, tmp_path, tiny_synth, monkeypatch, capsys):

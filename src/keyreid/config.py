@@ -315,6 +315,7 @@ def check_ranges(cfg: Config) -> None:
         ("optim.divergence_factor", o.divergence_factor,
          o.divergence_factor == 0 or (finite(o.divergence_factor) and o.divergence_factor > 1),
          "> 1 (or 0 to switch the check off)"),
+        ("optim.head_lr_factor", o.head_lr_factor, finite(o.head_lr_factor) and o.head_lr_factor > 0, "> 0"),
         ("regularizer.amplitude", r.amplitude, finite(r.amplitude) and r.amplitude > 0, "> 0"),
         ("regularizer.omega", r.omega, finite(r.omega) and r.omega > 0, "> 0"),
         ("eval.every", e.every, e.every >= 0, ">= 0 (0: no validation)"),
