@@ -160,6 +160,17 @@ def test_a_head_options_own_check_is_one_line_before_any_work(user_config, tmp_p
     assert one_error_line(err) == ("error: model.head_options of head 'pabr': pabr compact_dim must be "
                                    "at least 2, got 1")
     assert snapshot(user_config, tiny_synth) == before and not out.exists()
+    # an option of the wrong type is named too, not read as truthy
+    code, _, err = run_cli(["train", user_config, *tiny_sets(tiny_synth, out), "--set", "model.head=aacn",
+                            "--set", "model.head_options={max_normalize: maybe, part_channels: 8}"],
+                           monkeypatch, capsys)
+    assert code == 2
+    assert one_error_line(err) == "error: model.head_options.max_normalize: 'maybe' is not true or false (head 'aacn')"
+    code, _, err = run_cli(["train", user_config, *tiny_sets(tiny_synth, out), "--set", "model.head=pabr",
+                            "--set", "model.head_options={compact_dim: 2.5}"], monkeypatch, capsys)
+    assert code == 2
+    assert one_error_line(err) == "error: model.head_options.compact_dim: 2.5 is not an integer (or null) (head 'pabr')"
+    assert snapshot(user_config, tiny_synth) == before and not out.exists()
 
 
 def test_enum_messages_list_the_allowed_values(user_config, tmp_path, tiny_synth, monkeypatch, capsys):
