@@ -15,13 +15,17 @@ Stages, each cached under runs/bench/gen_pngan/seed<seed> (a killed run resumes 
                         generated | truth; canonical_grid.png: query images in the 8 poses.
   baseline_net          every query / gallery image rendered in the 8 poses (renders/, resumable);
                         net (a), bench/heads.py's bnneck, embeds the renderings: fused rows
-                        "(baseline net)", no re-ID training beyond the baseline's
+                        "(baseline net)", no re-ID training beyond the baseline's; control:
+                        net (a)'s feature of the mirrored original in place of the renderings
+                        ("pngan control: mirrored + original"), a second view without a GAN
   fused                 (a) bench/heads.py's bnneck (configs/demo.yaml) on the original images;
                         (b) the same recipe on generated images only: each training image in
                         TRAIN_POSES canonical poses (default 1, drawn per image; the paper: all 8,
                         --train-poses 8); every query / gallery image rendered in the 8 poses, net
                         (b)'s 8 features L2-normalised and fused (avg, max, concat), with and
-                        without net (a)'s feature of the original image. "pngan generated only":
+                        without net (a)'s feature of the original image; control: a second
+                        bnneck trained on the originals (seed + 1) in place of net (b) ("pngan
+                        control: second bnneck + original"). "pngan generated only":
                         net (b) on the original test images.
   augmentation          (c) the same recipe on the originals + their renderings (validation
                         identities: originals only, so checkpoint choice is the baseline's).
@@ -304,6 +308,64 @@ def fused_baseline(seed: int, data_root: Path) -> dict:
     return _json_stage(work / "fused_baseline_net.json", make)
 
 
+def mirror_control(seed: int, data_root: Path) -> dict:
+    """Control for the "+ original" rows: net (a)'s feature of the original beside its feature of
+    the mirrored original, fused exactly like a rendering's (pngan_reid.with_original). A second
+    view that needs no generator: what a GAN rendering adds beyond it is the GAN's."""
+    from PIL import Image, ImageOps
+
+    from keyreid.generation.pngan_reid import cosine_distances, with_original
+    from keyreid.evaluation.model_metrics import reid_metrics
+    from keyreid.inference import load_model
+
+    work = work_dir(seed, data_root)
+
+    def make() -> dict:
+        ds = dataset(data_root)
+        model_a = load_model(reid_checkpoints(seed, data_root)["bnneck"], device="cpu")
+
+        def feats(samples, mirror: bool) -> np.ndarray:
+            out = []
+            for i in range(0, len(samples), 128):
+                images = [Image.open(s.path).convert("RGB") for s in samples[i:i + 128]]
+                out.append(model_a.embed([ImageOps.mirror(im) for im in images] if mirror else images,
+                                         batch_size=128, normalize=False))
+            return np.concatenate(out)
+
+        qa, ga = feats(ds.query, False), feats(ds.gallery, False)
+        qm, gm = feats(ds.query, True), feats(ds.gallery, True)
+        return {"metrics": {
+            "original": reid_metrics(cosine_distances(qa, ga), ds.query, ds.gallery, 50),
+            "mirrored + original": reid_metrics(cosine_distances(with_original(qm, qa), with_original(gm, ga)),
+                                                ds.query, ds.gallery, 50)}}
+    return _json_stage(work / "mirror_control.json", make)
+
+
+def ensemble_control(seed: int, data_root: Path) -> dict:
+    """Control for net (b)'s "+ original" rows, which join two networks: net (a) beside a second
+    bnneck trained on real images (the demo recipe, seed + 1), fused like net (b)'s feature."""
+    from heads import run_one
+
+    from keyreid.generation.pngan_reid import cosine_distances, with_original
+    from keyreid.evaluation.model_metrics import reid_metrics
+    from keyreid.inference import load_model
+
+    work, other = work_dir(seed, data_root), seed + 1
+
+    def make() -> dict:
+        ds = dataset(data_root)
+        heads = HEADS if Path(data_root) == DEFAULT_DATA else HEADS / f"data_{Path(data_root).name}"
+        run_one("bnneck", other, heads, Path(data_root), [])
+        nets = [load_model(reid_checkpoints(seed, data_root)["bnneck"], device="cpu"),
+                load_model(heads / f"seed{other}" / "bnneck" / "best.pt", device="cpu")]
+        (qa, ga), (qo, go) = [(m.embed([x.path for x in ds.query], batch_size=128, normalize=False),
+                               m.embed([x.path for x in ds.gallery], batch_size=128, normalize=False)) for m in nets]
+        return {"other_seed": other, "metrics": {
+            "second bnneck + original": reid_metrics(cosine_distances(with_original(qo, qa), with_original(go, ga)),
+                                                     ds.query, ds.gallery, 50)}}
+    return _json_stage(work / "ensemble_control.json", make)
+
+
 def fused(seed: int, data_root: Path) -> dict:
     """The paper's protocol: net (b) trained on generated images embeds the renderings."""
     work = work_dir(seed, data_root)
@@ -360,6 +422,24 @@ def fused_row(key: str, baseline_net: bool = False) -> Callable[[int, Path, Path
     return run
 
 
+def mirror_row(seed: int, data_root: Path, out_dir: Path) -> dict:
+    """The "+ original (baseline net)" rows' control: a mirrored image in place of the renderings."""
+    def make() -> dict:
+        m = mirror_control(seed, data_root)["metrics"]["mirrored + original"]
+        a = json.loads((reid_checkpoints(seed, data_root)["bnneck"].parent / "test_metrics.json").read_text())
+        return _row(m, a["train_seconds"])
+    return _cached(out_dir, make)
+
+
+def ensemble_row(seed: int, data_root: Path, out_dir: Path) -> dict:
+    """Net (b)'s "+ original" rows' control: a second real-image bnneck in place of net (b)."""
+    def make() -> dict:
+        m = ensemble_control(seed, data_root)["metrics"]["second bnneck + original"]
+        a = json.loads((reid_checkpoints(seed, data_root)["bnneck"].parent / "test_metrics.json").read_text())
+        return _row(m, 2 * a["train_seconds"])
+    return _cached(out_dir, make)
+
+
 def generated_only(seed: int, data_root: Path, out_dir: Path) -> dict:
     """Net (b) tested on the original test images (no rendering at test time)."""
     def make() -> dict:
@@ -388,6 +468,8 @@ def reid_entries() -> dict[str, Callable[[int, Path, Path], dict]]:
                  for how in ("avg", "max", "concat")})
     rows.update({f"pngan fused {how} + original (baseline net)": fused_row(f"fused {how} + original", True)
                  for how in ("avg", "max", "concat")})
+    rows["pngan control: mirrored + original (baseline net)"] = mirror_row
+    rows["pngan control: second bnneck + original"] = ensemble_row
     rows["pngan generated only"] = generated_only
     rows["pngan augmentation"] = augmentation
     return rows
@@ -421,6 +503,7 @@ def main() -> None:
         print(json.dumps(rows([n for n in reid_entries() if n.endswith("(baseline net)")]), indent=2), flush=True)
     if args.only in (None, "fused"):
         names = [n for n in reid_entries() if n.startswith("pngan fused") and not n.endswith("(baseline net)")]
+        names.append("pngan control: second bnneck + original")
         print(json.dumps(rows(names + ["pngan generated only"]), indent=2), flush=True)
     if args.only in (None, "augmentation"):
         row = augmentation(args.seed, args.data_root, out / "rows" / slug("pngan augmentation"))

@@ -263,9 +263,10 @@ def _verdict(results: list[GenerationResult]) -> str:
                  f"{n['control_l1_gt_masked']:.3f} (lower is better), SSIM {n['ssim_gt_masked']:.3f} against "
                  f"{n['control_ssim_gt_masked']:.3f}"]
         if not math.isnan(n.get("pck_target", math.nan)):
+            diff = 100 * (n['pck_target'] - n['control_pck_target'])
             parts.append(f"the probe finds the target pose on {100 * n['pck_target']:.0f}% of the joints, "
-                         f"{100 * (n['pck_target'] - n['control_pck_target']):+.0f} points over the source image "
-                         f"(the true image: {100 * n['gt_pck_target']:.0f}%)")
+                         f"{abs(diff):.0f} points {'above' if diff >= 0 else 'below'} the source image's "
+                         f"{100 * n['control_pck_target']:.0f}% (the true image: {100 * n['gt_pck_target']:.0f}%)")
         if not math.isnan(n.get("id_rank1", math.nan)):
             parts.append(f"identity rank-1 {100 * n['id_rank1']:.0f}% (source image "
                          f"{100 * n['control_id_rank1']:.0f}%, true image {100 * n['gt_id_rank1']:.0f}%)")
