@@ -28,7 +28,9 @@ Stages, each cached under runs/bench/gen_pngan/seed<seed> (a killed run resumes 
                         control: second bnneck + original"). "pngan generated only":
                         net (b) on the original test images.
   augmentation          (c) the same recipe on the originals + their renderings (validation
-                        identities: originals only, so checkpoint choice is the baseline's).
+                        identities: originals only, so checkpoint choice is the baseline's);
+                        control: the same tree with each rendering replaced by its source image
+                        ("pngan control: duplicated originals": (c)'s steps, nothing generated).
 
 Same budget: configs/demo.yaml's backbone, size and epochs for every re-ID run. With one rendering
 per image, net (b) has the baseline's steps and (c) twice them (as bench/gen_ipgan.py's row); with
@@ -460,6 +462,36 @@ def augmentation(seed: int, data_root: Path, out_dir: Path) -> dict:
     return _cached(out_dir, make)
 
 
+def duplicated(seed: int, data_root: Path, out_dir: Path) -> dict:
+    """Control for (c): the augmented tree with each rendering replaced by a copy (link) of its
+    source image, so the run has (c)'s images per epoch, steps and schedule but nothing generated."""
+    from keyreid.generation.pngan_reid import rendered_name
+
+    def make() -> dict:
+        work = work_dir(seed, data_root)
+        method, _ = load_pngan(seed, data_root)
+        aug = _trees(seed, data_root, method, "augmented")
+        source = {rendered_name(Path(x.path).name, p): Path(x.path)
+                  for x in dataset(data_root).train for p in range(8)}
+        tree = work / f"tree_duplicated_p{TRAIN_POSES}"
+        train_dir = tree / "bounding_box_train"
+        train_dir.mkdir(parents=True, exist_ok=True)
+        renders = (work / "renders" / "train").resolve()
+        copies = 0
+        for entry in sorted((aug.root / "bounding_box_train").iterdir()):
+            target = entry.resolve()
+            dst = train_dir / entry.name
+            if not (dst.exists() or dst.is_symlink()):
+                dst.symlink_to(source[entry.name].resolve() if target.parent == renders else target)
+            copies += target.parent == renders
+        for split in ("query", "bounding_box_test"):
+            if not (tree / split).exists():
+                (tree / split).symlink_to((Path(data_root) / split).resolve())
+        r = _reid_run("pngan control: duplicated originals", seed, tree, work / f"reid_duplicated_p{TRAIN_POSES}")
+        return _row(r, r["train_seconds"], duplicated_images=copies)
+    return _cached(out_dir, make)
+
+
 def reid_entries() -> dict[str, Callable[[int, Path, Path], dict]]:
     rows = {f"pngan fused {how}": fused_row(f"fused {how}") for how in ("avg", "max", "concat")}
     rows.update({f"pngan fused {how} + original": fused_row(f"fused {how} + original")
@@ -472,6 +504,7 @@ def reid_entries() -> dict[str, Callable[[int, Path, Path], dict]]:
     rows["pngan control: second bnneck + original"] = ensemble_row
     rows["pngan generated only"] = generated_only
     rows["pngan augmentation"] = augmentation
+    rows["pngan control: duplicated originals"] = duplicated
     return rows
 
 
@@ -507,7 +540,9 @@ def main() -> None:
         print(json.dumps(rows(names + ["pngan generated only"]), indent=2), flush=True)
     if args.only in (None, "augmentation"):
         row = augmentation(args.seed, args.data_root, out / "rows" / slug("pngan augmentation"))
-        print(json.dumps({"pngan augmentation": row}, indent=2), flush=True)
+        ctrl = duplicated(args.seed, args.data_root, out / "rows" / slug("pngan control: duplicated originals"))
+        print(json.dumps({"pngan augmentation": row, "pngan control: duplicated originals": ctrl}, indent=2),
+              flush=True)
 
 
 if __name__ == "__main__":
