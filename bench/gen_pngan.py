@@ -487,7 +487,7 @@ def duplicated(seed: int, data_root: Path, out_dir: Path) -> dict:
         for split in ("query", "bounding_box_test"):
             if not (tree / split).exists():
                 (tree / split).symlink_to((Path(data_root) / split).resolve())
-        r = _reid_run("pngan control: duplicated originals", seed, tree, work / f"reid_duplicated_p{TRAIN_POSES}")
+        r = _reid_run("pngan duplicated originals", seed, tree, work / f"reid_duplicated_p{TRAIN_POSES}")
         return _row(r, r["train_seconds"], duplicated_images=copies)
     return _cached(out_dir, make)
 
