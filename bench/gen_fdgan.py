@@ -237,6 +237,7 @@ def reid_entries() -> dict[str, Callable[[int, Path, Path], dict]]:
     rows["fdgan stage I + verification fine-tune (control)"] = control_row("siamese")
     rows["fdgan on kae encoder stage I"] = reid_row("kae", "stage I", False)
     rows["fdgan on kae encoder"] = reid_row("kae", "stage III", False)
+    rows["fdgan on kae encoder stage I + fine-tune (control)"] = control_row("kae")
     return rows
 
 
