@@ -103,6 +103,15 @@ def test_quality_table_rows_hand_made():
     assert rows[2] == ["true image (ceiling)", "0.000", "0.000", "0.080", "1.000", "1.000", "80.0", "30.0", "85.0", ""]
 
 
+def test_verdict_says_above_or_below_the_source():
+    base = {"l1_gt_masked": 0.2, "control_l1_gt_masked": 0.3, "ssim_gt_masked": 0.4, "control_ssim_gt_masked": 0.3,
+            "gt_pck_target": 0.8, "id_rank1": 0.0, "control_id_rank1": 0.7, "gt_id_rank1": 0.8}
+    worse = G._verdict([G.GenerationResult("m", {**base, "pck_target": 0.21, "control_pck_target": 0.26})])
+    better = G._verdict([G.GenerationResult("m", {**base, "pck_target": 0.30, "control_pck_target": 0.26})])
+    assert "21% of the joints, 5 points below the source image's 26%" in worse
+    assert "30% of the joints, 4 points above the source image's 26%" in better
+
+
 def test_demo_suite_option(tmp_path):
     from keyreid.cli import app
 
