@@ -48,7 +48,6 @@ if str(HERE) not in sys.path:
 
 GEN_CONFIG = HERE.parent / "configs" / "generation" / "fdgan_demo.yaml"
 DEFAULT_DATA = Path("data/synth")
-HEADS = Path("runs/heads")
 WORK = Path("runs/bench/gen_fdgan")
 QUALITY_PAIRS = 256
 GRID_ROWS = 8
@@ -245,12 +244,9 @@ def reid_entries() -> dict[str, Callable[[int, Path, Path], dict]]:
 
 def reid_checkpoints(seed: int, data_root: Path) -> dict[str, Path]:
     """The demo-budget bnneck and kae runs (bench/heads.py's cache), trained if missing."""
-    from heads import run_one
+    from heads import demo_checkpoints
 
-    out = HEADS if Path(data_root) == DEFAULT_DATA else HEADS / f"data_{Path(data_root).name}"
-    for name in ("bnneck", "kae"):
-        run_one(name, seed, out, Path(data_root), [])
-    return {name: out / f"seed{seed}" / name / "best.pt" for name in ("bnneck", "kae")}
+    return demo_checkpoints(seed, data_root, ("bnneck", "kae"))
 
 
 def probe(seed: int, data_root: Path, variants, heads: bool = True) -> dict:
@@ -424,8 +420,9 @@ def main() -> None:
         q = quality(args.seed, args.data_root, work_dir(args.seed, args.data_root) / "quality")
         print(f"[{time.time() - t0:.0f} s] quality: {json.dumps(q)}", flush=True)
     base = None
-    done = (HEADS if Path(args.data_root) == DEFAULT_DATA else HEADS / f"data_{Path(args.data_root).name}") \
-        / f"seed{args.seed}" / "bnneck" / "test_metrics.json"
+    from heads import cache_dir
+
+    done = cache_dir(args.data_root) / f"seed{args.seed}" / "bnneck" / "test_metrics.json"
     if done.is_file():
         base = json.loads(done.read_text())
     print(report(reids, probes, base, controls))

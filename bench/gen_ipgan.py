@@ -38,18 +38,14 @@ if str(HERE) not in sys.path:
 
 GEN_CONFIG = HERE.parent / "configs" / "generation" / "ipgan_demo.yaml"
 DEFAULT_DATA = Path("data/synth")
-HEADS = Path("runs/heads")
 SWAP_PAIRS = 256   # query-split pairs measured by quality()
 
 
 def reid_checkpoints(seed: int, data_root: Path) -> dict[str, Path]:
     """The demo-budget kae and bnneck runs (bench/heads.py's cache), trained if missing."""
-    from heads import run_one
+    from heads import demo_checkpoints
 
-    out = HEADS if Path(data_root) == DEFAULT_DATA else HEADS / f"data_{Path(data_root).name}"
-    for name in ("kae", "bnneck"):
-        run_one(name, seed, out, Path(data_root), [])
-    return {name: out / f"seed{seed}" / name / "best.pt" for name in ("kae", "bnneck")}
+    return demo_checkpoints(seed, data_root, ("kae", "bnneck"))
 
 
 def gan_dir(seed: int, data_root: Path) -> Path:

@@ -59,7 +59,6 @@ if str(HERE) not in sys.path:
 
 GEN_CONFIG = HERE.parent / "configs" / "generation" / "pngan_demo.yaml"
 DEFAULT_DATA = Path("data/synth")
-HEADS = Path("runs/heads")
 WORK = Path("runs/bench/gen_pngan")
 QUALITY_PAIRS = 256
 GRID_ROWS = 8
@@ -79,12 +78,9 @@ def work_dir(seed: int, data_root: Path) -> Path:
 
 def reid_checkpoints(seed: int, data_root: Path) -> dict[str, Path]:
     """The demo-budget kae and bnneck runs (bench/heads.py's cache), trained if missing."""
-    from heads import run_one
+    from heads import demo_checkpoints
 
-    out = HEADS if Path(data_root) == DEFAULT_DATA else HEADS / f"data_{Path(data_root).name}"
-    for name in ("kae", "bnneck"):
-        run_one(name, seed, out, Path(data_root), [])
-    return {name: out / f"seed{seed}" / name / "best.pt" for name in ("kae", "bnneck")}
+    return demo_checkpoints(seed, data_root, ("kae", "bnneck"))
 
 
 def dataset(data_root: Path):
@@ -280,6 +276,17 @@ def _rendered_paths(work: Path, samples, k: int) -> list[list[Path]]:
             for s in samples]
 
 
+def _original_features(model, ds) -> tuple[np.ndarray, np.ndarray]:
+    """A LoadedModel's un-normalised features of the original query and gallery images."""
+    return (model.embed([s.path for s in ds.query], batch_size=128, normalize=False),
+            model.embed([s.path for s in ds.gallery], batch_size=128, normalize=False))
+
+
+def _net_a_train_s(seed: int, data_root: Path) -> float:
+    return json.loads((reid_checkpoints(seed, data_root)["bnneck"].parent / "test_metrics.json").read_text())[
+        "train_seconds"]
+
+
 def _fusion(seed: int, data_root: Path, net: Path) -> dict:
     """fusion_metrics of `net`'s features of the renderings, with net (a)'s of the originals."""
     from keyreid.generation.pngan_reid import embed_rendered, fusion_metrics
@@ -291,8 +298,7 @@ def _fusion(seed: int, data_root: Path, net: Path) -> dict:
     model, model_a = load_model(net, device="cpu"), load_model(reid_checkpoints(seed, data_root)["bnneck"], device="cpu")
     qf = embed_rendered(model, _rendered_paths(work, ds.query, k))
     gf = embed_rendered(model, _rendered_paths(work, ds.gallery, k))
-    qa = model_a.embed([s.path for s in ds.query], batch_size=128, normalize=False)
-    ga = model_a.embed([s.path for s in ds.gallery], batch_size=128, normalize=False)
+    qa, ga = _original_features(model_a, ds)
     return fusion_metrics(ds.query, ds.gallery, qf, gf, qa, ga)
 
 
@@ -326,16 +332,12 @@ def mirror_control(seed: int, data_root: Path) -> dict:
         ds = dataset(data_root)
         model_a = load_model(reid_checkpoints(seed, data_root)["bnneck"], device="cpu")
 
-        def feats(samples, mirror: bool) -> np.ndarray:
-            out = []
-            for i in range(0, len(samples), 128):
-                images = [Image.open(s.path).convert("RGB") for s in samples[i:i + 128]]
-                out.append(model_a.embed([ImageOps.mirror(im) for im in images] if mirror else images,
-                                         batch_size=128, normalize=False))
-            return np.concatenate(out)
+        def mirrored(samples) -> np.ndarray:
+            return model_a.embed([ImageOps.mirror(Image.open(s.path).convert("RGB")) for s in samples],
+                                 batch_size=128, normalize=False)
 
-        qa, ga = feats(ds.query, False), feats(ds.gallery, False)
-        qm, gm = feats(ds.query, True), feats(ds.gallery, True)
+        qa, ga = _original_features(model_a, ds)
+        qm, gm = mirrored(ds.query), mirrored(ds.gallery)
         return {"metrics": {
             "original": reid_metrics(cosine_distances(qa, ga), ds.query, ds.gallery, 50),
             "mirrored + original": reid_metrics(cosine_distances(with_original(qm, qa), with_original(gm, ga)),
@@ -346,7 +348,7 @@ def mirror_control(seed: int, data_root: Path) -> dict:
 def ensemble_control(seed: int, data_root: Path) -> dict:
     """Control for net (b)'s "+ original" rows, which join two networks: net (a) beside a second
     bnneck trained on real images (the demo recipe, seed + 1), fused like net (b)'s feature."""
-    from heads import run_one
+    from heads import cache_dir, run_one
 
     from keyreid.generation.pngan_reid import cosine_distances, with_original
     from keyreid.evaluation.model_metrics import reid_metrics
@@ -356,12 +358,9 @@ def ensemble_control(seed: int, data_root: Path) -> dict:
 
     def make() -> dict:
         ds = dataset(data_root)
-        heads = HEADS if Path(data_root) == DEFAULT_DATA else HEADS / f"data_{Path(data_root).name}"
-        run_one("bnneck", other, heads, Path(data_root), [])
-        nets = [load_model(reid_checkpoints(seed, data_root)["bnneck"], device="cpu"),
-                load_model(heads / f"seed{other}" / "bnneck" / "best.pt", device="cpu")]
-        (qa, ga), (qo, go) = [(m.embed([x.path for x in ds.query], batch_size=128, normalize=False),
-                               m.embed([x.path for x in ds.gallery], batch_size=128, normalize=False)) for m in nets]
+        run_one("bnneck", other, cache_dir(data_root), Path(data_root), [])
+        nets = [reid_checkpoints(seed, data_root)["bnneck"], cache_dir(data_root) / f"seed{other}" / "bnneck" / "best.pt"]
+        (qa, ga), (qo, go) = [_original_features(load_model(net, device="cpu"), ds) for net in nets]
         return {"other_seed": other, "metrics": {
             "second bnneck + original": reid_metrics(cosine_distances(with_original(qo, qa), with_original(go, ga)),
                                                      ds.query, ds.gallery, 50)}}
@@ -428,8 +427,7 @@ def mirror_row(seed: int, data_root: Path, out_dir: Path) -> dict:
     """The "+ original (baseline net)" rows' control: a mirrored image in place of the renderings."""
     def make() -> dict:
         m = mirror_control(seed, data_root)["metrics"]["mirrored + original"]
-        a = json.loads((reid_checkpoints(seed, data_root)["bnneck"].parent / "test_metrics.json").read_text())
-        return _row(m, a["train_seconds"])
+        return _row(m, _net_a_train_s(seed, data_root))
     return _cached(out_dir, make)
 
 
@@ -437,8 +435,7 @@ def ensemble_row(seed: int, data_root: Path, out_dir: Path) -> dict:
     """Net (b)'s "+ original" rows' control: a second real-image bnneck in place of net (b)."""
     def make() -> dict:
         m = ensemble_control(seed, data_root)["metrics"]["second bnneck + original"]
-        a = json.loads((reid_checkpoints(seed, data_root)["bnneck"].parent / "test_metrics.json").read_text())
-        return _row(m, 2 * a["train_seconds"])
+        return _row(m, 2 * _net_a_train_s(seed, data_root))
     return _cached(out_dir, make)
 
 
@@ -465,28 +462,23 @@ def augmentation(seed: int, data_root: Path, out_dir: Path) -> dict:
 def duplicated(seed: int, data_root: Path, out_dir: Path) -> dict:
     """Control for (c): the augmented tree with each rendering replaced by a copy (link) of its
     source image, so the run has (c)'s images per epoch, steps and schedule but nothing generated."""
-    from keyreid.generation.pngan_reid import rendered_name
+    from keyreid.generation.pngan_reid import SPLIT_DIRS, _link, method_canonical, rendered_name
 
     def make() -> dict:
         work = work_dir(seed, data_root)
         method, _ = load_pngan(seed, data_root)
         aug = _trees(seed, data_root, method, "augmented")
-        source = {rendered_name(Path(x.path).name, p): Path(x.path)
-                  for x in dataset(data_root).train for p in range(8)}
+        k = len(method_canonical(method).poses)
+        source = {rendered_name(Path(x.path).name, p): Path(x.path) for x in dataset(data_root).train for p in range(k)}
         tree = work / f"tree_duplicated_p{TRAIN_POSES}"
-        train_dir = tree / "bounding_box_train"
-        train_dir.mkdir(parents=True, exist_ok=True)
         renders = (work / "renders" / "train").resolve()
         copies = 0
-        for entry in sorted((aug.root / "bounding_box_train").iterdir()):
-            target = entry.resolve()
-            dst = train_dir / entry.name
-            if not (dst.exists() or dst.is_symlink()):
-                dst.symlink_to(source[entry.name].resolve() if target.parent == renders else target)
-            copies += target.parent == renders
-        for split in ("query", "bounding_box_test"):
-            if not (tree / split).exists():
-                (tree / split).symlink_to((Path(data_root) / split).resolve())
+        for entry in (aug.root / SPLIT_DIRS["train"]).iterdir():
+            rendered = entry.resolve().parent == renders
+            _link(source[entry.name] if rendered else entry, tree / SPLIT_DIRS["train"] / entry.name)
+            copies += rendered
+        for split in ("query", "gallery"):
+            _link(Path(data_root) / SPLIT_DIRS[split], tree / SPLIT_DIRS[split])
         r = _reid_run("pngan duplicated originals", seed, tree, work / f"reid_duplicated_p{TRAIN_POSES}")
         return _row(r, r["train_seconds"], duplicated_images=copies)
     return _cached(out_dir, make)

@@ -98,6 +98,24 @@ VARIANTS: dict[str, list[str]] = {
     "aacn_keypoint_light": head("aacn", None, "loss.heatmap_weight=0.1"),
 }
 
+DEFAULT_DATA = Path("data/synth")
+CACHE = Path("runs/heads")
+
+
+def cache_dir(data_root: Path) -> Path:
+    """Where the demo-budget runs on data_root are cached (shared with bench/leaderboard.py and the
+    generation benchmarks): runs/heads for the default benchmark, runs/heads/data_NAME otherwise."""
+    return CACHE if Path(data_root) == DEFAULT_DATA else CACHE / f"data_{Path(data_root).name}"
+
+
+def demo_checkpoints(seed: int, data_root: Path, names: tuple[str, ...] = ("kae", "bnneck")) -> dict[str, Path]:
+    """best.pt of each demo-budget run in `names` on data_root (cache_dir), trained if missing."""
+    out = cache_dir(data_root)
+    for name in names:
+        run_one(name, seed, out, Path(data_root), [])
+    return {name: out / f"seed{seed}" / name / "best.pt" for name in names}
+
+
 def run_one(name: str, seed: int, output: Path, data_root: Path, extra: list[str]) -> dict:
     out = output / f"seed{seed}" / name
     done = out / "test_metrics.json"
