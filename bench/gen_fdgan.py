@@ -240,6 +240,13 @@ def reid_entries() -> dict[str, Callable[[int, Path, Path], dict]]:
     return rows
 
 
+def reid_controls() -> dict[str, str]:
+    """Stage III against stage I + the same encoder steps without the generator (the leaderboard
+    pairs them by seed)."""
+    return {"fdgan stage III": "fdgan stage I + verification fine-tune (control)",
+            "fdgan on kae encoder": "fdgan on kae encoder stage I + fine-tune (control)"}
+
+
 # ------------------------------------------------------------------------------- pose probe
 
 def reid_checkpoints(seed: int, data_root: Path) -> dict[str, Path]:

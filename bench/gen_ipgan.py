@@ -144,6 +144,13 @@ def reid_entries() -> dict[str, Callable[[int, Path, Path], dict]]:
     return {"ipgan augmentation": augmentation}
 
 
+def reid_controls() -> dict[str, str]:
+    """PN-GAN's duplicated-originals run adds as many images as this row (one per training image
+    outside the validation identities: 2142 on the demo set) and trains as many steps, but copies
+    of the originals instead of anything generated."""
+    return {"ipgan augmentation": "pngan control: duplicated originals"}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, default=0)

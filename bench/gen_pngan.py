@@ -500,6 +500,16 @@ def reid_entries() -> dict[str, Callable[[int, Path, Path], dict]]:
     return rows
 
 
+def reid_controls() -> dict[str, str]:
+    """Each row that uses the generator -> its control row (the leaderboard pairs them by seed)."""
+    controls = {f"pngan fused {how} + original (baseline net)": "pngan control: mirrored + original (baseline net)"
+                for how in ("avg", "max", "concat")}
+    controls.update({f"pngan fused {how} + original": "pngan control: second bnneck + original"
+                     for how in ("avg", "max", "concat")})
+    controls["pngan augmentation"] = "pngan control: duplicated originals"
+    return controls
+
+
 def main() -> None:
     global TRAIN_POSES
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

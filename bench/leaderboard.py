@@ -43,6 +43,8 @@ if str(HERE) not in sys.path:
 from heads import VARIANTS, run_one  # noqa: E402  (bench/ is on sys.path)
 
 HEAD_ROWS = ["bnneck", "kae", "aacn", "pabr", "stripes", "stripes+adaptiveL2"]
+# row -> the row with everything of it but the method under test (AdaptiveReID: adaptive L2 itself)
+HEAD_CONTROLS = {"stripes+adaptiveL2": "stripes"}
 GEN_MODULES = ["gen_pngan", "gen_fdgan", "gen_ipgan"]
 COLUMNS = ("R1", "mAP", "mINP")
 
@@ -50,19 +52,27 @@ COLUMNS = ("R1", "mAP", "mINP")
 def generation_rows(modules: list[str] = GEN_MODULES) -> tuple[dict[str, Callable], dict[str, str]]:
     """(row name -> run(seed, data_root, out_dir), module -> why it is not available). Imported
     only when asked for, so a broken generation module costs its own rows, not the leaderboard."""
-    rows, missing = {}, {}
+    rows, _, missing = generation_modules(modules)
+    return rows, missing
+
+
+def generation_modules(modules: list[str] = GEN_MODULES) -> tuple[dict[str, Callable], dict[str, str], dict[str, str]]:
+    """generation_rows plus each module's reid_controls() (row -> its control row), if it has one."""
+    rows, controls, missing = {}, {}, {}
     for name in modules:
         if not (HERE / f"{name}.py").is_file():
             missing[name] = f"bench/{name}.py does not exist yet"
             continue
         try:
-            entries = importlib.import_module(name).reid_entries()
+            module = importlib.import_module(name)
+            entries = module.reid_entries()
+            controls.update(module.reid_controls() if hasattr(module, "reid_controls") else {})
         except Exception as e:  # noqa: BLE001  (any failure of a peer module is reported, not fatal)
             missing[name] = f"bench/{name}.py failed to load: {type(e).__name__}: {e}"
             continue
         for row, fn in entries.items():
             rows[row] = fn
-    return rows, missing
+    return rows, controls, missing
 
 
 def head_row(name: str, seed: int, heads_dir: Path, data_root: Path, overrides: list[str]) -> dict:
@@ -75,7 +85,18 @@ def slug(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "+-_." else "_" for ch in name)
 
 
-def table(per: dict[str, list[dict]], seeds: list[int], failed: dict[str, str]) -> list[str]:
+def seed_matched(runs: list[dict], base_runs: list[dict]) -> np.ndarray:
+    """mAP of each run minus base_runs' on the same seed (rows differ in the seeds they have)."""
+    base = {r.get("seed"): r["mAP"] for r in base_runs}
+    return np.array([r["mAP"] - base[r.get("seed")] for r in runs if r.get("seed") in base], dtype=float)
+
+
+def _plural(n: int) -> str:
+    return f"{n} seed{'s' if n > 1 else ''}"
+
+
+def table(per: dict[str, list[dict]], seeds: list[int], failed: dict[str, str],
+          controls: Optional[dict[str, str]] = None) -> list[str]:
     lines = ["| method | seeds | " + " | ".join(COLUMNS) + " | train s | mAP per seed |",
              "|---" * (len(COLUMNS) + 4) + "|"]
     for name, runs in per.items():
@@ -93,14 +114,23 @@ def table(per: dict[str, list[dict]], seeds: list[int], failed: dict[str, str]) 
     lines += ["", f"seeds {seeds}; spread = half the range over seeds; train s = mean training time of a run "
                   "(generation rows: the re-ID run, the generator's own training not included unless the row says so)"]
     if per.get("bnneck"):
-        # seed-matched: each row against bnneck on the seeds both have (rows differ in seeds run)
-        base = {r.get("seed"): r["mAP"] for r in per["bnneck"]}
         diffs = []
         for name, runs in per.items():
-            shared = [r["mAP"] - base[r.get("seed")] for r in runs if r.get("seed") in base]
-            if shared and name != "bnneck":
-                diffs.append(f"{name} {np.mean(shared):+.1f} ({len(shared)} seed{'s' if len(shared) > 1 else ''})")
+            d = seed_matched(runs, per["bnneck"])
+            if d.size and name != "bnneck":
+                diffs.append(f"{name} {d.mean():+.1f} ({_plural(d.size)})")
         lines.append("minus bnneck on the same seeds (mAP points): " + ", ".join(diffs))
+    # the verdict on a method is its row against its control, seed by seed: the spread of the
+    # paired difference, not of either row, says whether the method did anything
+    paired = []
+    for name, control in (controls or {}).items():
+        d = seed_matched(per.get(name, []), per.get(control, []))
+        if d.size:
+            paired.append(f"| {name} | {control} | {d.mean():+.1f} ± {(d.max() - d.min()) / 2:.1f} | "
+                          f"{d.size} | {', '.join(f'{x:+.1f}' for x in d)} |")
+    if paired:
+        lines += ["", "Each method against its control (the row with everything but the method), seed by seed:", "",
+                  "| method | control | mAP minus control | seeds | per seed |", "|---|---|---|---|---|", *paired]
     return lines
 
 
@@ -114,7 +144,8 @@ def is_cached(name: str, seed: int, heads_dir: Path, output: Path) -> bool:
 def run_leaderboard(rows: Optional[list[str]], seeds: list[int], heads_dir: Path, output: Path,
                     data_root: Path, overrides: list[str], gen_modules: list[str] = GEN_MODULES,
                     cached_only: bool = False) -> str:
-    gen, missing = generation_rows(gen_modules) if rows is None or set(rows) - set(VARIANTS) else ({}, {})
+    gen, gen_controls, missing = (generation_modules(gen_modules) if rows is None or set(rows) - set(VARIANTS)
+                                  else ({}, {}, {}))
     names = rows or [*HEAD_ROWS, *gen]
     failed: dict[str, str] = {}
     if rows is None:
@@ -145,7 +176,7 @@ def run_leaderboard(rows: Optional[list[str]], seeds: list[int], heads_dir: Path
                 failed[f"{name} (seed {seed})"] = f"{type(e).__name__}: {e}"
     header = (f"wall {(time.time() - t0) / 60:.1f} min; {platform.processor() or platform.machine()}, "
               f"{torch.get_num_threads()} torch threads; data {data_root}")
-    text = "\n".join([header, "", *table(per, seeds, failed)])
+    text = "\n".join([header, "", *table(per, seeds, failed, {**HEAD_CONTROLS, **gen_controls})])
     output.mkdir(parents=True, exist_ok=True)
     (output / "summary.md").write_text(text + "\n")
     (output / "summary.json").write_text(json.dumps({"seeds": seeds, "rows": per, "not_available": failed}, indent=2))
