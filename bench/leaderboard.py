@@ -49,15 +49,10 @@ GEN_MODULES = ["gen_pngan", "gen_fdgan", "gen_ipgan"]
 COLUMNS = ("R1", "mAP", "mINP")
 
 
-def generation_rows(modules: list[str] = GEN_MODULES) -> tuple[dict[str, Callable], dict[str, str]]:
-    """(row name -> run(seed, data_root, out_dir), module -> why it is not available). Imported
-    only when asked for, so a broken generation module costs its own rows, not the leaderboard."""
-    rows, _, missing = generation_modules(modules)
-    return rows, missing
-
-
 def generation_modules(modules: list[str] = GEN_MODULES) -> tuple[dict[str, Callable], dict[str, str], dict[str, str]]:
-    """generation_rows plus each module's reid_controls() (row -> its control row), if it has one."""
+    """(row name -> run(seed, data_root, out_dir), row -> its control row from the module's
+    reid_controls() if it has one, module -> why it is not available). Imported only when asked
+    for, so a broken generation module costs its own rows, not the leaderboard."""
     rows, controls, missing = {}, {}, {}
     for name in modules:
         if not (HERE / f"{name}.py").is_file():
@@ -91,6 +86,11 @@ def seed_matched(runs: list[dict], base_runs: list[dict]) -> np.ndarray:
     return np.array([r["mAP"] - base[r.get("seed")] for r in runs if r.get("seed") in base], dtype=float)
 
 
+def mean_spread(v: np.ndarray, signed: bool = False) -> str:
+    """The table's cell: mean ± half the range over seeds (signed for a difference)."""
+    return f"{v.mean():{'+' if signed else ''}.1f} ± {(v.max() - v.min()) / 2:.1f}"
+
+
 def _plural(n: int) -> str:
     return f"{n} seed{'s' if n > 1 else ''}"
 
@@ -102,10 +102,7 @@ def table(per: dict[str, list[dict]], seeds: list[int], failed: dict[str, str],
     for name, runs in per.items():
         if not runs:
             continue
-        cells = []
-        for c in COLUMNS:
-            v = np.array([r[c] for r in runs], dtype=float)
-            cells.append(f"{v.mean():.1f} ± {(v.max() - v.min()) / 2:.1f}")
+        cells = [mean_spread(np.array([r[c] for r in runs], dtype=float)) for c in COLUMNS]
         secs = np.mean([r.get("train_s", np.nan) for r in runs])
         per_seed = ", ".join(f"{r['mAP']:.1f}" for r in runs)
         lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + f" | {secs:.0f} | {per_seed} |")
@@ -126,7 +123,7 @@ def table(per: dict[str, list[dict]], seeds: list[int], failed: dict[str, str],
     for name, control in (controls or {}).items():
         d = seed_matched(per.get(name, []), per.get(control, []))
         if d.size:
-            paired.append(f"| {name} | {control} | {d.mean():+.1f} ± {(d.max() - d.min()) / 2:.1f} | "
+            paired.append(f"| {name} | {control} | {mean_spread(d, signed=True)} | "
                           f"{d.size} | {', '.join(f'{x:+.1f}' for x in d)} |")
     if paired:
         lines += ["", "Each method against its control (the row with everything but the method), seed by seed:", "",
@@ -202,7 +199,7 @@ def main() -> None:
         ap.error("--set changes the runs: give another --heads-dir, so the shared cache runs/heads "
                  "keeps demo-budget runs only")
     if args.list:
-        gen, missing = generation_rows()
+        gen, _, missing = generation_modules()
         for name in HEAD_ROWS:
             print(f"{name:22s} {' '.join(VARIANTS[name])}")
         for name in gen:
