@@ -390,11 +390,6 @@ def fused(seed: int, data_root: Path) -> dict:
     return _json_stage(work / f"fused_p{TRAIN_POSES}.json", make)
 
 
-def slug(name: str) -> str:
-    """A row's folder name, as bench/leaderboard.py makes it."""
-    return "".join(ch if ch.isalnum() or ch in "+-_." else "_" for ch in name)
-
-
 def _row(metrics: dict, train_s: float, **extra) -> dict:
     return {"R1": 100 * metrics["R1"], "mAP": 100 * metrics["mAP"], "mINP": 100 * metrics["mINP"],
             "train_s": train_s, **extra}
@@ -512,6 +507,7 @@ def reid_controls() -> dict[str, str]:
 
 def main() -> None:
     global TRAIN_POSES
+    from heads import slug
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data-root", type=Path, default=DEFAULT_DATA)

@@ -102,6 +102,11 @@ DEFAULT_DATA = Path("data/synth")
 CACHE = Path("runs/heads")
 
 
+def slug(name: str) -> str:
+    """A leaderboard row's folder name (bench/leaderboard.py's cache, bench/gen_pngan.py's rows)."""
+    return "".join(ch if ch.isalnum() or ch in "+-_." else "_" for ch in name)
+
+
 def cache_dir(data_root: Path) -> Path:
     """Where the demo-budget runs on data_root are cached (shared with bench/leaderboard.py and the
     generation benchmarks): runs/heads for the default benchmark, runs/heads/data_NAME otherwise."""

@@ -40,7 +40,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from heads import VARIANTS, run_one  # noqa: E402  (bench/ is on sys.path)
+from heads import VARIANTS, run_one, slug  # noqa: E402  (bench/ is on sys.path)
 
 HEAD_ROWS = ["bnneck", "kae", "aacn", "pabr", "stripes", "stripes+adaptiveL2"]
 # row -> the row with everything of it but the method under test (AdaptiveReID: adaptive L2 itself)
@@ -74,10 +74,6 @@ def head_row(name: str, seed: int, heads_dir: Path, data_root: Path, overrides: 
     """One head run as a row entry: percent metrics and train seconds."""
     r = run_one(name, seed, heads_dir, data_root, overrides)
     return {**{c: 100 * r[c] for c in COLUMNS}, "train_s": r["train_seconds"]}
-
-
-def slug(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "+-_." else "_" for ch in name)
 
 
 def seed_matched(runs: list[dict], base_runs: list[dict]) -> np.ndarray:
