@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from keyreid.config import Config, ModelConfig  # noqa: E402
 from keyreid.data.keypoints import get_skeleton  # noqa: E402
-from keyreid.engine.checkpoint import save_checkpoint  # noqa: E402
+from keyreid.utils.checkpoint import save_checkpoint  # noqa: E402
 from keyreid.export import export_onnx  # noqa: E402
 from keyreid.export.graph import EmbeddingGraph  # noqa: E402
 from keyreid.export.parity import generated_images  # noqa: E402

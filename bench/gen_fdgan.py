@@ -157,7 +157,7 @@ def control(variant: str, seed: int, data_root: Path) -> dict:
     gives E without the GAN. {"test": {"plain"}, "val": {"plain"}, "train_s"}."""
     from torch.utils.data import DataLoader
 
-    from keyreid.engine.checkpoint import load_checkpoint
+    from keyreid.utils.checkpoint import load_checkpoint
     from keyreid.generation.fdgan_eval import evaluate_encoder
     from keyreid.generation.method import lr_factor, unwrap
     from keyreid.generation.methods.fdgan import stage_kind

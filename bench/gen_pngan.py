@@ -323,7 +323,7 @@ def mirror_control(seed: int, data_root: Path) -> dict:
     from PIL import Image, ImageOps
 
     from keyreid.generation.pngan_reid import cosine_distances, with_original
-    from keyreid.evaluation.model_metrics import reid_metrics
+    from keyreid.evaluation.split import reid_metrics
     from keyreid.inference import load_model
 
     work = work_dir(seed, data_root)
@@ -351,7 +351,7 @@ def ensemble_control(seed: int, data_root: Path) -> dict:
     from heads import cache_dir, run_one
 
     from keyreid.generation.pngan_reid import cosine_distances, with_original
-    from keyreid.evaluation.model_metrics import reid_metrics
+    from keyreid.evaluation.split import reid_metrics
     from keyreid.inference import load_model
 
     work, other = work_dir(seed, data_root), seed + 1

@@ -31,7 +31,7 @@ import torch
 from keyreid.data.loader import ImageDataset
 from keyreid.engine.data import prepare_data
 from keyreid.evaluation.distance import distance_matrix
-from keyreid.evaluation.model_metrics import reid_metrics
+from keyreid.evaluation.split import reid_metrics
 from keyreid.inference import load_model
 from keyreid.models.targets import box_maps, limb_maps
 

@@ -10,7 +10,7 @@ import torch
 import torch.multiprocessing as mp
 
 from keyreid.config import load_config
-from keyreid.engine.checkpoint import load_checkpoint
+from keyreid.utils.checkpoint import load_checkpoint
 from keyreid.engine.data import split_validation
 from keyreid.engine.schedules import lr_factor
 from keyreid.engine.trainer import Trainer
@@ -204,7 +204,7 @@ def test_retrieval_protocol_scores_each_image_against_all_others(tiny_synth, tmp
     from dataclasses import replace
 
     from keyreid.inference import extract_features
-    from keyreid.evaluation.model_metrics import evaluate_model
+    from keyreid.engine.evaluate import evaluate_model
     from keyreid.evaluation.reid import EvaluationError
     from keyreid.evaluation.retrieval import evaluate as retrieval_evaluate
 
@@ -223,7 +223,7 @@ def test_retrieval_protocol_scores_each_image_against_all_others(tiny_synth, tmp
 
 def test_eval_rerank_setting_reranks_the_test_distances(tiny_synth, tmp_path):
     from keyreid.inference import extract_features
-    from keyreid.evaluation.model_metrics import test_distances
+    from keyreid.engine.evaluate import test_distances
     from keyreid.evaluation.rerank import re_ranking
 
     over = tiny_overrides(tiny_synth, tmp_path, **{"eval.rerank": "true", "eval.rerank_k1": "5",

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from keyreid.config import Config, ModelConfig
 from keyreid.data.keypoints import get_skeleton
-from keyreid.engine.checkpoint import save_checkpoint
+from keyreid.utils.checkpoint import save_checkpoint
 from keyreid.errors import KeyreidError
 from keyreid.inference import card_for, load_model
 from keyreid.models.build import KEYPOINT_HEADS, build_model

@@ -17,7 +17,7 @@ from skimage.metrics import structural_similarity
 from keyreid.config import Config, ModelConfig
 from keyreid.data.keypoints import get_skeleton
 from keyreid.data.synthetic.paired import SynthScenes
-from keyreid.engine.checkpoint import save_checkpoint
+from keyreid.utils.checkpoint import save_checkpoint
 from keyreid.errors import KeyreidError
 from keyreid.generation.metrics import (IdentityJudge, KeypointProbe, evaluate_transfer, heatmap_keypoints,
                                         identity_rank1, l1, pck, ssim, transfer_pairs)

@@ -398,10 +398,10 @@ def test_full_disk_while_checkpointing_keeps_the_previous_last_pt(run_copy, tiny
         f.write(b"partial")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("keyreid.engine.checkpoint.torch.save", save_on_a_full_disk)
+    monkeypatch.setattr("keyreid.utils.checkpoint.torch.save", save_on_a_full_disk)
     code, _, err = run_cli(["train", config, "--allow-config-change",
                             *tiny_sets(tiny_synth, out, **{"optim.epochs": 2})], monkeypatch, capsys)
-    monkeypatch.setattr("keyreid.engine.checkpoint.torch.save", real_save)
+    monkeypatch.setattr("keyreid.utils.checkpoint.torch.save", real_save)
     line = one_error_line(err)
     assert code == 2 and str(out / "last.pt") in line and "free in" in line
     assert "previous last.pt is intact" in line

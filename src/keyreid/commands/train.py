@@ -53,7 +53,7 @@ def evaluate(config: Optional[Path] = typer.Argument(
     """Evaluate a checkpoint on the dataset's test split (query vs gallery). The checkpoint
     decides the model; the config (default: the checkpoint's own) the data and evaluation."""
     from keyreid.config import config_from_dict, load_config
-    from keyreid.engine.checkpoint import load_checkpoint
+    from keyreid.utils.checkpoint import load_checkpoint
     from keyreid.engine.checks import check_names
     from keyreid.engine.evaluate import evaluate_checkpoint
 

@@ -17,7 +17,8 @@ from rich.table import Table
 from keyreid.config import Config, load_config
 from keyreid.data.synthetic import SynthConfig, generate, is_synthetic_tree
 from keyreid.engine.trainer import Trainer
-from keyreid.evaluation.model_metrics import reid_metrics, test_distances
+from keyreid.engine.evaluate import test_distances
+from keyreid.evaluation.split import reid_metrics
 from keyreid.utils.io import atomic_write_text
 
 console = Console()

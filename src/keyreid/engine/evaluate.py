@@ -12,11 +12,50 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
+import numpy as np
+import torch
+
 from keyreid.config import Config, save_config, to_dict
 from keyreid.engine.data import prepare_data
-from keyreid.evaluation.model_metrics import evaluate_model, reid_metrics, test_distances
-from keyreid.inference import load_model
+from keyreid.evaluation.split import reid_metrics, retrieval_metrics, split_distances
+from keyreid.inference import extract_features, load_model
 from keyreid.utils.io import atomic_write_text
+
+
+@torch.no_grad()
+def test_distances(model: torch.nn.Module, query, gallery, transform, cfg: Config,
+                   device: torch.device, show_progress: bool = False) -> np.ndarray:
+    """A model's features -> query x gallery distance matrix (flip averaging and re-ranking per
+    config)."""
+    ec = cfg.eval
+    qf = extract_features(model, query, transform, cfg.data.test_batch_size, 0, device, ec.flip,
+                          show_progress=show_progress, description="query features")
+    gf = extract_features(model, gallery, transform, cfg.data.test_batch_size, 0, device, ec.flip,
+                          show_progress=show_progress, description="gallery features")
+    return split_distances(qf, gf, ec)
+
+
+def evaluate_model(model: torch.nn.Module, query, gallery, transform, cfg: Config,
+                   device: torch.device, show_progress: bool = False, protocol: str = "reid") -> dict:
+    """A model on a split: features -> distances -> metrics (validation and `keyreid eval`).
+    protocol "reid": query vs gallery, CMC / mAP / mINP; "retrieval" (CUB, Cars196): every image
+    of query + gallery (each image once) against all others, Recall@K / MAP@R / NMI. `score` is
+    the number best checkpoints are chosen on."""
+    if protocol == "retrieval":
+        seen, images = set(), []
+        for s in (*query, *gallery):
+            if s.path not in seen:
+                seen.add(s.path)
+                images.append(s)
+        feats = extract_features(model, images, transform, cfg.data.test_batch_size, 0, device,
+                                 cfg.eval.flip, show_progress=show_progress, description="features")
+        return retrieval_metrics(feats, np.array([s.pid for s in images]), cfg.eval.distance)
+    if protocol != "reid":
+        raise ValueError(f"unknown evaluation protocol {protocol!r}; use reid or retrieval")
+    distmat = test_distances(model, query, gallery, transform, cfg, device, show_progress)
+    out = reid_metrics(distmat, query, gallery, cfg.eval.max_rank)
+    out["score"] = out["mAP"]
+    return out
 
 
 def config_differences(cfg: Config, card: dict) -> list[str]:

@@ -21,14 +21,14 @@ from torch.utils.data import DataLoader
 from keyreid.config import Config, ConfigError, ConfigValueError, save_config, to_dict
 from keyreid.data.loader import ImageDataset
 from keyreid.data.samplers import PKBatchSampler
-from keyreid.engine.checkpoint import load_checkpoint, model_state, save_checkpoint
+from keyreid.utils.checkpoint import load_checkpoint, model_state, save_checkpoint
 from keyreid.engine.checks import check_names, check_training_data
 from keyreid.engine.data import PreparedData, make_transforms, prepare_data
 from keyreid.engine.logs import CSVLog, TensorBoard
 from keyreid.engine.run_folder import check_resume_config, set_aside_previous_run
 from keyreid.engine.schedules import lr_factor
 from keyreid.errors import KeyreidError
-from keyreid.evaluation.model_metrics import evaluate_model
+from keyreid.engine.evaluate import evaluate_model
 from keyreid.inference import card_for, resolve_device
 from keyreid.losses import build_loss
 from keyreid.models.build import KEYPOINT_HEADS, ReIDModel, build_model

@@ -118,7 +118,7 @@ def evaluate_encoder(method, query: Sequence[Sample], gallery: Sequence[Sample],
     """{"plain": metrics} (+ {"rescored": metrics} with rescore > 0): Euclidean on E's feature, and
     with the top `rescore` re-scored by the verification head."""
     from keyreid.evaluation.distance import distance_matrix
-    from keyreid.evaluation.model_metrics import reid_metrics
+    from keyreid.evaluation.split import reid_metrics
 
     qf = encoder_features(method, query, height, width, device, batch_size, which)
     gf = encoder_features(method, gallery, height, width, device, batch_size, which)

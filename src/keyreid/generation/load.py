@@ -20,7 +20,7 @@ CHECKPOINT_VERSION = 1
 
 def read_generation_checkpoint(path: str | Path) -> dict:
     """The checkpoint dict, refused with one line when it is not a generation checkpoint."""
-    from keyreid.engine.checkpoint import load_checkpoint
+    from keyreid.utils.checkpoint import load_checkpoint
 
     ck = load_checkpoint(path, "cpu")
     if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:

@@ -223,7 +223,7 @@ def fusion_metrics(query: Sequence[Sample], gallery: Sequence[Sample], q_rendere
     """Re-ID metrics (keyreid.evaluation: R1, mAP, mINP, ...) of every fusion of the rendered
     features [N, k, D], and of each fusion with the original images' features [N, D] when given.
     Keys: "fused avg", "fused max", "fused concat", "fused avg + original", ..., "original"."""
-    from keyreid.evaluation.model_metrics import reid_metrics
+    from keyreid.evaluation.split import reid_metrics
 
     out = {}
     for how in FUSIONS:

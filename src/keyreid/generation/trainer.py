@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, Sampler
 from keyreid.config import Config, ConfigError, DataConfig
 from keyreid.data.datasets.base import relabel
 from keyreid.data.records import Sample
-from keyreid.engine.checkpoint import load_checkpoint, save_checkpoint
+from keyreid.utils.checkpoint import load_checkpoint, save_checkpoint
 from keyreid.engine.data import prepare_data
 from keyreid.engine.logs import CSVLog, TensorBoard
 from keyreid.engine.run_folder import set_aside_previous_run

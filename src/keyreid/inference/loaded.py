@@ -150,7 +150,7 @@ def load_model(checkpoint: Union[str, Path], device: str = "auto",
     The checkpoint's own card decides the architecture and preprocessing; `config` is only
     consulted for checkpoints written before cards existed. A missing or damaged file is an
     error: there is no silent fallback to ImageNet or random weights."""
-    from keyreid.engine.checkpoint import load_checkpoint
+    from keyreid.utils.checkpoint import load_checkpoint
     from keyreid.models.build import build_model
 
     path = Path(checkpoint)

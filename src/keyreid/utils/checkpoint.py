@@ -1,4 +1,5 @@
-"""Checkpoints written atomically: a killed run never leaves a half-written file behind."""
+"""Reading and writing checkpoints, below both the engine and inference: a killed run never
+leaves a half-written file behind, and a foreign or damaged file is one clear error."""
 
 from __future__ import annotations
 
