@@ -537,3 +537,39 @@ def test_an_onnx_export_serves_the_same_ranking(built, tmp_path, query, baseline
         assert body["keypoints"] is None and c.get("/api/info").json()["model"]["keypoints"] is False
         r = c.post(f"/api/explain?gallery_id={baseline[0]['id']}", content=query)
         assert r.status_code == 501 and "ONNX" in r.json()["error"]
+
+
+def test_other_host_names_are_refused_against_dns_rebinding(client, server, built, tmp_path, query, baseline):
+    # a page on evil.example whose DNS name now points at 127.0.0.1 still sends its own Host
+    for host in ("evil.example", f"evil.example:{server.port}", "127.0.0.1.evil.example", "[::2]"):
+        r = client.get("/api/info", headers={"Host": host})
+        assert r.status_code == 400 and r.json()["reason"] == "host" and r.json()["field"] == "host", (host, r.text)
+        r = client.post("/api/search?top_k=5", content=query, headers={"Host": host})
+        assert r.status_code == 400
+    for host in (f"localhost:{server.port}", f"LOCALHOST:{server.port}", "127.0.0.1", f"[::1]:{server.port}"):
+        assert client.get("/healthz", headers={"Host": host}).status_code == 200, host
+    assert_healthy(client, query, baseline)
+    with serving(built, tmp_path, allowed_hosts=("reid.lab.example",)) as named, \
+            httpx.Client(base_url=named.url, timeout=60) as c:
+        assert c.get("/healthz", headers={"Host": "reid.lab.example:8000"}).status_code == 200
+        assert c.get("/healthz").status_code == 400           # 127.0.0.1 is not among the names given
+    with serving(built, tmp_path, allowed_hosts=("*",)) as anyhost, httpx.Client(base_url=anyhost.url) as c:
+        assert c.get("/healthz", headers={"Host": "evil.example"}).status_code == 200
+
+
+def test_default_allowed_hosts_follow_the_bound_address():
+    from keyreid.serve.limits import default_allowed_hosts, host_name
+
+    assert set(default_allowed_hosts("127.0.0.1")) == {"localhost", "127.0.0.1", "::1"}
+    assert "localhost" in default_allowed_hosts("0.0.0.0") and socket.gethostname().lower() in \
+        default_allowed_hosts("0.0.0.0")
+    assert default_allowed_hosts("10.1.2.3") == ("10.1.2.3",)
+    assert [host_name(h) for h in ("a.b:80", "[::1]:8000", "::1", "A.B")] == ["a.b", "::1", "::1", "a.b"]
+
+
+def test_cli_refuses_a_malformed_allowed_hosts(tmp_path, built, monkeypatch, capsys):
+    for bad in ("", " , ", "http://x/", "a b"):
+        code, err = _main(monkeypatch, capsys, ["serve", "--index", str(built["index"]), "--checkpoint",
+                                                str(built["checkpoint"]), "--allowed-hosts", bad])
+        lines = [l for l in err.splitlines() if l.strip()]
+        assert code == 2 and len(lines) == 1 and "--allowed-hosts" in lines[0], err

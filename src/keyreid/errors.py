@@ -16,3 +16,8 @@ class DataError(KeyreidError):
         self.path = None if path is None else str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}" if self.path else problem)
+
+
+class ImageTooLarge(DataError):
+    """An image whose pixel count passes the reader's limit (a decompression bomb). Never skipped
+    by `--on-error skip`: decoding it could exhaust memory, and the user must know it is there."""

@@ -25,6 +25,9 @@ def serve(
     uploads: Optional[Path] = typer.Option(None, "--uploads", help="Where images added through the API are "
                                                                    "kept [default: INDEX-uploads]."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N."),
+    allowed_hosts: Optional[str] = typer.Option(None, "--allowed-hosts", help="Host header names answered, "
+                                                "comma-separated (* answers any: unsafe, DNS rebinding) "
+                                                "[default: the --host names; localhost for loopback]."),
     demo: bool = typer.Option(False, "--demo", help="Serve `make demo`'s kae model over data/synth (index "
                                                     "built under runs/demo/serve when missing)."),
 ) -> None:
@@ -36,6 +39,7 @@ def serve(
     from keyreid.search import open_index
     from keyreid.serve import SearchService, ServeSettings, create_app
 
+    hosts = _allowed_hosts(allowed_hosts, host)
     if demo:
         from keyreid.serve.demo import DEMO_CHECKPOINT, prepare_demo_index
 
@@ -53,7 +57,7 @@ def serve(
     opened = open_index(index)
     service = SearchService(model, opened, uploads_dir=uploads or index.with_name(index.name + "-uploads"))
     settings = ServeSettings(max_body_bytes=int(max_body_mb * 1024 * 1024), max_pixels=max_pixels, workers=workers,
-                             queue=queue, max_batch=max_batch, admin_token=admin_token or None)
+                             queue=queue, max_batch=max_batch, admin_token=admin_token or None, allowed_hosts=hosts)
     app = create_app(service, settings)
     # bind first, so a taken port is one clear line and port 0 prints the port actually chosen
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
@@ -73,3 +77,15 @@ def serve(
     finally:
         sock.close()
         service.close()
+
+
+def _allowed_hosts(text: Optional[str], host: str) -> tuple[str, ...]:
+    from keyreid.errors import KeyreidError
+    from keyreid.serve.limits import default_allowed_hosts
+
+    if text is None:
+        return default_allowed_hosts(host)
+    names = tuple(n.strip().lower() for n in text.split(",") if n.strip())
+    if not names or any(c in n for n in names for c in "/ @"):
+        raise KeyreidError(f"--allowed-hosts {text!r}: give host names separated by commas (or *)")
+    return names

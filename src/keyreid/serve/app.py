@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from keyreid.errors import KeyreidError
-from keyreid.serve.limits import BodySizeLimit
+from keyreid.serve.limits import LOOPBACK_NAMES, BodySizeLimit, HostCheck
 from keyreid.serve.metrics import Metrics, MetricsMiddleware
 from keyreid.serve.options import OptionError, parse_options
 from keyreid.serve.pool import InferencePool, Overloaded
@@ -47,6 +47,9 @@ class ServeSettings:
     max_batch: int = 8
     decode_slots: int = 4              # images decoded at once (bounds decoding memory)
     admin_token: Optional[str] = None
+    # Host header names answered (DNS-rebinding guard); "*" answers any. `keyreid serve` sets
+    # the bound host's names; the default suits a loopback server.
+    allowed_hosts: tuple[str, ...] = LOOPBACK_NAMES
 
 
 class AdminError(KeyreidError):
@@ -61,8 +64,9 @@ class ServeApp:
     def __init__(self, api: FastAPI, service: SearchService, pool: InferencePool, metrics: Metrics,
                  settings: ServeSettings):
         self.api, self.service, self.pool, self.metrics, self.settings = api, service, pool, metrics, settings
-        capped = BodySizeLimit(api, settings.max_body_bytes, on_reject=lambda r: metrics.rejections.inc(r))
-        self._asgi = MetricsMiddleware(capped, metrics)
+        count = metrics.rejections.inc
+        capped = BodySizeLimit(api, settings.max_body_bytes, on_reject=count)
+        self._asgi = MetricsMiddleware(HostCheck(capped, settings.allowed_hosts, on_reject=count), metrics)
 
     async def __call__(self, scope, receive, send) -> None:
         await self._asgi(scope, receive, send)

@@ -22,8 +22,8 @@ class BodyTooLarge(Exception):
     """Raised from receive() inside the application when the cap is crossed."""
 
 
-def json_error_message(status: int, reason: str, message: str) -> tuple[Message, Message]:
-    body = json.dumps({"error": message, "reason": reason}).encode()
+def json_error_message(status: int, reason: str, message: str, field: str | None = None) -> tuple[Message, Message]:
+    body = json.dumps({"error": message, "reason": reason, **({"field": field} if field else {})}).encode()
     start = {"type": "http.response.start", "status": status,
              "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]}
     return start, {"type": "http.response.body", "body": body}
@@ -113,4 +113,59 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-__all__ = ["BodySizeLimit", "BodyTooLarge", "json_error_message"]
+
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+def default_allowed_hosts(host: str) -> tuple[str, ...]:
+    """The Host names a server bound to `host` answers: the loopback names for a loopback or
+    wildcard bind (plus this machine's name for a wildcard), else the bound address itself."""
+    import socket
+
+    host = host.strip("[]").lower()
+    if host in ("0.0.0.0", "::"):
+        return (*LOOPBACK_NAMES, socket.gethostname().lower())
+    if host in LOOPBACK_NAMES or host.startswith("127."):
+        return tuple(dict.fromkeys((*LOOPBACK_NAMES, host)))
+    return (host,)
+
+
+def host_name(header: str) -> str:
+    """The name part of a Host header, without the port; an IPv6 literal without brackets."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:header.find("]")] if "]" in header else header
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+class HostCheck:
+    """Refuse requests whose Host header names another server (400, reason "host").
+
+    A web page on any site can point its own DNS name at 127.0.0.1 (DNS rebinding) and its
+    script would then read this service as same-origin; checking Host closes that, since the
+    browser still sends the page's own name. "*" in `allowed` turns the check off."""
+
+    def __init__(self, app, allowed, on_reject: Callable[[str], None] | None = None):
+        self.app = app
+        self.allowed = {host_name(a) for a in allowed}
+        self.on_reject = on_reject
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or "*" in self.allowed:
+            await self.app(scope, receive, send)
+            return
+        given = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), "")
+        if host_name(given) in self.allowed:
+            await self.app(scope, receive, send)
+            return
+        if self.on_reject:
+            self.on_reject("host")
+        start, body = json_error_message(400, "host", f"Host {given!r} is not served here; start the service "
+                                                      "with --allowed-hosts NAME to allow it", field="host")
+        await send(start)
+        await send(body)
+
+
+__all__ = ["BodySizeLimit", "BodyTooLarge", "HostCheck", "LOOPBACK_NAMES", "default_allowed_hosts", "host_name",
+           "json_error_message"]

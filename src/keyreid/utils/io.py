@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import shutil
 import stat
 import tempfile
+import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from keyreid.errors import KeyreidError
 
@@ -69,3 +72,28 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         Path(tmp).write_text(text, encoding="utf-8")
 
     atomic_write(path, write)
+
+
+class LockedError(KeyreidError):
+    """Another process holds a lock we waited for in vain."""
+
+
+@contextmanager
+def file_lock(path: str | Path, wait_s: float, busy: str) -> Iterator[None]:
+    """Hold an exclusive fcntl.flock on `path` (created if missing) for the block. The OS drops
+    the lock when the holder dies, so a killed writer never leaves the lock stuck. After `wait_s`
+    seconds of waiting: LockedError(busy)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        deadline = time.monotonic() + max(0.0, wait_s)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise LockedError(busy) from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
