@@ -10,7 +10,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import yaml
 
@@ -213,24 +213,45 @@ def load_config(path: Optional[str | Path] = None, overrides: tuple[str, ...] | 
     """Defaults, then the YAML file (which may name a `base:` file relative to itself), then overrides.
     Each file and each override is checked on its own, so an error names the one that holds it;
     the result's numeric ranges and fixed choices are checked too (check_ranges)."""
-    values: dict = {}
-    if path is not None:
-        values = _read_yaml(Path(path), ())
-    return config_from_dict(values, str(path) if path is not None else "config", overrides)
+    return read_typed_config(Config, path, overrides, check_ranges)
 
 
 def config_from_dict(values: dict, where: str, overrides: tuple[str, ...] | list[str] = ()) -> Config:
     """A config from a resolved mapping (a file's, or the one a checkpoint stores) plus overrides."""
+    return typed_config_from_dict(Config, values, where, overrides, check_ranges)
+
+
+# ---------------------------------------------------------------- the one loader of typed configs
+# Re-ID configs (Config) and generation configs (keyreid.generation.config.GenConfig) are read by
+# these functions: defaults in the dataclasses, a YAML file with `base:` chains, `--set` overrides,
+# then the kind's own range checks. `merge` lets a kind merge some keys its own way.
+Merge = Callable[[dict, dict], dict]
+
+
+def read_typed_config(cls, path: Optional[str | Path], overrides: tuple[str, ...] | list[str],
+                      check: Callable[[Any], None], merge: Optional[Merge] = None):
+    values: dict = {}
+    if path is not None:
+        values = read_yaml_values(cls, Path(path), merge or _merge)
+    return typed_config_from_dict(cls, values, str(path) if path is not None else "config", overrides, check,
+                                  merge)
+
+
+def typed_config_from_dict(cls, values: dict, where: str, overrides: tuple[str, ...] | list[str],
+                           check: Callable[[Any], None], merge: Optional[Merge] = None):
+    merge = merge or _merge
     for text in overrides:
         update = parse_override(text)
-        _build(Config, update, "--set")
-        values = _merge(values, update)
-    cfg = _build(Config, values, where)
-    check_ranges(cfg)
+        _build(cls, update, "--set")
+        values = merge(values, update)
+    cfg = _build(cls, values, where)
+    check(cfg)
     return cfg
 
 
-def _read_yaml(path: Path, chain: tuple[Path, ...]) -> dict:
+def read_yaml_values(cls, path: Path, merge: Merge, chain: tuple[Path, ...] = ()) -> dict:
+    """The mapping of a YAML config file with its `base:` chain resolved (checked against `cls`
+    file by file, so a bad key is blamed on the file that has it)."""
     if not path.is_file():
         via = f" (base of {chain[-1]})" if chain else ""
         raise ConfigError(f"{path}: config file not found{via}")
@@ -241,15 +262,23 @@ def _read_yaml(path: Path, chain: tuple[Path, ...]) -> dict:
         values = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read ({e.__class__.__name__}: {e})") from None
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     base = values.pop("base", None)
-    _build(Config, values, str(path))  # unknown keys and types blamed on the file that has them
+    _build(cls, values, str(path))
     if base is not None:
         if not isinstance(base, str):
             raise ConfigError(f"{path}: base: expected a file name, got {base!r}")
-        values = _merge(_read_yaml(path.parent / base, (*chain, path)), values)
+        values = merge(read_yaml_values(cls, path.parent / base, merge, (*chain, path)), values)
     return values
+
+
+def save_typed_config(cfg: Any, path: str | Path) -> None:
+    from keyreid.utils.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
 
 
 def _range(key: str, value, ok: bool, want: str) -> None:
@@ -334,6 +363,4 @@ def to_dict(cfg: Config) -> dict:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    from keyreid.utils.io import atomic_write_text
-
-    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    save_typed_config(cfg, path)

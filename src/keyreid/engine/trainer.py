@@ -1,50 +1,34 @@
-"""The training loop: warmup + schedule, AMP on GPU, clipping, validation on held-out training
-identities, atomic best/last checkpoints, exact resume, CSV/TensorBoard logs, DDP via torchrun."""
+"""Re-ID training: the config's losses (Criterion) and the method of the one training loop
+(engine/loop.py) that trains a re-ID model with them: warmup + schedule, AMP on GPU, clipping,
+validation on held-out training identities, adaptive L2, DDP via torchrun."""
 
 from __future__ import annotations
 
-import math
-import os
-import random
-import sys
-import time
-import dataclasses
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from keyreid.config import Config, ConfigError, ConfigValueError, save_config, to_dict
 from keyreid.data.loader import ImageDataset
 from keyreid.data.samplers import PKBatchSampler
-from keyreid.utils.checkpoint import load_checkpoint, model_state, save_checkpoint
+from keyreid.utils.checkpoint import load_checkpoint, model_state
 from keyreid.engine.checks import check_names, check_training_data
 from keyreid.engine.data import PreparedData, make_transforms, prepare_data
-from keyreid.engine.logs import CSVLog, TensorBoard
+from keyreid.engine.logs import CSVLog
+from keyreid.engine.loop import (LoopState, Stage, TrainingDiverged, TrainingLoop, TrainingMethod,  # noqa: F401
+                                 distributed_device, seed_everything)
 from keyreid.engine.run_folder import check_resume_config, set_aside_previous_run
 from keyreid.engine.schedules import lr_factor
 from keyreid.errors import KeyreidError
 from keyreid.engine.evaluate import evaluate_model
-from keyreid.inference import card_for, resolve_device
+from keyreid.inference import card_for
 from keyreid.losses import build_loss
 from keyreid.models.build import KEYPOINT_HEADS, ReIDModel, build_model
 from keyreid.models.output import ModelOutput
 from keyreid.regularizers import AdaptiveL2
-from keyreid.utils.progress import progress_bar, progress_mode
-
-
-class TrainingDiverged(KeyreidError):
-    """The loss or the weights left the finite range, or the loss grew far above its early value."""
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 class Criterion(torch.nn.Module):
@@ -100,53 +84,33 @@ class Criterion(torch.nn.Module):
         return total, {k: float(v.detach()) for k, v in parts.items()}
 
 
-@dataclass
-class TrainState:
-    epoch: int = 0              # epoch in progress (or next to start)
-    step_in_epoch: int = 0      # batches of that epoch already taken
-    global_step: int = 0
-    best_score: float = -math.inf
-    best_epoch: int = -1
-    history: list = field(default_factory=list)
-    # the epoch in progress, summed so far: a resume in mid-epoch still logs the whole epoch's mean
-    epoch_sums: dict = field(default_factory=dict)
-    epoch_count: int = 0
-    epoch_seconds: float = 0.0
-    epoch_lr: float = float("nan")
-    # an epoch trained and checkpointed but not yet validated / logged ({"row", "lambdas"})
-    pending: Optional[dict] = None
-    # divergence: the mean loss of the run's first steps, and a running mean since
-    loss_ref_sum: float = 0.0
-    loss_ref_count: int = 0
-    loss_ema: Optional[float] = None
+TrainState = LoopState   # the name checkpoints' "state" entries were written under
 
 
-REFERENCE_STEPS = 10   # steps whose mean loss is the reference for divergence
-EMA_WEIGHT = 0.1       # running loss: ~10-step memory, so one noisy batch is not a divergence
+class Trainer(TrainingMethod):
+    """Re-ID training as a method of the one training loop (engine/loop.py): PK batches, the
+    config's losses, warmup + schedule per step, AMP on GPU, clipping, the pretrained layers
+    frozen for the first epochs, validation on held-out training identities, adaptive L2."""
 
+    unwatched = ("acc",)
 
-class Trainer:
     def __init__(self, cfg: Config, resume: bool = True, show_progress: bool = True,
                  checkpoint_every_steps: int = 0, allow_config_change: bool = False):
         """Everything a user can get wrong is checked here, before any file is written: names,
         device, data against the batch and validation settings, and on resume the config against
         the one the run was trained with. config.yaml is written only once that is settled."""
         self.cfg = cfg
-        self.show_progress = show_progress
-        self.checkpoint_every_steps = checkpoint_every_steps
-        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
         check_names(cfg)
-        self.device = resolve_device(cfg.device)
-        if self.world_size > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
-            if self.device.type == "cuda":
-                self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        self.device, self.rank, self.world_size = distributed_device(cfg.device)
+        self.is_main = self.rank == 0
+        self.divergence_factor = cfg.optim.divergence_factor
         seed_everything(cfg.seed)
         self.out_dir = Path(cfg.output_dir)
-        self.is_main = self.rank == 0
         last = self.out_dir / "last.pt"
         checkpoint = load_checkpoint(last, "cpu") if resume and last.is_file() else None
+        if checkpoint is not None and checkpoint.get("format") is not None:
+            raise ConfigError(f"{last}: not a re-ID training checkpoint (format "
+                              f"{checkpoint.get('format')!r}); use another output_dir or --no-resume")
         self.config_changes = check_resume_config(checkpoint.get("config") if checkpoint else None,
                                                   cfg, last, allow_config_change)
 
@@ -180,27 +144,30 @@ class Trainer:
         self.train_set = ImageDataset(self.data.train, self.train_transform,
                                       self.data.skeleton.num_keypoints if self.data.skeleton else 0,
                                       self.data.label_map)
-        self.state = TrainState()
-        self.last_saved: Optional[tuple[int, int]] = None   # (epoch, step) of this process's last.pt
-        self.plain_lines = False  # fit() prints one line per epoch when there is no terminal
+        self.loop = TrainingLoop(self, self.out_dir, self.device, self.rank, self.world_size, show_progress,
+                                 checkpoint_every_steps)
         self.set_aside: Optional[Path] = None
         if checkpoint is not None:
             self._restore(checkpoint, last)
         elif self.is_main:
             # a fresh start: an earlier run's files (logs, tb, checkpoints) move to previous-N/
             self.set_aside = set_aside_previous_run(self.out_dir) if self.out_dir.is_dir() else None
-        self.metrics_log = self.lambda_log = None
+        self.lambda_log = None
         if self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.out_dir / "config.yaml")
-            self.metrics_log = CSVLog(self.out_dir / "metrics.csv")
             self.lambda_log = CSVLog(self.out_dir / "lambdas.csv") if self.regularizer else None
-            if checkpoint is not None:
-                # rows written after the checkpoint belong to the run that died: drop them
-                logged = self.state.epoch - (1 if self.state.pending else 0)
-                self.metrics_log.truncate_after("epoch", logged - 1)
-                if self.lambda_log is not None:
-                    self.lambda_log.truncate_after("epoch", logged - 1)
+            if checkpoint is not None and self.lambda_log is not None:
+                self.lambda_log.truncate_after("epoch", self.loop.logged_epochs() - 1)
+        self.loop.open_logs(resumed=checkpoint is not None)
+
+    @property
+    def state(self) -> LoopState:
+        return self.loop.state
+
+    @property
+    def metrics_log(self) -> Optional[CSVLog]:
+        return self.loop.metrics_log
 
     # ------------------------------------------------------------------ setup pieces
     def _build_optimizer(self) -> torch.optim.Optimizer:
@@ -236,18 +203,18 @@ class Trainer:
         return self.cfg.optim.lr * f
 
     # ------------------------------------------------------------------ checkpoints
-    def _state_dict(self) -> dict:
+    def checkpoint(self, loop: TrainingLoop) -> dict:
         weights = model_state(self.net)
+        state = vars(loop.state).copy()
+        state["epoch"] = loop.epochs_done     # one stage: epochs done, as checkpoints always held
+        state.pop("stage_index")
         return {
             "model": weights,
             "criterion": self.criterion.state_dict(),
             "regularizer": self.regularizer.state_dict() if self.regularizer else None,
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "state": vars(self.state).copy(),
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-                    "python": random.getstate(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+            "state": state,
             "config": to_dict(self.cfg),
             # what inference needs without the YAML (keyreid.inference.load_model)
             "card": card_for(self.cfg, self.model, self.data.skeleton, len(self.data.label_map), weights),
@@ -256,10 +223,7 @@ class Trainer:
         }
 
     def save(self, name: str) -> Path:
-        path = self.out_dir / name
-        if self.is_main:
-            save_checkpoint(path, self._state_dict())
-        return path
+        return self.loop.save(name)
 
     def load_weights(self, path: Path) -> None:
         """Only the model's weights (to test a best checkpoint); training state stays as it is."""
@@ -292,17 +256,25 @@ class Trainer:
         for group, settings in zip(self.optimizer.param_groups, fresh):
             group.update(settings)
         self.scaler.load_state_dict(ck["scaler"])
-        known = {f.name for f in dataclasses.fields(TrainState)}
-        self.state = TrainState(**{k: v for k, v in ck["state"].items() if k in known})
-        rng = ck["rng"]
-        torch.set_rng_state(rng["torch"])
-        np.random.set_state(rng["numpy"])
-        random.setstate(rng["python"])
-        if rng.get("cuda") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        self.last_saved = (self.state.epoch, self.state.step_in_epoch)
+        self.loop.resumed_from(LoopState.from_dict(ck["state"]), ck["rng"])
 
-    # ------------------------------------------------------------------ loop
+    # ------------------------------------------------------------------ the method's steps
+    def stages(self) -> list[Stage]:
+        return [Stage("main", self.cfg.optim.epochs)]
+
+    def epoch_batches(self, stage: Stage, epoch: int, epochs_done: int, start_step: int):
+        self.sampler.set_epoch(epoch, start_batch=start_step)
+        loader = DataLoader(self.train_set, batch_sampler=self.sampler, num_workers=self.cfg.data.workers,
+                            persistent_workers=False, pin_memory=self.device.type == "cuda")
+        return loader, len(self.sampler) + start_step
+
+    def step(self, batch: dict, stage: Stage, epoch: int, step: int, n_steps: int) -> dict[str, float]:
+        self.state.epoch_lr = self._set_lr(epoch + step / max(1, n_steps))
+        return self.train_step(batch, epoch)
+
+    def step_info(self, parts: dict[str, float]) -> str:
+        return f"loss {parts['loss']:.3f} lr {self.state.epoch_lr:.2e}"
+
     def train_step(self, batch: dict, epoch: int) -> dict[str, float]:
         self.net.train()
         # AdaptiveReID's recipe: the pretrained layers stay fixed for the first epochs while the
@@ -321,8 +293,8 @@ class Trainer:
             reg = self.regularizer.penalty()
             loss = loss + reg
             parts["l2"] = float(reg.detach())
-        if not torch.isfinite(loss):
-            self._diverged(epoch, f"the loss is {float(loss)}")
+        if not torch.isfinite(loss):  # before the optimizer step: the weights stay good
+            self.loop.diverged(f"the loss is {float(loss)}")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         for module in frozen:
@@ -335,7 +307,7 @@ class Trainer:
             grads = [p.grad for p in self.model.parameters() if p.grad is not None]
             norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
             if not torch.isfinite(norm):
-                self._diverged(epoch, f"the gradient norm is {float(norm)}")
+                self.loop.diverged(f"the gradient norm is {float(norm)}")
         self.scaler.step(self.optimizer)
         self.scaler.update()
         with torch.no_grad():
@@ -344,6 +316,19 @@ class Trainer:
         parts["loss"] = float(loss.detach())
         return parts
 
+    def epoch_row(self, means: dict, steps: int, seconds: float, stage: Stage, epoch: int,
+                  epochs_done: int) -> dict:
+        cfg = self.cfg
+        row = {"epoch": epochs_done, "lr": self.state.epoch_lr, "seconds": round(seconds, 3),
+               "images": steps * cfg.data.p * cfg.data.k}
+        row.update(means)
+        if self.regularizer is not None:
+            lambdas = self.regularizer.lambdas()
+            values = np.array(list(lambdas.values()))
+            row.update(lambda_mean=float(values.mean()), lambda_min=float(values.min()),
+                       lambda_max=float(values.max()))
+        return row
+
     def validate(self) -> Optional[dict]:
         if not self.data.val_query:
             return None
@@ -351,144 +336,53 @@ class Trainer:
                               self.test_transform, self.cfg, self.device,
                               protocol=self.data.dataset.protocol)
 
-    # ------------------------------------------------------------------ divergence
-    def _diverged(self, epoch: int, what: str) -> None:
-        """Stop with what happened, where, what last.pt still holds and what to change."""
+    def finish_is_costly(self, epochs_done: int) -> bool:
+        """After the epoch just trained: validation every eval.every epochs and after the last."""
+        every = self.cfg.eval.every
+        return bool(every and self.data.val_query and (epochs_done % every == 0 or epochs_done == self.cfg.optim.epochs))
+
+    def finish_epoch(self, row: dict, epochs_done: int) -> Optional[float]:
+        score = None
+        if self.finish_is_costly(epochs_done):
+            metrics = self.validate()
+            if metrics is not None:
+                row.update({f"val_{k}": v for k, v in metrics.items()})
+                score = metrics["score"]
+        if self.lambda_log is not None and self.regularizer is not None:
+            # the row's lambdas are those at the epoch's end (a resume recomputes the same values)
+            for name, lam in self.regularizer.lambdas().items():
+                self.lambda_log.write({"epoch": row["epoch"], "parameter": name, "lambda": lam})
+        return score
+
+    def tb_scalars(self, row: dict) -> tuple[dict, int]:
+        return {f"train/{k}": v for k, v in row.items() if isinstance(v, float)}, int(row["epoch"]) + 1
+
+    def plain_line(self, row: dict, total_epochs: int) -> str:
+        return epoch_line(row, total_epochs)
+
+    def bad_weights(self) -> list[str]:
+        return [n for n, p in self.model.named_parameters() if not torch.isfinite(p).all()]
+
+    def divergence_message(self, what: str, loop: TrainingLoop) -> str:
+        """What happened, where, what last.pt still holds and what to change."""
         path = self.out_dir / "last.pt"
-        if self.last_saved is not None:
-            e, step = self.last_saved
+        if loop.last_saved is not None:
+            e, step = loop.last_saved
             kept = (f"{path} holds the last good state (end of epoch {e})" if step == 0 else
                     f"{path} holds the last good state (epoch {e + 1}, step {step})")
             then = "run again with --allow-config-change to resume from it, or --no-resume to start over"
         else:
             kept, then = "no checkpoint was written by this run", "run again"
-        raise TrainingDiverged(
-            f"training diverged at epoch {epoch + 1}, step {self.state.step_in_epoch + 1}: {what}; "
-            f"{kept}. Lower optim.lr (now {self.cfg.optim.lr:g}) or set optim.grad_clip (e.g. 5.0), "
-            f"then {then}")
-
-    def _watch_loss(self, epoch: int, loss: float) -> None:
-        """A running loss (~10-step memory) above divergence_factor x the mean loss of the run's
-        first steps is a diverging run, even while it is still finite: Adam at lr 1e6 reaches
-        1e13 at its second step. Checked from the second step on against the steps seen so far."""
-        st, factor = self.state, self.cfg.optim.divergence_factor
-        st.loss_ema = loss if st.loss_ema is None else (1 - EMA_WEIGHT) * st.loss_ema + EMA_WEIGHT * loss
-        if factor and st.loss_ref_count:
-            reference = max(st.loss_ref_sum / st.loss_ref_count, 1e-3)
-            if st.loss_ema > factor * reference:
-                self._diverged(epoch, f"the running loss {st.loss_ema:.4g} is over {factor:g}x its "
-                                      f"early value {reference:.4g} (optim.divergence_factor)")
-        if st.loss_ref_count < REFERENCE_STEPS:
-            st.loss_ref_sum += loss
-            st.loss_ref_count += 1
-
-    def _check_weights(self, epoch: int) -> None:
-        bad = [n for n, p in self.model.named_parameters() if not torch.isfinite(p).all()]
-        if bad:
-            self._diverged(epoch, f"{len(bad)} weight tensors hold NaN or inf (first: {bad[0]})")
-
-    def _save_last(self, epoch: int) -> None:
-        self._check_weights(epoch)  # never overwrite a good last.pt with a diverged model
-        self.save("last.pt")
-        self.last_saved = (self.state.epoch, self.state.step_in_epoch)
-
-    # ------------------------------------------------------------------ epochs
-    def _train_epoch(self, bar, epoch_task) -> None:
-        """One epoch from state.step_in_epoch on; ends with the epoch pending (trained, saved in
-        last.pt, not yet validated or logged). Running sums live in the state, so an epoch resumed
-        in the middle is logged as the mean of all its steps."""
-        cfg, st = self.cfg, self.state
-        epoch = st.epoch
-        self.sampler.set_epoch(epoch, start_batch=st.step_in_epoch)
-        n_batches = len(self.sampler) + st.step_in_epoch
-        loader = DataLoader(self.train_set, batch_sampler=self.sampler, num_workers=cfg.data.workers,
-                            persistent_workers=False, pin_memory=self.device.type == "cuda")
-        step_task = bar.add_task(f"epoch {epoch + 1}", total=n_batches, completed=st.step_in_epoch)
-        tick = time.time()
-        for batch in loader:
-            st.epoch_lr = self._set_lr(epoch + st.step_in_epoch / max(1, n_batches))
-            parts = self.train_step(batch, epoch)
-            self._watch_loss(epoch, parts["loss"])
-            st.step_in_epoch += 1
-            st.global_step += 1
-            st.epoch_count += 1
-            for k, v in parts.items():
-                st.epoch_sums[k] = st.epoch_sums.get(k, 0.0) + v
-            now = time.time()
-            st.epoch_seconds += now - tick
-            tick = now
-            bar.update(step_task, advance=1, info=f"loss {parts['loss']:.3f} lr {st.epoch_lr:.2e}")
-            if self.checkpoint_every_steps and st.global_step % self.checkpoint_every_steps == 0:
-                self._save_last(epoch)
-        bar.update(step_task, visible=False)
-        count = st.epoch_count
-        row = {"epoch": epoch, "lr": st.epoch_lr, "seconds": round(st.epoch_seconds, 3),
-               "images": count * cfg.data.p * cfg.data.k}
-        row.update({k: v / max(1, count) for k, v in st.epoch_sums.items()})
-        lambdas = None
-        if self.regularizer is not None:
-            lambdas = self.regularizer.lambdas()
-            values = np.array(list(lambdas.values()))
-            row.update(lambda_mean=float(values.mean()), lambda_min=float(values.min()),
-                       lambda_max=float(values.max()))
-        st.epoch += 1
-        st.step_in_epoch = 0
-        st.epoch_sums, st.epoch_count, st.epoch_seconds = {}, 0, 0.0
-        st.pending = {"row": row, "lambdas": lambdas}
-        if self._validation_due():
-            # saved before validating: a crash there loses no training, and a resume validates
-            self._save_last(epoch)
-
-    def _validation_due(self) -> bool:
-        """After the epoch just trained (state.epoch counts it): every eval.every and the last."""
-        every, done = self.cfg.eval.every, self.state.epoch
-        return bool(every and self.data.val_query and (done % every == 0 or done == self.cfg.optim.epochs))
-
-    def _finish_epoch(self, tb: TensorBoard) -> None:
-        """Validate the pending epoch when due, keep the best, log it, checkpoint again."""
-        cfg, st = self.cfg, self.state
-        row, lambdas = dict(st.pending["row"]), st.pending["lambdas"]
-        epoch = row["epoch"]
-        if self._validation_due() and self.is_main:
-            metrics = self.validate()
-            if metrics is not None:
-                row.update({f"val_{k}": v for k, v in metrics.items()})
-                if metrics["score"] > st.best_score:
-                    st.best_score, st.best_epoch = metrics["score"], epoch
-                    self.save("best.pt")
-        if self.metrics_log is not None:
-            self.metrics_log.write(row)
-        if self.lambda_log is not None and lambdas is not None:
-            for name, lam in lambdas.items():
-                self.lambda_log.write({"epoch": epoch, "parameter": name, "lambda": lam})
-        tb.scalars({f"train/{k}": v for k, v in row.items() if isinstance(v, float)}, st.epoch)
-        st.history.append(row)
-        st.pending = None
-        self._save_last(epoch)
-        if self.plain_lines:
-            print(epoch_line(row, cfg.optim.epochs), flush=True)
+        return (f"training diverged at epoch {loop.epochs_done + 1}, step {loop.state.step_in_epoch + 1}: "
+                f"{what}; {kept}. Lower optim.lr (now {self.cfg.optim.lr:g}) or set optim.grad_clip "
+                f"(e.g. 5.0), then {then}")
 
     def fit(self) -> dict:
-        cfg, st = self.cfg, self.state
-        tb = TensorBoard(self.out_dir / "tb", enabled=self.is_main)
-        # without a terminal: one plain line per epoch instead of bars
-        mode = progress_mode(self.show_progress and self.is_main)
-        self.plain_lines = mode == "plain"
-        with progress_bar(mode == "rich") as bar:
-            epoch_task = bar.add_task("epochs", total=cfg.optim.epochs, completed=st.epoch)
-            while True:
-                if st.pending is not None:
-                    self._finish_epoch(tb)
-                    bar.update(epoch_task, completed=st.epoch)
-                    if self.world_size > 1:
-                        dist.barrier()  # the other ranks wait for rank 0's validation
-                if st.epoch >= cfg.optim.epochs:
-                    break
-                self._train_epoch(bar, epoch_task)
+        self.loop.fit()
+        st = self.state
         if self.is_main and st.best_epoch < 0:
             self.save("best.pt")  # no validation split: the last model is the one to use
-        tb.close()
-        return {"best_epoch": st.best_epoch, "best_val_score": st.best_score, "epochs": st.epoch}
+        return {"best_epoch": st.best_epoch, "best_val_score": st.best_score, "epochs": self.loop.epochs_done}
 
 
 def epoch_line(row: dict, epochs: int) -> str:

@@ -11,9 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-import yaml
 
-from keyreid.config import ConfigError, _build, _merge, parse_override
+from keyreid.config import ConfigError, _build, _merge, read_typed_config, save_typed_config, typed_config_from_dict  # noqa: F401  (_build: used by the trainer)
 
 
 @dataclass
@@ -66,23 +65,15 @@ class GenConfig:
 
 def load_gen_config(path: Optional[str | Path] = None, overrides: tuple[str, ...] | list[str] = ()) -> GenConfig:
     """Defaults, then the YAML file (which may name a `base:` file relative to itself), then
-    `key=value` overrides; each checked on its own so an error names the one that holds it."""
-    values: dict = {}
-    if path is not None:
-        values = _read_yaml(Path(path), ())
-    return gen_config_from_dict(values, str(path) if path is not None else "config", overrides)
+    `key=value` overrides; each checked on its own so an error names the one that holds it
+    (keyreid.config's one loader of typed configs)."""
+    return read_typed_config(GenConfig, path, overrides, check_gen_ranges, merge=_merge_gen)
 
 
 def gen_config_from_dict(values: dict, where: str, overrides: tuple[str, ...] | list[str] = ()) -> GenConfig:
     """A config from a resolved mapping (a file's, or the one a checkpoint stores) plus overrides.
     method_options is replaced as a whole by a file but merged key by key by `--set`."""
-    for text in overrides:
-        update = parse_override(text)
-        _build(GenConfig, update, "--set")
-        values = _merge_gen(values, update)
-    cfg = _build(GenConfig, values, where)
-    check_gen_ranges(cfg)
-    return cfg
+    return typed_config_from_dict(GenConfig, values, where, overrides, check_gen_ranges, merge=_merge_gen)
 
 
 def _merge_gen(base: dict, update: dict) -> dict:
@@ -92,28 +83,6 @@ def _merge_gen(base: dict, update: dict) -> dict:
         new = update["method_options"]
         out["method_options"] = {**old, **new} if isinstance(old, dict) and isinstance(new, dict) else new
     return out
-
-
-def _read_yaml(path: Path, chain: tuple[Path, ...]) -> dict:
-    if not path.is_file():
-        via = f" (base of {chain[-1]})" if chain else ""
-        raise ConfigError(f"{path}: config file not found{via}")
-    if path.resolve() in [c.resolve() for c in chain]:
-        loop = " -> ".join(str(c) for c in (*chain, path))
-        raise ConfigError(f"{chain[-1]}: `base:` files form a loop: {loop}")
-    try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path}: top level must be a mapping")
-    base = values.pop("base", None)
-    _build(GenConfig, values, str(path))
-    if base is not None:
-        if not isinstance(base, str):
-            raise ConfigError(f"{path}: base: expected a file name, got {base!r}")
-        values = _merge_gen(_read_yaml(path.parent / base, (*chain, path)), values)
-    return values
 
 
 def check_gen_ranges(cfg: GenConfig) -> None:
@@ -159,6 +128,4 @@ def gen_to_dict(cfg: GenConfig) -> dict:
 
 
 def save_gen_config(cfg: GenConfig, path: str | Path) -> None:
-    from keyreid.utils.io import atomic_write_text
-
-    atomic_write_text(path, yaml.safe_dump(gen_to_dict(cfg), sort_keys=False))
+    save_typed_config(cfg, path)
