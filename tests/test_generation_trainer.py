@@ -470,3 +470,90 @@ def test_a_finished_run_given_more_epochs_trains_them(synth_root, tmp_path, caps
     extended = weights(out)[1]
     _, again = train(config(synth_root, out, "log.sample_every=0", "optim.epochs=2"), allow_config_change=True)
     assert again["epochs"] == 3 and same_weights(extended, weights(out)[1])
+
+
+# ------------------------------------------------------------------------------------ the one loop
+
+def test_kill_in_mid_epoch_with_step_checkpoints_resumes_bit_identical(synth_root, tmp_path):
+    """The loop's step checkpoints (checkpoint_every_steps, as `keyreid train --checkpoint-every`)
+    work for generation too: killed at step 2 of epoch 2, the resume takes the remaining batches
+    of that epoch and ends where a straight run ends; the epoch's CSV row is the mean of all its
+    steps."""
+    straight = tmp_path / "straight"
+    train(config(synth_root, straight, "log.sample_every=0"))
+    _, w_a = weights(straight)
+
+    killed = tmp_path / "killed"
+    KILL["at"] = ("main", 1, 2)
+    with pytest.raises(Killed):
+        train(config(synth_root, killed, "log.sample_every=0"), checkpoint_every_steps=1)
+    ck_mid, _ = weights(killed)
+    assert (ck_mid["stage_index"], ck_mid["epoch"], ck_mid["loop"]["step_in_epoch"]) == (0, 1, 2)
+    KILL["at"] = None
+    trainer, result = train(config(synth_root, killed, "log.sample_every=0"))
+    assert result["epochs"] == 2 and same_weights(w_a, weights(killed)[1])
+    rows_a = list(csv.DictReader(open(straight / "metrics.csv")))
+    rows_b = list(csv.DictReader(open(killed / "metrics.csv")))
+    assert [r["epoch"] for r in rows_b] == ["1", "2"] and [r["steps"] for r in rows_b] == ["3", "3"]
+    for a, b in zip(rows_a, rows_b):
+        assert float(a["g"]) == pytest.approx(float(b["g"]), rel=1e-12)
+        assert float(a["d"]) == pytest.approx(float(b["d"]), rel=1e-12)
+
+
+def test_a_checkpoint_written_before_the_one_loop_resumes_exactly(synth_root, tmp_path):
+    """Checkpoints of the generation trainer before the loop was shared hold only (stage_index,
+    epoch, history): such a file, killed after epoch 1, still resumes to the straight run."""
+    straight = tmp_path / "straight"
+    train(config(synth_root, straight, "log.sample_every=0"))
+    _, w_a = weights(straight)
+    killed = tmp_path / "killed"
+    KILL["at"] = ("main", 1, 0)
+    with pytest.raises(Killed):
+        train(config(synth_root, killed, "log.sample_every=0"))
+    KILL["at"] = None
+    ck = torch.load(killed / "last.pt", weights_only=False)
+    del ck["loop"]
+    torch.save(ck, killed / "last.pt")
+    train(config(synth_root, killed, "log.sample_every=0"))
+    assert same_weights(w_a, weights(killed)[1])
+
+
+def test_resume_with_method_options_equal_to_the_runs_own_is_no_change(synth_root, tmp_path):
+    """An option set to the value the run was trained with (the method's default when the run's
+    config did not name it) is not a change; another value is, named key by key."""
+    import dataclasses
+
+    from keyreid.generation.methods.pngan import PNGAN, PNGANOptions
+
+    assert PNGAN.resolved_options({})["l1_weight"] == PNGANOptions().l1_weight
+    assert PNGAN.resolved_options({"ngf": 3})["ngf"] == 3
+
+    @dataclasses.dataclass
+    class FakeOptions:
+        two_stage: bool = False
+        width: int = 4
+
+    if "test_fake_opts" not in GENERATION_METHODS:
+        register_method("test_fake_opts")(type("WithOptions", (FakeMethod,), {"options_class": FakeOptions}))
+    out = tmp_path / "run"
+    KILL["at"] = ("main", 1, 0)
+    with pytest.raises(Killed):
+        train(config(synth_root, out, "method=test_fake_opts"))       # no method_options given
+    KILL["at"] = None
+    with pytest.raises(ConfigError, match="method_options.width: 4 \\(checkpoint\\) -> 5 \\(now\\)"):
+        train(config(synth_root, out, "method=test_fake_opts", "method_options.width=5"))
+    # 4 and false are the run's own values (the defaults it was trained with)
+    trainer, result = train(config(synth_root, out, "method=test_fake_opts", "method_options.width=4",
+                                   "method_options.two_stage=false"))
+    assert trainer.config_changes == [] and result["epochs"] == 2
+
+
+def test_a_reid_run_folder_is_not_resumed_as_a_generation_run_and_back(synth_root, tmp_path):
+    out = tmp_path / "run"
+    train(config(synth_root, out, "log.sample_every=0"))
+    from keyreid.config import load_config
+    from keyreid.engine.trainer import Trainer
+
+    with pytest.raises(ConfigError, match="not a re-ID training checkpoint"):
+        Trainer(load_config(None, [f"data.root={synth_root}", f"output_dir={out}", "device=cpu"]),
+                show_progress=False)

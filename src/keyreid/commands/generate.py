@@ -26,13 +26,15 @@ def train(config: Path = typer.Argument(..., help="YAML config (see configs/gene
               False, "--allow-config-change",
               help="Resume OUTPUT_DIR/last.pt although the config differs from the one it was trained with "
                    "(learning rates, epochs, ...; never another method or image size)."),
+          checkpoint_every: int = typer.Option(0, min=0, help="Also write last.pt every N steps (0: each epoch)."),
           ) -> None:
     """Train a generation method; resumes from OUTPUT_DIR/last.pt when it exists (same config)."""
     from keyreid.generation.config import load_gen_config
     from keyreid.generation.trainer import GanTrainer
 
     cfg = load_gen_config(config, set_ or [])
-    trainer = GanTrainer(cfg, resume=not no_resume, allow_config_change=allow_config_change)
+    trainer = GanTrainer(cfg, resume=not no_resume, allow_config_change=allow_config_change,
+                         checkpoint_every_steps=checkpoint_every)
     if trainer.set_aside is not None:
         console.print(f"an earlier run's files in {cfg.output_dir} were moved to {trainer.set_aside}",
                       markup=False)

@@ -124,7 +124,7 @@ def distributed_device(name: str) -> tuple[torch.device, int, int]:
 
 
 class TrainingMethod:
-    """What the loop runs. A subclass implements stages, epoch_batches, step, epoch_row,
+    """What the loop runs. A subclass implements training_stages, epoch_batches, step, epoch_row,
     checkpoint / restore and the divergence message; the other hooks have defaults."""
 
     #: > 0: stop when the running "loss" passes this many times its early value
@@ -134,7 +134,7 @@ class TrainingMethod:
     #: per-step values that may be NaN without a divergence (an accuracy without logits)
     unwatched: tuple[str, ...] = ()
 
-    def stages(self) -> list[Stage]:
+    def training_stages(self) -> list[Stage]:
         raise NotImplementedError
 
     def begin_stage(self, stage: Stage, resumed: bool) -> None:
@@ -206,7 +206,7 @@ class TrainingLoop:
         self.is_main = rank == 0
         self.show_progress = show_progress
         self.checkpoint_every_steps = checkpoint_every_steps
-        self.stages: list[Stage] = list(method.stages())
+        self.stages: list[Stage] = list(method.training_stages())
         self.state = LoopState()
         self.rng: Optional[dict] = None              # a resumed run's RNG, restored when fit starts
         self.last_saved: Optional[tuple[int, int]] = None   # (epochs done, step) of this run's last.pt

@@ -259,7 +259,7 @@ class Trainer(TrainingMethod):
         self.loop.resumed_from(LoopState.from_dict(ck["state"]), ck["rng"])
 
     # ------------------------------------------------------------------ the method's steps
-    def stages(self) -> list[Stage]:
+    def training_stages(self) -> list[Stage]:
         return [Stage("main", self.cfg.optim.epochs)]
 
     def epoch_batches(self, stage: Stage, epoch: int, epochs_done: int, start_step: int):

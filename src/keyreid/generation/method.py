@@ -9,6 +9,7 @@ schedule, checkpoints, logs and sample grids. A method registers itself with
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ContextManager, Optional, Sequence
 
@@ -16,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from keyreid.data.keypoints import Skeleton
+from keyreid.engine.loop import Stage  # noqa: F401  (a stage of the one training loop)
 from keyreid.utils.registry import Registry
 
 if TYPE_CHECKING:  # the config imports nothing of this module; kept a type only to stay light
@@ -25,20 +27,6 @@ GENERATION_METHODS = Registry("generation method", builtin=["keyreid.generation.
                                                             "keyreid.generation.methods.fdgan",
                                                             "keyreid.generation.methods.ipgan"])
 register_method = GENERATION_METHODS.register
-
-
-@dataclass
-class Stage:
-    """One phase of training (FD-GAN has three; PN-GAN / IP-GAN one): `epochs` at the optimizers'
-    base LR, then `decay_epochs` decaying linearly to 0 (see lr_factor)."""
-
-    name: str
-    epochs: int
-    decay_epochs: int = 0
-
-    @property
-    def total_epochs(self) -> int:
-        return self.epochs + self.decay_epochs
 
 
 def lr_factor(stage: Stage, epoch: int) -> float:
@@ -146,6 +134,23 @@ class GenerationMethod(nn.Module):
     #: DistributedDataParallel(find_unused_parameters=...) for the wrapped networks: True is safe
     #: when a backward reaches only some of a network's weights (a D used as G's critic)
     ddp_find_unused_parameters: bool = True
+    #: the dataclass cfg.method_options is read into (its field defaults complete a config's options)
+    options_class: Optional[type] = None
+
+    @classmethod
+    def resolved_options(cls, options: dict) -> dict:
+        """cfg.method_options with the options class's defaults filled in, as raw values: what a
+        run was really trained with, so `--set method_options.x=V` with V the default is no change."""
+        if cls.options_class is None or not dataclasses.is_dataclass(cls.options_class):
+            return dict(options or {})
+        out = {}
+        for f in dataclasses.fields(cls.options_class):
+            if f.default is not dataclasses.MISSING:
+                out[f.name] = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                out[f.name] = f.default_factory()
+        out.update(options or {})
+        return out
 
     def __init__(self, cfg: "GenConfig", info: DataInfo):
         super().__init__()

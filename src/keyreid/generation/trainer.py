@@ -1,10 +1,15 @@
-"""The GAN training loop: everything around a method's train_step, as the re-ID trainer does it.
+"""Image generation training: the methods of keyreid.generation (PN-GAN, FD-GAN, IP-GAN) run as
+methods of the one training loop (keyreid.engine.loop), which owns the exact resume, checkpoints,
+divergence stop, logs and progress. This module adds what generation needs around a method's
+train_step: pair data, several optimizers made per stage, a CycleGAN LR decay per epoch, DDP
+wrappers per stage, and sample grids.
 
-Seeded and exact: a run killed after epoch k and resumed gives bit-identical weights to a run that
-was never stopped (CPU, same workers): last.pt (atomic, every epoch) holds the method's and every
-optimizer's state, the GradScaler and all RNG states, and nothing random depends on how the run
-got there (the pair order comes from a generator seeded by (seed, stage, epoch), flips from
-PairDataset's (seed, item, sample) rule, sample grids run under forked RNG).
+Seeded and exact: a run killed anywhere and resumed gives bit-identical weights to a run that was
+never stopped (CPU, same workers): last.pt (atomic, every epoch and every `checkpoint_every_steps`)
+holds the method's and every optimizer's state, the GradScaler, the loop's position and all RNG
+states, and nothing random depends on how the run got there (the pair order comes from a generator
+seeded by (seed, stage, epoch), flips from PairDataset's (seed, item, sample) rule, sample grids
+run under forked RNG).
 
 Stages (method.stages()): the stage index and the epoch within it are in the checkpoint, so a kill
 in stage 2 resumes in stage 2; each stage starts with method.begin_stage and new optimizers, whose
@@ -23,29 +28,25 @@ disjoint split of the epoch's pairs per rank, losses averaged over ranks, only r
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
-import os
 import random
-import shutil
-import time
 from pathlib import Path
 from typing import Iterator, Optional
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
 from keyreid.config import Config, ConfigError, DataConfig
 from keyreid.data.datasets.base import relabel
 from keyreid.data.records import Sample
-from keyreid.utils.checkpoint import load_checkpoint, save_checkpoint
 from keyreid.engine.data import prepare_data
 from keyreid.engine.logs import CSVLog, TensorBoard
-from keyreid.engine.run_folder import set_aside_previous_run
-from keyreid.errors import DataError, KeyreidError
+from keyreid.engine.loop import (LoopState, TrainingDiverged, TrainingLoop, TrainingMethod, distributed_device,
+                                 seed_everything)
+from keyreid.engine.run_folder import config_diff, flat_values, refuse_changes, set_aside_previous_run
+from keyreid.errors import DataError
 from keyreid.generation.config import GenConfig, _build, gen_to_dict, save_gen_config
 from keyreid.generation.load import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_generator  # noqa: F401
 from keyreid.generation.method import (GENERATION_METHODS, DataInfo, GenerationMethod, Stage, StepContext,
@@ -53,31 +54,18 @@ from keyreid.generation.method import (GENERATION_METHODS, DataInfo, GenerationM
 from keyreid.generation.pairs import PairDataset
 from keyreid.generation.pose import pose_skeleton
 from keyreid.generation.samples import save_sample_grid
-from keyreid.inference.device import resolve_device
-from keyreid.utils.progress import progress_bar, progress_mode
 
 # settings that do not change what is computed: they may differ freely on resume
-IGNORED = {"output_dir", "device", "data.workers", "log.sample_every", "log.sample_count",
-           "log.tensorboard", "name"}
+IGNORED = {"output_dir", "device", "data.workers", "log", "name"}
 # settings that decide which weights exist: a run never resumes across them
 ARCHITECTURE = {"method", "data.height", "data.width", "data.dataset", "data.root"}
 
 
-class GenerationDiverged(KeyreidError):
-    """A loss of train_step left the finite range."""
+class GenerationDiverged(TrainingDiverged):
+    """A loss of train_step or a weight left the finite range."""
 
 
-@dataclasses.dataclass
-class GanState:
-    stage_index: int = 0        # the stage in progress (or next to start); len(stages) when done
-    epoch: int = 0              # epochs of that stage already trained
-    history: list = dataclasses.field(default_factory=list)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+GanState = LoopState   # the loop's position (stage, epoch, step) is the generation run's too
 
 
 def _seed_of(*parts: int) -> int:
@@ -99,61 +87,36 @@ def _rng_untouched(device: torch.device):
             random.setstate(py_state)
 
 
-def _flat(values: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in values.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(_flat(v, key + "."))
-        else:
-            out[key] = v
-    return out
+def _flat_gen(values: dict) -> dict:
+    """A generation config's flat values, method_options completed with the method's defaults."""
+    values = dict(values)
+    try:
+        method_cls = GENERATION_METHODS.get(values.get("method"))
+        values["method_options"] = method_cls.resolved_options(values.get("method_options") or {})
+    except Exception:  # an unknown method: its options compare as written (the method key differs anyway)
+        pass
+    return flat_values(values)
 
 
 def check_gen_resume_config(saved: Optional[dict], cfg: GenConfig, checkpoint: Path,
                             allow_change: bool) -> list[str]:
     """Refuse to resume `checkpoint` with a config that differs from the one it was trained with
-    (a diff, one `key: old (checkpoint) -> new (now)` line per key, method_options key by key),
-    unless allow_change and no key decides what the networks are. Returns the accepted changes.
-    Mirrors keyreid.engine.run_folder.check_resume_config for the generation config."""
+    (a diff, one `key: old (checkpoint) -> new (now)` line per key, method_options key by key,
+    each side completed with the method's defaults so an override equal to the run's own value is
+    no change), unless allow_change and no key decides what the networks are. Returns the
+    accepted changes. The rule is keyreid.engine.run_folder's, as for re-ID runs."""
     if saved is None:
         return []
-    old = _flat(gen_to_dict(_build(GenConfig, saved, f"{checkpoint}: stored config")))
-    new = _flat(gen_to_dict(cfg))
-    arch, other = [], []
-    for key in sorted(set(old) | set(new)):
-        if key in IGNORED or key.startswith("log.") or old.get(key) == new.get(key):
-            continue
-        line = f"{key}: {old.get(key, '(unset)')!r} (checkpoint) -> {new.get(key, '(unset)')!r} (now)"
-        (arch if key in ARCHITECTURE else other).append(line)
-    if arch:
-        raise ConfigError(
-            f"{checkpoint}: cannot resume, the method or data differ from the ones this run trained "
-            f"(that can never resume):\n  " + "\n  ".join(arch + other) +
-            f"\nuse another output_dir, or --no-resume to start over "
-            f"(the old run's files are moved to {cfg.output_dir}/previous-N/)")
-    if other and not allow_change:
-        raise ConfigError(
-            f"{checkpoint}: the config differs from the one this run was trained with:\n  " +
-            "\n  ".join(other) +
-            "\nrun again with --allow-config-change to resume with the new values, or --no-resume "
-            "to start over (the old run's files are set aside, not deleted)")
-    return other
+    old = _flat_gen(gen_to_dict(_build(GenConfig, saved, f"{checkpoint}: stored config")))
+    new = _flat_gen(gen_to_dict(cfg))
+    arch, other = config_diff(old, new, IGNORED, ARCHITECTURE)
+    return refuse_changes(checkpoint, cfg.output_dir, arch, other, allow_change,
+                          what="the method or data differ from the ones this run trained")
 
 
 def set_aside_generation_run(out_dir: Path) -> Optional[Path]:
-    """The re-ID trainer's set-aside (config, checkpoints, logs, tb -> previous-N) plus samples/."""
-    moved = set_aside_previous_run(out_dir)
-    samples = out_dir / "samples"
-    if samples.exists():
-        if moved is None:
-            n = 1
-            while (out_dir / f"previous-{n}").exists():
-                n += 1
-            moved = out_dir / f"previous-{n}"
-            moved.mkdir()
-        shutil.move(str(samples), str(moved / "samples"))
-    return moved
+    """The run folder's set-aside (config, checkpoints, logs, tb, samples -> previous-N)."""
+    return set_aside_previous_run(out_dir)
 
 
 class EpochSampler(Sampler):
@@ -181,26 +144,21 @@ class EpochSampler(Sampler):
         return len(self.batches)
 
 
-class GanTrainer:
+class GanTrainer(TrainingMethod):
     def __init__(self, cfg: GenConfig, resume: bool = True, show_progress: bool = True,
-                 allow_config_change: bool = False):
+                 allow_config_change: bool = False, checkpoint_every_steps: int = 0):
         """Everything a user can get wrong is checked before any file is written: device, data,
         method options, and on resume the config against the one the run was trained with."""
         self.cfg = cfg
-        self.show_progress = show_progress
-        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.is_main = self.rank == 0
+        self.tensorboard = cfg.log.tensorboard
         method_cls = GENERATION_METHODS.get(cfg.method)  # an unknown name first: the plainest mistake
-        self.device = resolve_device(cfg.device)
-        if self.world_size > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
-        if self.world_size > 1 and self.device.type == "cuda":
-            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-            torch.cuda.set_device(self.device)
+        self.device, self.rank, self.world_size = distributed_device(cfg.device)
+        self.is_main = self.rank == 0
         seed_everything(cfg.seed)
         self.out_dir = Path(cfg.output_dir)
         last = self.out_dir / "last.pt"
+        from keyreid.utils.checkpoint import load_checkpoint
+
         checkpoint = load_checkpoint(last, "cpu") if resume and last.is_file() else None
         if checkpoint is not None and checkpoint.get("format") != CHECKPOINT_FORMAT:
             raise ConfigError(f"{last}: not a generation checkpoint (format "
@@ -219,24 +177,39 @@ class GanTrainer:
         amp = cfg.optim.amp and self.device.type == "cuda"
         self.amp_dtype = getattr(torch, cfg.optim.amp_dtype) if amp else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=amp and cfg.optim.amp_dtype == "float16")
-        self.state = GanState()
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self._optimizer_states: Optional[dict] = None   # from the checkpoint, for the stage in progress
         self._ddp: dict[str, nn.parallel.DistributedDataParallel] = {}
-        self._rng: Optional[dict] = None
+        self._samples: Optional[dict] = None
+        self._epoch_pairs, self._lr_factor = 0, 1.0
+        self.loop = TrainingLoop(self, self.out_dir, self.device, self.rank, self.world_size, show_progress,
+                                 checkpoint_every_steps)
         self.set_aside: Optional[Path] = None
-        self.last_saved: Optional[int] = None            # epochs done at this run's last.pt
         if checkpoint is not None:
             self._restore(checkpoint, last)
         elif self.is_main and self.out_dir.is_dir():
-            self.set_aside = set_aside_generation_run(self.out_dir)
-        self.metrics_log: Optional[CSVLog] = None
+            self.set_aside = set_aside_previous_run(self.out_dir)
         if self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             save_gen_config(cfg, self.out_dir / "config.yaml")
-            self.metrics_log = CSVLog(self.out_dir / "metrics.csv")
-            if checkpoint is not None:  # rows after the checkpoint belong to the run that died
-                self.metrics_log.truncate_after("epoch", self.epochs_done)
+        self.loop.open_logs(resumed=checkpoint is not None)
+
+    @property
+    def state(self) -> LoopState:
+        return self.loop.state
+
+    @property
+    def metrics_log(self) -> Optional[CSVLog]:
+        return self.loop.metrics_log
+
+    @property
+    def epochs_done(self) -> int:
+        """Epochs trained over all stages (the CSV's and the sample files' epoch number)."""
+        return self.loop.epochs_done
+
+    @property
+    def total_epochs(self) -> int:
+        return self.loop.total_epochs
 
     # ------------------------------------------------------------------ setup
     def _prepare_data(self, method_cls) -> None:
@@ -323,26 +296,22 @@ class GanTrainer:
             self._ddp[name] = wrapper
 
     # ------------------------------------------------------------------ stages and LR
-    @property
-    def epochs_done(self) -> int:
-        """Epochs trained over all stages (the CSV's and the sample files' epoch number)."""
-        before = sum(s.epochs + s.decay_epochs for s in self.stages[:self.state.stage_index])
-        return before + (self.state.epoch if self.state.stage_index < len(self.stages) else 0)
+    def training_stages(self) -> list[Stage]:
+        return self.stages
 
-    @property
-    def total_epochs(self) -> int:
-        return sum(s.epochs + s.decay_epochs for s in self.stages)
-
-    def _begin_stage(self, stage: Stage) -> None:
+    def begin_stage(self, stage: Stage, resumed: bool) -> None:
         self.method.begin_stage(stage)
         self._wrap_ddp()
         self.optimizers = dict(self.method.optimizers(stage))
         for opt in self.optimizers.values():
             for g in opt.param_groups:
                 g.setdefault("initial_lr", g["lr"])
-        if self._optimizer_states is not None:
+        if resumed and self._optimizer_states is not None:
             self._load_optimizers(self._optimizer_states)
-            self._optimizer_states = None
+        self._optimizer_states = None
+
+    def end_stage(self, stage: Stage) -> None:
+        self.optimizers = {}   # the next stage makes its own; none is kept past a stage's end
 
     def _load_optimizers(self, states: dict) -> None:
         """Moments from the checkpoint, hyper-parameters (lr, betas, ...) from the method as it is
@@ -370,23 +339,26 @@ class GanTrainer:
         return f
 
     # ------------------------------------------------------------------ checkpoints
-    def _state_dict(self) -> dict:
+    def checkpoint(self, loop: TrainingLoop) -> dict:
         with self.bare_networks():
             method_state = self.method.state_dict()
             card = self.method.card()
+        st = loop.state
+        finished = loop.done
         return {
             "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
             "method": self.cfg.method, "config": gen_to_dict(self.cfg),
-            "stage_index": self.state.stage_index, "epoch": self.state.epoch,
+            # as checkpoints always held them: a finished run at (number of stages, 0)
+            "stage_index": len(self.stages) if finished else st.stage_index,
+            "epoch": 0 if finished else st.epoch,
             "stage_names": [s.name for s in self.stages],
-            "history": list(self.state.history),
+            "history": list(st.history),
+            "loop": vars(st).copy(),    # the position in the epoch and its running sums
             "method_state": method_state,
             # the optimizers of the stage in progress: None at a stage boundary (the next stage
             # makes new ones)
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()} if self.optimizers else None,
             "scaler": self.scaler.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
             "data_info": self.info.to_dict(),
             "data_skeleton": self.data.skeleton.name,
             "label_map": self.label_map,
@@ -406,118 +378,116 @@ class GanTrainer:
             raise ConfigError(f"{path}: cannot resume, its weights do not fit the networks this config "
                               f"builds ({first}); use another output_dir or --no-resume") from None
         self.method.to(self.device)
-        self.state = GanState(stage_index=int(ck["stage_index"]), epoch=int(ck["epoch"]),
-                              history=list(ck.get("history") or []))
-        if self.state.stage_index < len(self.stages) and \
-                self.state.epoch >= self.stages[self.state.stage_index].epochs + \
-                self.stages[self.state.stage_index].decay_epochs:
+        # checkpoints before the one loop hold only (stage_index, epoch, history)
+        state = LoopState.from_dict(ck.get("loop") or {})
+        state.stage_index, state.epoch = int(ck["stage_index"]), int(ck["epoch"])
+        state.history = list(ck.get("history") or [])
+        if ck.get("loop") is None or state.stage_index >= len(self.stages):
+            state.step_in_epoch, state.pending = 0, None
+        optimizers = ck.get("optimizers")
+        if state.stage_index < len(self.stages) and state.step_in_epoch == 0 and \
+                state.epoch >= self.stages[state.stage_index].total_epochs:
             # the config now gives this stage fewer epochs (--allow-config-change): go on with the next
-            self.state.stage_index, self.state.epoch = self.state.stage_index + 1, 0
-            ck["optimizers"] = None
-        if self.stages and self.state.stage_index >= len(self.stages):
+            state.stage_index, state.epoch = state.stage_index + 1, 0
+            optimizers = None
+        if self.stages and state.stage_index >= len(self.stages):
             last = self.stages[-1]
-            done = sum(1 for row in self.state.history if row.get("stage") == last.name)
-            if done < last.epochs + last.decay_epochs:
+            done = sum(1 for row in state.history if row.get("stage") == last.name)
+            state.stage_index, state.epoch = len(self.stages) - 1, min(done, last.total_epochs)
+            optimizers = None
+            if done < last.total_epochs and self.is_main:
                 # a finished run given more epochs (--allow-config-change): its last stage goes on.
                 # The optimizers' moments are not kept past a stage's end, so they start afresh.
-                self.state.stage_index, self.state.epoch = len(self.stages) - 1, done
-                ck["optimizers"] = None
-                if self.is_main:
-                    print(f"{path}: the finished run goes on with {last.epochs + last.decay_epochs - done} "
-                          f"more epoch(s) of stage {last.name!r} (optimizer moments start afresh)", flush=True)
-        self._optimizer_states = ck.get("optimizers") if self.state.epoch > 0 else None
+                print(f"{path}: the finished run goes on with {last.total_epochs - done} "
+                      f"more epoch(s) of stage {last.name!r} (optimizer moments start afresh)", flush=True)
+        self._optimizer_states = optimizers if (state.epoch > 0 or state.step_in_epoch > 0) else None
         self.scaler.load_state_dict(ck["scaler"])
-        self._rng = ck["rng"]
-        self.last_saved = self.epochs_done
-
-    def _set_rng(self, rng: dict) -> None:
-        torch.set_rng_state(rng["torch"])
-        np.random.set_state(rng["numpy"])
-        random.setstate(rng["python"])
-        if rng.get("cuda") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        self.loop.resumed_from(state, ck["rng"])
 
     def save(self, name: str = "last.pt") -> Path:
-        path = self.out_dir / name
-        state = self._state_dict()  # every rank (it is cheap); only rank 0 writes
-        if self.is_main:
-            save_checkpoint(path, state)
-        return path
+        return self.loop.save(name)
 
-    # ------------------------------------------------------------------ the loop
-    def _train_epoch(self, stage: Stage, bar) -> dict:
-        cfg, st = self.cfg, self.state
-        seed = _seed_of(cfg.seed, st.stage_index, st.epoch)
-        items = self.method.pairs(self.info.train_pids, self.epochs_done, cfg.seed, cfg.data.max_pairs_per_epoch)
+    # ------------------------------------------------------------------ the method's steps
+    def epoch_batches(self, stage: Stage, epoch: int, epochs_done: int, start_step: int):
+        cfg = self.cfg
+        seed = _seed_of(cfg.seed, self.state.stage_index, epoch)
+        items = self.method.pairs(self.info.train_pids, epochs_done, cfg.seed, cfg.data.max_pairs_per_epoch)
         if not items:
             raise DataError(None, f"method {cfg.method!r} made no training pairs from {cfg.data.root} "
                                   f"({len(self.train_samples)} training images of {self.info.num_classes} "
                                   "identities): it needs identities with two or more images")
         dataset = self._pair_dataset(self.train_samples, items, cfg.data.flip_prob, seed)
         sampler = EpochSampler(len(dataset), cfg.data.batch_size, seed, self.rank, self.world_size)
+        n_steps = len(sampler)
+        sampler.batches = sampler.batches[start_step:]   # a resume in mid-epoch: the batches not taken
         loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.data.workers,
                             pin_memory=self.device.type == "cuda",
                             generator=torch.Generator().manual_seed(seed))
-        factor = self._set_lr(stage, st.epoch)
+        self._epoch_pairs = len(items)
+        self._lr_factor = self._set_lr(stage, epoch)
         self.method.train()
-        sums: dict[str, float] = {}
-        count = 0
-        task = bar.add_task(f"{stage.name} epoch {st.epoch + 1}/{stage.epochs + stage.decay_epochs}",
-                            total=len(sampler))
-        tick = time.time()
-        for step, batch in enumerate(loader):
-            ctx = StepContext(self.device, self.optimizers, self.scaler, self.amp_dtype, cfg.optim.grad_clip,
-                              stage, st.epoch, step)
-            losses = self.method.train_step(batch, ctx)
-            ctx.update()
-            losses = self._reduce(losses)
-            bad = [k for k, v in losses.items() if not math.isfinite(v)]
-            if bad:
-                self._diverged(stage, step, bad[0], losses[bad[0]])
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + v
-            count += 1
-            bar.update(task, advance=1, info="  ".join(f"{k} {v:.3f}" for k, v in list(losses.items())[:4]))
-        bar.update(task, visible=False)
-        row = {"epoch": self.epochs_done + 1, "stage": stage.name, "stage_epoch": st.epoch + 1,
-               "steps": count, "pairs": len(items)}
-        row.update({k: v / max(1, count) for k, v in sums.items()})
-        row["seconds"] = round(time.time() - tick, 3)
-        row["lr_factor"] = factor
+        return loader, n_steps
+
+    def step(self, batch: dict, stage: Stage, epoch: int, step: int, n_steps: int) -> dict[str, float]:
+        ctx = StepContext(self.device, self.optimizers, self.scaler, self.amp_dtype, self.cfg.optim.grad_clip,
+                          stage, epoch, step)
+        losses = self.method.train_step(batch, ctx)
+        ctx.update()
+        return losses
+
+    def epoch_row(self, means: dict, steps: int, seconds: float, stage: Stage, epoch: int,
+                  epochs_done: int) -> dict:
+        row = {"epoch": epochs_done + 1, "stage": stage.name, "stage_epoch": epoch + 1,
+               "steps": steps, "pairs": self._epoch_pairs}
+        row.update(means)
+        row["seconds"] = round(seconds, 3)
+        row["lr_factor"] = self._lr_factor
         for name, opt in self.optimizers.items():
             row[f"lr_{name}"] = opt.param_groups[0]["lr"]
         return row
 
-    def _reduce(self, losses: dict) -> dict[str, float]:
-        """Plain floats; under DDP the mean over ranks (so every rank sees a NaN any rank has)."""
-        losses = {k: float(v) for k, v in losses.items()}
-        if self.world_size > 1 and losses:
-            keys = sorted(losses)
-            t = torch.tensor([losses[k] for k in keys], dtype=torch.float64,
-                             device=self.device if self.device.type == "cuda" else "cpu")
-            dist.all_reduce(t)
-            losses = {k: float(v) / self.world_size for k, v in zip(keys, t.tolist())}
-        return losses
+    def row_epoch(self, epochs_done: int) -> int:
+        return epochs_done + 1     # the CSV counts generation epochs from 1
 
-    def _diverged(self, stage: Stage, step: int, key: str, value: float) -> None:
+    def tb_scalars(self, row: dict) -> tuple[dict, int]:
+        return ({f"train/{k}": v for k, v in row.items() if isinstance(v, float) and k != "seconds"},
+                int(row["epoch"]))
+
+    def plain_line(self, row: dict, total_epochs: int) -> str:
+        return epoch_line(row, total_epochs)
+
+    def bad_weights(self) -> list[str]:
+        return [n for n, p in self.method.named_parameters() if not torch.isfinite(p).all()]
+
+    def divergence_message(self, what: str, loop: TrainingLoop) -> str:
         path = self.out_dir / "last.pt"
-        if self.last_saved is not None:
-            kept = (f"{path} holds the last good state (after epoch {self.last_saved})"
-                    if self.last_saved else f"{path} holds the state before training")
+        if loop.last_saved is not None:
+            done, step = loop.last_saved
+            kept = (f"{path} holds the last good state (after epoch {done}"
+                    + (f", step {step} of the next)" if step else ")")
+                    if done or step else f"{path} holds the state before training")
             then = "run again with --allow-config-change to resume from it, or --no-resume to start over"
         else:
             kept, then = "no checkpoint was written by this run", "run again"
-        raise GenerationDiverged(
-            f"training diverged at epoch {self.epochs_done + 1} (stage {stage.name!r}, epoch "
-            f"{self.state.epoch + 1}, step {step + 1}): loss {key!r} is {value}; {kept}. Lower the "
-            f"method's learning rates or set optim.grad_clip, then {then}")
+        st = loop.state
+        stage = self.stages[min(st.stage_index, len(self.stages) - 1)]
+        return (f"training diverged at epoch {loop.epochs_done + 1} (stage {stage.name!r}, epoch "
+                f"{st.epoch + 1}, step {st.step_in_epoch + 1}): {what}; {kept}. Lower the "
+                f"method's learning rates or set optim.grad_clip, then {then}")
 
-    def _check_weights(self) -> None:
-        bad = [n for n, p in self.method.named_parameters() if not torch.isfinite(p).all()]
-        if bad:
-            raise GenerationDiverged(
-                f"training diverged at epoch {self.epochs_done}: {len(bad)} weight tensors hold NaN or "
-                f"inf (first: {bad[0]}); {self.out_dir / 'last.pt'} keeps the state before that epoch")
+    def after_logged(self, row: dict, epochs_done: int, tb: TensorBoard) -> None:
+        if self._sample_due():
+            self._write_samples(tb, self._samples)
+
+    def before_fit(self) -> None:
+        with _rng_untouched(self.device):  # a method's pairs() may draw: training must not see it
+            self._samples = self.sample_batch() if self.cfg.log.sample_every and self.is_main else None
+
+    def fit(self) -> dict:
+        self.loop.fit()
+        return {"epochs": self.epochs_done, "stages": [s.name for s in self.stages],
+                "last": str(self.out_dir / "last.pt"), "history": list(self.state.history)}
+
 
     def _write_samples(self, tb: TensorBoard, batch: Optional[dict]) -> Optional[Path]:
         if batch is None or not self.is_main:
@@ -542,51 +512,6 @@ class GanTrainer:
         every = self.cfg.log.sample_every
         done = self.epochs_done
         return bool(every) and (done % every == 0 or done == self.total_epochs)
-
-    def fit(self) -> dict:
-        cfg, st = self.cfg, self.state
-        tb = TensorBoard(self.out_dir / "tb", enabled=self.is_main and cfg.log.tensorboard)
-        mode = progress_mode(self.show_progress and self.is_main)
-        with _rng_untouched(self.device):  # a method's pairs() may draw: training must not see it
-            samples = self.sample_batch() if cfg.log.sample_every and self.is_main else None
-        if self._rng is not None:  # resumed: the RNG exactly as the killed run left it
-            self._set_rng(self._rng)
-            self._rng = None
-        try:
-            with progress_bar(mode == "rich") as bar:
-                total = bar.add_task("epochs", total=self.total_epochs, completed=self.epochs_done)
-                while st.stage_index < len(self.stages):
-                    index = st.stage_index
-                    stage = self.stages[index]
-                    if st.epoch >= stage.epochs + stage.decay_epochs:  # an empty stage
-                        st.stage_index, st.epoch = st.stage_index + 1, 0
-                        continue
-                    self._begin_stage(stage)
-                    while st.epoch < stage.epochs + stage.decay_epochs:
-                        row = self._train_epoch(stage, bar)
-                        self._check_weights()
-                        st.epoch += 1
-                        st.history.append(row)
-                        if st.epoch >= stage.epochs + stage.decay_epochs:
-                            st.stage_index, st.epoch = st.stage_index + 1, 0
-                            self.optimizers = {}
-                        self.save("last.pt")
-                        self.last_saved = self.epochs_done
-                        if self.metrics_log is not None:
-                            self.metrics_log.write(row)
-                        tb.scalars({f"train/{k}": v for k, v in row.items()
-                                    if isinstance(v, float) and k != "seconds"}, row["epoch"])
-                        if self._sample_due():
-                            self._write_samples(tb, samples)
-                        bar.update(total, completed=row["epoch"])
-                        if mode == "plain":
-                            print(epoch_line(row, self.total_epochs), flush=True)
-                        if st.stage_index != index:
-                            break
-        finally:
-            tb.close()
-        return {"epochs": self.epochs_done, "stages": [s.name for s in self.stages],
-                "last": str(self.out_dir / "last.pt"), "history": list(st.history)}
 
 
 def epoch_line(row: dict, total_epochs: int) -> str:

@@ -172,6 +172,7 @@ def stage_kind(stage: Stage) -> str:
 
 @register_method("fdgan")
 class FDGAN(GenerationMethod):
+    options_class = FDGANOptions
     uses_pose_maps = True
     uses_skeleton_images = False     # G reads the 18 maps; the grid draws them itself
 

@@ -142,6 +142,7 @@ def ipgan_pairs(n: int, epoch: int, seed: int, same_ratio: float, max_pairs: Opt
 
 @register_method("ipgan")
 class IPGAN(GenerationMethod):
+    options_class = IPGANOptions
     # images only: no pose maps, no skeleton images, and data without keypoints is fine
     uses_pose_maps = False
     uses_skeleton_images = False

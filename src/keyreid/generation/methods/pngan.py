@@ -87,6 +87,8 @@ def _load_canonical(value) -> Optional[Canonical]:
 class PNGAN(GenerationMethod):
     """Networks: `generator` (ResnetGenerator 6 -> 3) and `discriminator` (PatchDiscriminator 3)."""
 
+    options_class = PNGANOptions
+
     uses_pose_maps = False          # G sees the skeleton image only
     uses_skeleton_images = True
 
