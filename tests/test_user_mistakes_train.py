@@ -439,3 +439,73 @@ def test_debug_shows_the_traceback(user_config, monkeypatch, capsys):
     for argv, env in ((["--debug", *args], {}), (args, {"KEYREID_DEBUG": "1"})):
         with pytest.raises(ConfigError, match="optim.epochs=0"):
             run_cli(argv, monkeypatch, capsys, env=env)
+
+
+class _FillingFile:
+    """A file whose write() fails with ENOSPC after `room` bytes, as a full disk does."""
+
+    def __init__(self, f, room: int):
+        self.f, self.room = f, room
+
+    def write(self, data) -> int:
+        if self.room < len(data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= len(data)
+        return self.f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+def _tmpfs(folder: Path, size: str) -> bool:
+    """A real small filesystem at `folder` (root in CI can mount tmpfs); False where not allowed."""
+    import subprocess
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        return False
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                          capture_output=True).returncode == 0
+
+
+def test_a_really_full_disk_in_train_is_one_line(user_config, tmp_path, tiny_synth, monkeypatch, capsys):
+    """torch.save's zip writer turns the file's ENOSPC into a long RuntimeError ("unexpected pos"):
+    still one line naming last.pt and the free space. Through the real writer on a file that
+    fills up, and on a real 1 MB tmpfs where the machine allows mounting one (CI runs as root)."""
+    import builtins
+    import subprocess
+
+    real_open = builtins.open
+
+    def filling_open(path, mode="r", *args, **kwargs):
+        f = real_open(path, mode, *args, **kwargs)
+        return _FillingFile(f, 50_000) if "w" in mode and "b" in mode else f
+
+    out = tmp_path / "run"
+    monkeypatch.setattr("keyreid.utils.checkpoint.open", filling_open, raising=False)
+    code, _, err = run_cli(["train", user_config, *tiny_sets(tiny_synth, out)], monkeypatch, capsys)
+    monkeypatch.undo()
+    line = one_error_line(err)
+    assert code == 2 and str(out / "last.pt") in line and "no space left" in line and "free in" in line, line
+    assert not list(out.glob("*.tmp"))
+
+    disk = tmp_path / "small_disk"
+    if _tmpfs(disk, "1m"):
+        try:
+            r = subprocess.run([str(Path(sys.executable).parent / "keyreid"), "train", str(user_config),
+                                *map(str, tiny_sets(tiny_synth, disk / "run"))],
+                               capture_output=True, text=True, timeout=600,
+                               env={**os.environ, "KEYREID_PROGRESS": "plain"})
+            line = one_error_line(r.stderr)
+            assert r.returncode == 2 and "no space left" in line and "last.pt" in line, r.stderr[-2000:]
+            assert not list((disk / "run").glob("*.tmp"))
+        finally:
+            subprocess.run(["umount", str(disk)], capture_output=True)
+    elif os.environ.get("CI") == "true" and os.geteuid() == 0:
+        pytest.fail("CI runs as root but could not mount a tmpfs for the real full-disk case")

@@ -42,6 +42,17 @@ def _free_space(folder: Path) -> str:
     return "unknown"
 
 
+def _disk_full(e: BaseException) -> bool:
+    """ENOSPC / EDQUOT, also when a library wrapped it: torch.save's zip writer turns the OSError of
+    the file's write() into a RuntimeError ("unexpected pos") whose __context__ is the OSError."""
+    seen = 0
+    while e is not None and seen < 8:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
+
+
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     """Call write(tmp_path) on a temporary file beside `path`, then rename it over `path`.
     A full disk is a DiskFullError naming the path and the free space; the old file stays."""
@@ -59,7 +70,7 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        if _disk_full(e):
             kept = f"the previous {path.name} is intact" if path.exists() else "nothing was written"
             raise DiskFullError(f"{path}: no space left on the device while writing it "
                                 f"({_free_space(path.parent)} free in {path.parent}); {kept}; "
