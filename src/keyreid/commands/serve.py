@@ -60,7 +60,10 @@ def serve(
                              queue=queue, max_batch=max_batch, admin_token=admin_token or None, allowed_hosts=hosts)
     app = create_app(service, settings)
     # bind first, so a taken port is one clear line and port 0 prints the port actually chosen
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP, not the default 0: asyncio sets TCP_NODELAY only on accepted sockets whose
+    # proto says TCP, and with Nagle on every keep-alive response body waited ~40 ms for an ACK
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM,
+                         socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
