@@ -270,3 +270,108 @@ def test_keyreid_extract_with_onnx_backend_matches_torch(tmp_path, images):
     assert t.manifest["fingerprint"] == o.manifest["fingerprint"]
     assert t.vectors.shape == (5, 4 * 17 + 8)
     np.testing.assert_allclose(o.vectors, t.vectors, atol=1e-4, rtol=0)
+
+
+class Killed(BaseException):
+    """The process dying (SIGKILL, power loss): nothing after it runs, no cleanup succeeds."""
+
+
+@pytest.mark.parametrize("dies_at", [1, 2, 3])
+def test_export_force_killed_between_renames_leaves_a_loadable_pair(tmp_path, images, monkeypatch, dies_at):
+    """`keyreid export --force` over an earlier export, killed at its 1st, 2nd or 3rd rename
+    (every later rename fails too: the process is gone): load_model then reads the old model or
+    the new one, whole, never a graph with the other graph's sidecar."""
+    import os
+    import sys
+
+    from keyreid.cli import main
+    from keyreid.export import export_onnx
+
+    old_ckpt = tiny_checkpoint(tmp_path / "old.pt", "bnneck", seed=0)
+    new_ckpt = tiny_checkpoint(tmp_path / "new.pt", "bnneck", seed=1)
+    out = tmp_path / "model.onnx"
+    export_onnx(old_ckpt, out, images=images, log=lambda s: None)
+    files = sorted(images.iterdir())
+    want = {m.fingerprint: m.embed(files) for m in (load_model(old_ckpt, device="cpu"),
+                                                    load_model(new_ckpt, device="cpu"))}
+    real_replace, calls = os.replace, []
+
+    def replace(src, dst):
+        calls.append(Path(dst).name)
+        if len(calls) >= dies_at:
+            raise Killed()
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(sys, "argv", ["keyreid", "export", str(new_ckpt), "-o", str(out), "--force",
+                                      "--images", str(images)])
+    with pytest.raises(Killed):
+        main()
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert calls[:dies_at] == ["model.onnx.json", "model.onnx", "model.onnx.json"][:dies_at]
+    loaded = load_model(out)
+    expected = list(want)[0 if dies_at < 3 else 1]  # before the graph rename: old; after: new
+    assert loaded.fingerprint == expected
+    np.testing.assert_allclose(loaded.embed(files), want[expected], atol=1e-4)
+
+
+def test_export_interrupted_before_the_graph_rename_restores_the_old_sidecar(tmp_path, images, monkeypatch):
+    """A Ctrl-C (the process lives on) at the graph rename puts the old files back byte for byte."""
+    import os
+
+    from keyreid.export import export_onnx
+
+    out = tmp_path / "model.onnx"
+    export_onnx(tiny_checkpoint(tmp_path / "old.pt", "bnneck", seed=0), out, images=images, log=lambda s: None)
+    before = _files(tmp_path)
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if Path(dst) == out:
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        export_onnx(tiny_checkpoint(tmp_path / "new.pt", "bnneck", seed=1), out, images=images, force=True,
+                    log=lambda s: None)
+    assert {k: v for k, v in _files(tmp_path).items() if k != "new.pt"} == before
+
+
+def test_exported_files_follow_the_umask(tmp_path, images):
+    """Both files get the mode any other output gets (0666 minus the umask), not mkstemp's 0600."""
+    import os
+    import stat
+
+    from keyreid.cli import app
+
+    ckpt = tiny_checkpoint(tmp_path / "best.pt", "bnneck")
+    old = os.umask(0o027)
+    try:
+        r = CliRunner().invoke(app, ["export", str(ckpt), "-o", str(tmp_path / "model.onnx"), "--images", str(images)])
+    finally:
+        os.umask(old)
+    assert r.exit_code == 0, r.output
+    for name in ("model.onnx", "model.onnx.json"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o640, name
+
+
+@pytest.mark.parametrize("opset,expected", [(5, "--opset 5: the exporter writes opsets 7 to"),
+                                            (7, "ONNX export failed at opset 7")])
+def test_a_bad_opset_is_one_line_without_torch_graph_dumps(tmp_path, images, monkeypatch, capfd, opset, expected):
+    """Out of range: refused before the model loads. In range but an op has no form at that opset:
+    torch's exporter dumps the whole TorchScript graph from C++ (hundreds of lines on fd 1);
+    the user sees the one error line."""
+    import sys
+
+    from keyreid.cli import main
+
+    ckpt = tiny_checkpoint(tmp_path / "best.pt", "bnneck")
+    monkeypatch.setattr(sys, "argv", ["keyreid", "export", str(ckpt), "-o", str(tmp_path / "model.onnx"),
+                                      "--opset", str(opset), "--images", str(images)])
+    with pytest.raises(SystemExit) as e:
+        main()
+    out, err = capfd.readouterr()
+    assert e.value.code == 2
+    assert out == "" and len(err.strip().splitlines()) == 1 and expected in err, (out[:500], err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt"]

@@ -13,8 +13,8 @@ def export(checkpoint: Path = typer.Argument(..., help="Trained checkpoint (best
                                        "its sidecar MODEL.onnx.json is written beside it)."),
            images: Optional[Path] = typer.Option(None, help="Folder of images to check parity on "
                                                  "(default: the training dataset's, else generated)."),
-           opset: int = typer.Option(17, help="ONNX opset."),
-           force: bool = typer.Option(False, "--force", help="Replace an existing MODEL.onnx."),
+           opset: int = typer.Option(17, help="ONNX opset (the exporter writes 7 to 20)."),
+           force: bool = typer.Option(False, "--force", help="Replace an existing MODEL.onnx and its sidecar."),
            ) -> None:
     """Export the inference graph (images -> embedding) to ONNX, verified against torch at batch 1
     and batch N before it is written."""

@@ -1,18 +1,22 @@
 """`keyreid export CKPT -o model.onnx`: the inference graph as ONNX, verified before it is kept.
 
 The file is written under a temporary name beside the target, run by onnxruntime against the
-torch model at batch 1 and batch N, and only renamed to the target (with its sidecar
-MODEL.onnx.json) when both agree; a failed export leaves nothing at -o and an existing file there
-untouched."""
+torch model at batch 1 and batch N, and only moved to the target (with its sidecar
+MODEL.onnx.json) when both agree; a failed export leaves nothing at -o and an existing pair there
+untouched. Replacing a pair (--force) is ordered so that a process killed at any point leaves a
+pair that load_model reads as the old model or as the new one, never a graph with another
+graph's sidecar (see keyreid.inference.onnx_model)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Callable, Iterator, Optional, Union
 
 import numpy as np
 import torch
@@ -20,16 +24,51 @@ import torch
 from keyreid.errors import KeyreidError
 from keyreid.export.graph import EmbeddingGraph
 from keyreid.export.parity import TOLERANCE, check_parity, choose_images
-from keyreid.inference import load_model
-from keyreid.inference.onnx_model import (INPUT_NAME, OUTPUT_NAME, RAW_OUTPUT_NAME, SIDECAR_FORMAT,
-                                          SIDECAR_VERSION, file_sha256, session_options, sidecar_path)
-from keyreid.utils.io import atomic_write_text
+from keyreid.inference import load_model, model_format
+from keyreid.inference.onnx_model import (INPUT_NAME, OUTPUT_NAME, PREVIOUS_KEY, RAW_OUTPUT_NAME,
+                                          SIDECAR_FORMAT, SIDECAR_VERSION, file_sha256,
+                                          matching_description, read_sidecar, session_options,
+                                          sidecar_path)
+from keyreid.utils.io import _file_mode, atomic_write_text
 
 DEFAULT_OPSET = 17
 
 
+def opset_range() -> tuple[int, int]:
+    """The opsets torch's TorchScript exporter writes (7 to 20 in torch 2.x)."""
+    try:
+        from torch.onnx import _constants as c
+
+        return int(c.ONNX_MIN_OPSET), int(getattr(c, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", c.ONNX_MAX_OPSET))
+    except (ImportError, AttributeError):  # a private module: fall back to the range known to work
+        return 7, 20
+
+
+@contextlib.contextmanager
+def _quiet_output() -> Iterator[None]:
+    """Send what torch's exporter prints to file descriptors 1 and 2 (a failed export dumps the
+    whole TorchScript graph from C++, out of Python's reach) to a discarded temporary file."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os.dup2(saved[0], 1)
+                os.dup2(saved[1], 2)
+    finally:
+        for fd in saved:
+            os.close(fd)
+
+
 def _export_graph(graph: torch.nn.Module, example: torch.Tensor, path: str, opset: int) -> None:
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _quiet_output():
         # the TorchScript exporter is deprecated in favour of torch.export's, which needs
         # onnxscript; this one handles every head here and needs nothing more
         warnings.simplefilter("ignore")
@@ -62,6 +101,17 @@ def _sidecar(card: dict, opset: int, sha: str, parity: dict) -> dict:
     }
 
 
+def _current_description(out: Path) -> Optional[dict]:
+    """The description of the pair at `out` when it is a readable, matching pair (what a load
+    gives now), else None: there is no old model to keep loadable."""
+    if not out.is_file():
+        return None
+    try:
+        return matching_description(out, read_sidecar(out))
+    except KeyreidError:
+        return None
+
+
 def export_onnx(checkpoint: Union[str, Path], out: Union[str, Path], opset: int = DEFAULT_OPSET,
                 images: Optional[Union[str, Path]] = None, force: bool = False,
                 tolerance: float = TOLERANCE, log: Callable[[str], None] = print) -> dict:
@@ -70,11 +120,17 @@ def export_onnx(checkpoint: Union[str, Path], out: Union[str, Path], opset: int 
     Parity is checked on --images, else the training dataset's images when its root is here,
     else generated images (said in the log and the sidecar)."""
     out = Path(out)
-    if Path(checkpoint).suffix == ".onnx":
-        raise KeyreidError(f"{checkpoint}: already an ONNX model; export takes a checkpoint (.pt)")
-    if out.suffix != ".onnx":
-        raise KeyreidError(f"{out}: the output must end in .onnx (load_model recognises it by that)")
-    for target in (out, sidecar_path(out)):
+    low, high = opset_range()
+    if not low <= opset <= high:
+        raise KeyreidError(f"--opset {opset}: the exporter writes opsets {low} to {high} "
+                           f"(default {DEFAULT_OPSET})")
+    if out.suffix.lower() != ".onnx":
+        raise KeyreidError(f"{out}: the output must end in .onnx (`keyreid extract` picks the ONNX "
+                           "backend by that name)")
+    if model_format(checkpoint) == "onnx":
+        raise KeyreidError(f"{checkpoint}: already an ONNX model; export takes a torch checkpoint (.pt)")
+    side = sidecar_path(out)
+    for target in (out, side):
         if target.exists() and not force:
             raise KeyreidError(f"{target} exists; pass --force to replace it")
     loaded = load_model(checkpoint, device="cpu")
@@ -92,8 +148,10 @@ def export_onnx(checkpoint: Union[str, Path], out: Union[str, Path], opset: int 
 
     graph = EmbeddingGraph(loaded.model, normalize=loaded.normalized)
     out.parent.mkdir(parents=True, exist_ok=True)
+    mode = _file_mode(out)  # mkstemp's 0600 would outlive the rename; other outputs follow the umask
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=out.name + ".", suffix=".tmp")
     os.close(fd)
+    old_text, switched = None, False
     try:
         try:
             _export_graph(graph, batch[:2], tmp, opset)
@@ -116,12 +174,26 @@ def export_onnx(checkpoint: Union[str, Path], out: Union[str, Path], opset: int 
         parity = {"images": chosen.source, "count": len(pictures), "tolerance": tolerance,
                   "max_abs_diff": diffs}
         meta = _sidecar(loaded.card, opset, file_sha256(tmp), parity)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        # three atomic steps; a kill between any two leaves a pair load_model reads whole:
+        # 1. the new sidecar, still describing the old graph under "previous" (old pair loads)
+        previous = _current_description(out)
+        if previous is not None:
+            old_text = side.read_text(encoding="utf-8")
+            atomic_write_text(side, json.dumps({**meta, PREVIOUS_KEY: previous}, indent=2))
+        # 2. the new graph (new pair loads, from the sidecar's own description)
         os.replace(tmp, out)
+        switched = True
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if old_text is not None and not switched:  # interrupted at step 2: the old files as they were
+            atomic_write_text(side, old_text)
         raise
-    atomic_write_text(sidecar_path(out), json.dumps(meta, indent=2))
+    # 3. the sidecar without the old description
+    atomic_write_text(side, json.dumps(meta, indent=2))
     log(f"parity on {len(pictures)} images ({chosen.source}): max abs difference "
         + ", ".join(f"batch {k}: {v:.2g}" for k, v in diffs.items()) + f" (limit {tolerance:g})")
     return meta

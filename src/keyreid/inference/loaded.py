@@ -1,5 +1,6 @@
 """The one way to load a trained model and embed images: validation, `keyreid eval`, `extract`,
-`export`, `search`, `explain` and the HTTP service all come through here."""
+`export`, `search`, `explain` and the HTTP service all come through here, for a torch
+checkpoint and an ONNX export alike (told apart by the file's content, not its name)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ from keyreid.data.keypoints import Skeleton, get_skeleton
 from keyreid.data.loader import read_image
 from keyreid.data.transforms import KeypointTransform, TransformConfig
 from keyreid.errors import KeyreidError
+from keyreid.inference.backends import Backend, OnnxBackend, TorchBackend, Unsupported
 from keyreid.inference.card import CARD_FORMAT, make_card
 from keyreid.inference.device import resolve_device
+from keyreid.inference.onnx_model import looks_like_onnx, open_onnx
 
 ImageLike = Union[str, Path, Image.Image, np.ndarray]
 
@@ -37,29 +40,39 @@ def card_for(cfg: Config, model: torch.nn.Module, skeleton: Optional[Skeleton], 
 def to_pil(image: ImageLike) -> Image.Image:
     """A path, a PIL image or an HxWx3 uint8 RGB array (HxW grey) as an RGB PIL image."""
     if isinstance(image, (str, Path)):
-        return read_image(str(image))
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    if isinstance(image, np.ndarray):
+        pil = read_image(str(image))
+    elif isinstance(image, Image.Image):
+        pil = image.convert("RGB")
+    elif isinstance(image, np.ndarray):
+        if image.size == 0:  # PIL accepts a 0x0 array, the resize then fails deep in torchvision
+            raise KeyreidError(f"array image of shape {image.shape} has no pixels; nothing to embed")
         if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)):
             raise KeyreidError(f"array image must be uint8 HxW or HxWx3 RGB, got {image.dtype} {image.shape}")
-        return Image.fromarray(image).convert("RGB")
-    raise KeyreidError(f"cannot embed an object of type {type(image).__name__}: give a path, "
-                       "a PIL image or a numpy array")
+        pil = Image.fromarray(image).convert("RGB")
+    else:
+        raise KeyreidError(f"cannot embed an object of type {type(image).__name__}: give a path, "
+                           "a PIL image or a numpy array")
+    if pil.width == 0 or pil.height == 0:
+        name = f"{image}: " if isinstance(image, (str, Path)) else ""
+        raise KeyreidError(f"{name}image of {pil.width}x{pil.height} pixels; nothing to embed")
+    return pil
 
 
 class LoadedModel:
-    """A trained model ready to embed images.
+    """A trained model ready to embed images, whatever runtime runs it.
 
     `embed(images)` -> float32 [N, D] (L2-normalised when the model's distance is cosine, as the
-    index expects); `fingerprint` names the weights; `card` holds input size, mean/std, skeleton."""
+    index expects); `fingerprint` names the weights; `card` holds input size, mean/std, skeleton.
+    Preprocessing, flip averaging, normalisation and batching happen here, once for every
+    runtime; `backend` (keyreid.inference.backends) only turns a preprocessed batch into raw
+    embeddings. `model` (the torch module) and `forward` (the full output, with heatmaps) exist
+    only where the backend has them: `hasattr(loaded, "forward")` tells."""
 
-    def __init__(self, model: torch.nn.Module, card: dict, config: Config, device: torch.device,
+    def __init__(self, backend: Backend, card: dict, config: Optional[Config] = None,
                  path: Optional[Path] = None):
-        self.model = model.eval()
+        self.backend = backend
         self.card = card
-        self.config = config
-        self.device = device
+        self.config = config      # the training config (torch checkpoints); None for exports
         self.path = path
         self.skeleton = get_skeleton(card["skeleton"]) if card.get("skeleton") else None
         inp = card["input"]
@@ -88,24 +101,47 @@ class LoadedModel:
 
     @property
     def input_size(self) -> tuple[int, int]:
-        return self.card["input"]["height"], self.card["input"]["width"]
+        return int(self.card["input"]["height"]), int(self.card["input"]["width"])
+
+    @property
+    def device(self) -> torch.device:
+        return self.backend.device
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The torch module (gradients, Grad-CAM, fine-tuning)."""
+        if self.backend.module is None:
+            raise Unsupported(f"{self.path or 'this model'}: the {self.backend.name} backend has no "
+                              "torch module (no gradients); load the torch checkpoint (.pt)")
+        return self.backend.module
+
+    @property
+    def forward(self):
+        """forward(batch) -> the full ModelOutput of a preprocessed batch (heatmaps for keypoint
+        heads); an attribute only where the backend gives more than embeddings."""
+        if self.backend.module is None:
+            raise Unsupported(f"{self.path or 'this model'}: the {self.backend.name} backend gives "
+                              "embeddings only (no heatmaps); load the torch checkpoint (.pt)")
+        return self.backend.forward
 
     # ---------------------------------------------------------------- embedding
     def preprocess(self, images: Sequence[ImageLike]) -> torch.Tensor:
+        """float32 [N, 3, H, W]: each image resized to the card's input size and normalised."""
+        if not len(images):
+            return torch.zeros((0, 3, *self.input_size))
         return torch.stack([self.transform(to_pil(im))[0] for im in images])
 
     @torch.no_grad()
-    def forward(self, batch: torch.Tensor):
-        """The full ModelOutput of a preprocessed batch (heatmaps for keypoint heads)."""
-        return self.model(batch.to(self.device))
-
-    @torch.no_grad()
-    def embed_tensor(self, batch: torch.Tensor, flip: bool = False, normalize: Optional[bool] = None
-                     ) -> np.ndarray:
-        x = batch.to(self.device)
-        f = self.model(x).embedding
+    def embed_tensor(self, batch: Union[torch.Tensor, np.ndarray], flip: bool = False,
+                     normalize: Optional[bool] = None) -> np.ndarray:
+        """float32 [N, D] of a preprocessed batch; with flip, the mean of each image's and its
+        mirror's raw embeddings (BoT's flip test), normalised after averaging."""
+        x = torch.as_tensor(batch)
+        if not len(x):
+            return np.zeros((0, self.dim), np.float32)
+        f = self.backend.run(x)
         if flip:
-            f = (f + self.model(torch.flip(x, dims=[3])).embedding) / 2
+            f = (f + self.backend.run(torch.flip(x, dims=[3]))) / 2
         if self.normalized if normalize is None else normalize:
             f = torch.nn.functional.normalize(f, dim=1)
         return f.float().cpu().numpy()
@@ -116,6 +152,8 @@ class LoadedModel:
         if isinstance(images, (str, Path, Image.Image, np.ndarray)):
             images = [images]
         images = list(images)
+        if batch_size < 1:
+            raise KeyreidError(f"batch_size must be at least 1, got {batch_size}")
         out = [self.embed_tensor(self.preprocess(images[i:i + batch_size]), flip, normalize)
                for i in range(0, len(images), batch_size)]
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
@@ -123,8 +161,10 @@ class LoadedModel:
 
 def _legacy_config(path: Path, config: Optional[Union[str, Path, Config]]) -> Config:
     if config is None:
-        raise KeyreidError(f"{path}: checkpoint written before keyreid stored a model card; pass the "
-                           "config it was trained with (--config CONFIG.yaml)")
+        # only `keyreid eval` hands a training config to load_model; no other command takes one
+        raise KeyreidError(f"{path}: checkpoint written before keyreid stored a model card; only "
+                           f"`keyreid eval CONFIG.yaml --checkpoint {path}` (with the YAML it was "
+                           "trained with) or, from Python, load_model(CKPT, config=CONFIG.yaml) can read it")
     return config if isinstance(config, Config) else load_config(config)
 
 
@@ -143,24 +183,52 @@ def _options_from_weights(model_cfg: ModelConfig, state: dict) -> ModelConfig:
     return dataclasses.replace(model_cfg, head_options={**(model_cfg.head_options or {}), **extra})
 
 
+def model_format(path: Union[str, Path]) -> str:
+    """"torch" or "onnx", from the file's first bytes: a torch checkpoint is a zip (or, from
+    old torch versions, a pickle), an ONNX model a protobuf. Anything else is one clear error."""
+    path = Path(path)
+    if path.is_dir():
+        raise KeyreidError(f"{path}: a folder, not a model file (best.pt, last.pt or MODEL.onnx)")
+    if not path.is_file():
+        kind = "ONNX model" if path.suffix.lower() == ".onnx" else "checkpoint"
+        raise KeyreidError(f"{path}: {kind} not found")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(256)
+    except OSError as e:
+        raise KeyreidError(f"{path}: cannot read it ({e.strerror or e})") from None
+    if head.startswith(b"PK\x03\x04") or (len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5):
+        return "torch"
+    if looks_like_onnx(head):
+        return "onnx"
+    what = "an empty file" if not head else "neither a torch checkpoint nor an ONNX model"
+    raise KeyreidError(f"{path}: {what}; give a checkpoint (best.pt, last.pt) or an exported MODEL.onnx")
+
+
 def load_model(checkpoint: Union[str, Path], device: str = "auto",
                config: Optional[Union[str, Path, Config]] = None) -> LoadedModel:
-    """Load `best.pt` / `last.pt` (or an exported `.onnx`) as a LoadedModel.
+    """Load `best.pt` / `last.pt` (torch backend) or an exported MODEL.onnx (onnxruntime
+    backend, CPU) as a LoadedModel; the file's content decides which, whatever its name.
 
     The checkpoint's own card decides the architecture and preprocessing; `config` is only
     consulted for checkpoints written before cards existed. A missing or damaged file is an
     error: there is no silent fallback to ImageNet or random weights."""
+    path = Path(checkpoint)
+    if model_format(path) == "onnx":
+        if device not in ("auto", "cpu"):
+            raise KeyreidError(f"{path}: an ONNX model runs on CPU here (onnxruntime); use device "
+                               f"cpu or auto, not {device!r}")
+        return load_onnx_model(path)
+    return _load_torch(path, device, config)
+
+
+def _load_torch(path: Path, device: str, config: Optional[Union[str, Path, Config]]) -> LoadedModel:
     from keyreid.utils.checkpoint import load_checkpoint
     from keyreid.models.build import build_model
 
-    path = Path(checkpoint)
-    if path.suffix == ".onnx":
-        from keyreid.inference.onnx_model import load_onnx_model
-
-        return load_onnx_model(path)
     dev = resolve_device(device)
     ck = load_checkpoint(path, "cpu")
-    if "model" not in ck:
+    if not isinstance(ck, dict) or "model" not in ck:
         raise KeyreidError(f"{path}: not a keyreid checkpoint (no model weights)")
     card = ck.get("card")
     if card is not None and card.get("format") == CARD_FORMAT:
@@ -182,7 +250,16 @@ def load_model(checkpoint: Union[str, Path], device: str = "auto",
         raise KeyreidError(f"{path}: weights do not fit the model its config describes ({first})") from None
     if card is None:
         card = card_for(cfg, model, skeleton, len(ck["label_map"]), ck["model"])
-    return LoadedModel(model.to(dev), card, cfg, dev, path)
+    return LoadedModel(TorchBackend(model.to(dev), dev), card, cfg, path)
 
 
-__all__ = ["LoadedModel", "card_for", "load_model", "to_pil"]
+
+def load_onnx_model(path: Union[str, Path], threads: Optional[int] = None) -> LoadedModel:
+    """MODEL.onnx (with its sidecar) as a LoadedModel with the onnxruntime backend (CPU)."""
+    meta, session = open_onnx(path, threads)
+    return LoadedModel(OnnxBackend(session), meta["card"], config=None, path=Path(path))
+
+
+OnnxModel = LoadedModel   # was a class of its own; an ONNX model is a LoadedModel with OnnxBackend
+
+__all__ = ["LoadedModel", "card_for", "load_model", "model_format", "to_pil"]

@@ -1,14 +1,21 @@
-"""An exported `model.onnx` used like a trained checkpoint, through onnxruntime alone.
+"""The exported-model file format: `model.onnx` and its sidecar `model.onnx.json`, and opening
+them as a LoadedModel with the onnxruntime backend.
 
-The sidecar `model.onnx.json` (written by `keyreid export`) carries everything the torch model's
-card does (input size, pixel mean/std, embedding size, distance, normalisation) plus the torch
-model's fingerprint, so an index built with the torch model accepts ONNX queries, and the sha256
-of the .onnx file, so a sidecar never describes another file by mistake.
+The sidecar (written by `keyreid export`) carries everything the torch model's card does (input
+size, pixel mean/std, embedding size, distance, normalisation) plus the torch model's
+fingerprint, so an index built with the torch model accepts ONNX queries, and the sha256 of the
+.onnx file, so a sidecar never describes another file by mistake.
+
+Replacing an export takes two renames (the graph, the sidecar), and a process killed between
+them must not leave a pair that disagrees. So `keyreid export --force` first writes the new
+sidecar with the old pair's description under "previous", then renames the graph, then drops
+"previous": whichever graph is there, one of the two descriptions has its sha256, and
+`matching_description` picks that one.
 
 The graph has two outputs: `embedding` (L2-normalised inside the graph when the model's distance
 is cosine: what an index expects) and `raw_embedding` (the model's embedding before that
-normalisation), which flip averaging and `normalize=False` use so that every embedding equals
-LoadedModel.embed's for the same arguments.
+normalisation), which the backend returns so that flip averaging and normalisation happen in
+LoadedModel exactly as for the torch model.
 """
 
 from __future__ import annotations
@@ -17,21 +24,23 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional, Union
 
-import numpy as np
-import torch
-from PIL import Image
-
-from keyreid.data.transforms import KeypointTransform, TransformConfig
 from keyreid.errors import KeyreidError
-from keyreid.inference.loaded import to_pil  # image reading only; no model code comes with it
 
 SIDECAR_FORMAT = "keyreid-onnx"
 SIDECAR_VERSION = 1
 INPUT_NAME = "images"
 OUTPUT_NAME = "embedding"
 RAW_OUTPUT_NAME = "raw_embedding"
+PREVIOUS_KEY = "previous"   # the replaced pair's description while an export switches files
+
+# ModelProto's field numbers and their protobuf wire types (0 varint, 2 length-delimited):
+# ir_version, producer_name, producer_version, domain, model_version, doc_string, graph,
+# opset_import, metadata_props, training_info, functions
+_MODEL_PROTO_FIELDS = {1: 0, 2: 2, 3: 2, 4: 2, 5: 0, 6: 2, 7: 2, 8: 2, 14: 2, 20: 2, 25: 2}
+_REQUIRED = ("onnx_sha256", "fingerprint", "embedding_dim", "distance", "normalized", "input",
+             "output", "card")
 
 
 def sidecar_path(onnx_path: Union[str, Path]) -> Path:
@@ -46,6 +55,42 @@ def file_sha256(path: Union[str, Path]) -> str:
     return h.hexdigest()
 
 
+def _varint(data: bytes, pos: int) -> tuple[Optional[int], int]:
+    value, shift = 0, 0
+    while pos < len(data) and shift < 64:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+    return None, pos
+
+
+def looks_like_onnx(head: bytes) -> bool:
+    """Whether `head` (a file's first bytes) starts like a serialised ONNX ModelProto: every
+    field read is one of ModelProto's with its wire type, and ir_version is a small number.
+    Protobuf has no magic number; a torch checkpoint (zip or pickle), an image or a text file
+    fails on its first byte or two."""
+    pos, fields = 0, 0
+    while pos < len(head) and fields < 4:
+        tag, pos = _varint(head, pos)
+        if tag is None:
+            break
+        number, wire = tag >> 3, tag & 7
+        if _MODEL_PROTO_FIELDS.get(number) != wire:
+            return False
+        value, pos = _varint(head, pos)
+        if value is None:
+            break
+        if number == 1 and not 1 <= value <= 64:
+            return False
+        if wire == 2:
+            pos += value
+        fields += 1
+    return fields > 0
+
+
 def session_options(threads: Optional[int] = None):
     """onnxruntime session options used by every keyreid ONNX session: all graph optimisations,
     intra-op threads = cores (onnxruntime's default counts physical cores only)."""
@@ -58,7 +103,20 @@ def session_options(threads: Optional[int] = None):
     return so
 
 
+def _check_description(side: Path, meta, where: str = "sidecar") -> dict:
+    if not isinstance(meta, dict) or meta.get("format") != SIDECAR_FORMAT:
+        raise KeyreidError(f"{side}: not a keyreid ONNX sidecar (format is not {SIDECAR_FORMAT!r})")
+    if meta.get("version") != SIDECAR_VERSION:
+        raise KeyreidError(f"{side}: sidecar version {meta.get('version')!r}; this keyreid reads "
+                           f"version {SIDECAR_VERSION}")
+    missing = [k for k in _REQUIRED if k not in meta]
+    if missing:
+        raise KeyreidError(f"{side}: {where} lacks {', '.join(missing)}")
+    return meta
+
+
 def read_sidecar(path: Path) -> dict:
+    """The sidecar of the ONNX file `path`, checked for format, version and required keys."""
     side = sidecar_path(path)
     if not side.is_file():
         raise KeyreidError(f"{path}: no sidecar {side.name} beside it; export the model with "
@@ -67,96 +125,32 @@ def read_sidecar(path: Path) -> dict:
         meta = json.loads(side.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise KeyreidError(f"{side}: not a readable keyreid ONNX sidecar ({e})") from None
-    if not isinstance(meta, dict) or meta.get("format") != SIDECAR_FORMAT:
-        raise KeyreidError(f"{side}: not a keyreid ONNX sidecar (format is not {SIDECAR_FORMAT!r})")
-    if meta.get("version") != SIDECAR_VERSION:
-        raise KeyreidError(f"{side}: sidecar version {meta.get('version')!r}; this keyreid reads "
-                           f"version {SIDECAR_VERSION}")
-    missing = [k for k in ("onnx_sha256", "fingerprint", "embedding_dim", "distance", "normalized",
-                           "input", "output") if k not in meta]
-    if missing:
-        raise KeyreidError(f"{side}: sidecar lacks {', '.join(missing)}")
-    return meta
+    return _check_description(side, meta)
 
 
-class OnnxModel:
-    """An exported model with LoadedModel's embedding interface, run by onnxruntime on CPU."""
-
-    device = "cpu"
-
-    def __init__(self, path: Path, meta: dict, session):
-        self.path = path
-        self.meta = meta
-        self.session = session
-        self.card = meta["card"]
-        inp = meta["input"]
-        tcfg = TransformConfig(height=inp["height"], width=inp["width"], flip_prob=0.0, pad=0,
-                               erase_prob=0.0, mean=tuple(inp["mean"]), std=tuple(inp["std"]))
-        # the same preprocessing LoadedModel uses (the flip permutation only moves keypoints,
-        # which embedding never passes)
-        self.transform = KeypointTransform(tcfg, train=False)
-
-    @property
-    def fingerprint(self) -> str:
-        return self.meta["fingerprint"]
-
-    @property
-    def dim(self) -> int:
-        return int(self.meta["embedding_dim"])
-
-    @property
-    def distance(self) -> str:
-        return self.meta["distance"]
-
-    @property
-    def normalized(self) -> bool:
-        return bool(self.meta["normalized"])
-
-    @property
-    def input_size(self) -> tuple[int, int]:
-        return int(self.meta["input"]["height"]), int(self.meta["input"]["width"])
-
-    def preprocess(self, images: Sequence) -> torch.Tensor:
-        return torch.stack([self.transform(to_pil(im))[0] for im in images])
-
-    def _run(self, x: np.ndarray) -> np.ndarray:
-        # raw_embedding: flip averaging and normalisation happen outside, as in LoadedModel
-        return self.session.run([RAW_OUTPUT_NAME], {INPUT_NAME: x})[0]
-
-    def embed_tensor(self, batch, flip: bool = False, normalize: Optional[bool] = None) -> np.ndarray:
-        x = batch.detach().cpu().numpy() if isinstance(batch, torch.Tensor) else np.asarray(batch)
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        f = self._run(x)
-        if flip:
-            f = (f + self._run(np.ascontiguousarray(x[..., ::-1]))) / 2
-        if self.normalized if normalize is None else normalize:
-            # torch.nn.functional.normalize's formula, so both backends agree to rounding
-            f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
-        return f.astype(np.float32, copy=False)
-
-    def embed(self, images, batch_size: int = 64, flip: bool = False,
-              normalize: Optional[bool] = None) -> np.ndarray:
-        """float32 [N, D] for paths, PIL images or uint8 arrays (one image gives [1, D])."""
-        if isinstance(images, (str, Path, Image.Image, np.ndarray)):
-            images = [images]
-        images = list(images)
-        out = [self.embed_tensor(self.preprocess(images[i:i + batch_size]), flip, normalize)
-               for i in range(0, len(images), batch_size)]
-        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+def matching_description(path: Path, meta: dict, sha: Optional[str] = None) -> dict:
+    """The description in `meta` of the graph that is at `path` now: the sidecar's own, or the
+    replaced pair's one an export killed before its graph rename left under "previous". Neither
+    matching is one clear error: the sidecar was written for another file."""
+    sha = sha or file_sha256(path)
+    if meta["onnx_sha256"] == sha:
+        return {k: v for k, v in meta.items() if k != PREVIOUS_KEY}
+    previous = meta.get(PREVIOUS_KEY)
+    if isinstance(previous, dict) and previous.get("onnx_sha256") == sha:
+        return _check_description(sidecar_path(path), previous, f"its {PREVIOUS_KEY!r} entry")
+    raise KeyreidError(f"{sidecar_path(path)} was written for another {path.name} (sha256 differs); "
+                       "export again, which writes both files together")
 
 
-def load_onnx_model(path: Union[str, Path], threads: Optional[int] = None) -> OnnxModel:
-    """Open MODEL.onnx with its sidecar MODEL.onnx.json; a missing file, a missing sidecar or a
-    sidecar written for another file is one clear error."""
+def open_onnx(path: Union[str, Path], threads: Optional[int] = None):
+    """(description, onnxruntime session) of MODEL.onnx with its sidecar MODEL.onnx.json; a
+    missing file, a missing sidecar or a sidecar written for another file is one clear error."""
     import onnxruntime as ort
 
     path = Path(path)
     if not path.is_file():
         raise KeyreidError(f"{path}: ONNX model not found")
-    meta = read_sidecar(path)
-    if file_sha256(path) != meta["onnx_sha256"]:
-        raise KeyreidError(f"{sidecar_path(path)} was written for another {path.name} (sha256 differs); "
-                           "export again, which writes both files together")
+    meta = matching_description(path, read_sidecar(path))
     try:
         session = ort.InferenceSession(str(path), session_options(threads),
                                        providers=["CPUExecutionProvider"])
@@ -166,9 +160,9 @@ def load_onnx_model(path: Union[str, Path], threads: Optional[int] = None) -> On
     if {OUTPUT_NAME, RAW_OUTPUT_NAME} - names:
         raise KeyreidError(f"{path}: outputs {sorted(names)}; a keyreid export has "
                            f"{OUTPUT_NAME!r} and {RAW_OUTPUT_NAME!r}")
-    return OnnxModel(path, meta, session)
+    return meta, session
 
 
-__all__ = ["OnnxModel", "load_onnx_model", "read_sidecar", "sidecar_path", "file_sha256",
-           "session_options", "SIDECAR_FORMAT", "SIDECAR_VERSION", "INPUT_NAME", "OUTPUT_NAME",
-           "RAW_OUTPUT_NAME"]
+__all__ = ["open_onnx", "read_sidecar", "matching_description", "looks_like_onnx",
+           "sidecar_path", "file_sha256", "session_options", "SIDECAR_FORMAT", "SIDECAR_VERSION",
+           "INPUT_NAME", "OUTPUT_NAME", "RAW_OUTPUT_NAME", "PREVIOUS_KEY"]
