@@ -135,7 +135,7 @@ def test_index_info_add_remove(built, tmp_path):
     info = json.loads(cli("index", "info", tmp_path / "index", "--json").stdout)
     assert info["count"] == len(fs.rows) and info["fingerprint"] == fs.manifest["fingerprint"]
     assert info["metric"] == "ip" and info["normalized"] is True and info["dim"] == fs.vectors.shape[1]
-    cli("index", "add", tmp_path / "index", work / "features")
+    cli("index", "add", tmp_path / "index", work / "features", "--allow-duplicates")
     assert len(open_index(tmp_path / "index")) == 2 * len(fs.rows)
     cam1 = sum(r["camid"] == 1 for r in fs.rows)
     out = cli("index", "remove", tmp_path / "index", "--camera", 1).stdout

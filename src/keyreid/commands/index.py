@@ -14,15 +14,21 @@ app = typer.Typer(help="Build and maintain a gallery index (faiss embedded, or Q
 console = Console()
 
 
-def _ints(text: Optional[str], option: str) -> Optional[list[int]]:
+def _ints(text: Optional[str], option: str, minimum: Optional[int] = None) -> Optional[list[int]]:
     from keyreid.errors import KeyreidError
+    from keyreid.search.index import INT64_MIN, check_int64
 
     if text is None:
         return None
     try:
-        return [int(t) for t in text.split(",") if t.strip()]
+        values = [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
         raise KeyreidError(f"{option} takes comma-separated integers, got {text!r}") from None
+    return [check_int64(v, option, INT64_MIN if minimum is None else minimum) for v in values]
+
+
+WAIT_HELP = ("Seconds to wait while another process writes the index (an index build/add/remove, or keyreid "
+             "serve's gallery routes) before giving up.")
 
 
 @app.command("build")
@@ -41,6 +47,9 @@ def build(
                                            "of top-k [default: tuned to recall@10 >= 0.95]."),
     storage: Optional[str] = typer.Option(None, "--ivf-storage", help="IVF vectors: flat (exact scores) | fp16 | sq8 "
                                           "(faster probes) [default: flat]; only with --type ivf."),
+    allow_duplicates: bool = typer.Option(False, "--allow-duplicates", help="Build even when two FEATURES folders "
+                                          "hold the same images."),
+    wait: float = typer.Option(300.0, "--wait", min=0, help=WAIT_HELP),
 ) -> None:
     """Build an index over one model's features."""
     from keyreid.search.index import build_index
@@ -48,7 +57,8 @@ def build(
     opts = {k: v for k, v in {"nlist": nlist, "nprobe": nprobe, "ef_search": ef_search, "pq_m": pq_m,
                               "k_factor": k_factor,
                               "qdrant_url": qdrant_url, "storage": storage}.items() if v is not None}
-    index = build_index(output, features, backend=backend, index_type=index_type, **opts)
+    index = build_index(output, features, backend=backend, index_type=index_type, wait_s=wait,
+                        allow_duplicates=allow_duplicates, **opts)
     rep = index.build_report
     how = "exact search" if rep.get("exact") else (
         f"recall@10 {rep['recall@10']:.3f} against exact search on {rep['held_out']} held-out gallery vectors, "
@@ -61,34 +71,33 @@ def build(
 @app.command("add")
 def add(index_path: Path = typer.Argument(..., metavar="INDEX"),
         features: Path = typer.Argument(..., help="FEATURES folder of the same model."),
-        qdrant_url: Optional[str] = typer.Option(None, "--qdrant-url")) -> None:
+        qdrant_url: Optional[str] = typer.Option(None, "--qdrant-url"),
+        allow_duplicates: bool = typer.Option(False, "--allow-duplicates", help="Add the folder even when the "
+                                              "index already holds its images (every image twice)."),
+        wait: float = typer.Option(300.0, "--wait", min=0, help=WAIT_HELP)) -> None:
     """Add a features folder to an index."""
-    from keyreid.search.index import add_features, open_index
+    from keyreid.search.index import add_to_index
 
-    index = open_index(index_path, qdrant_url)
-    ids = add_features(index, features)
+    ids, size = add_to_index(index_path, features, qdrant_url, wait_s=wait, allow_duplicates=allow_duplicates)
     console.print(f"added {len(ids)} vectors (ids {ids.min() if len(ids) else '-'}..{ids.max() if len(ids) else '-'}); "
-                  f"{len(index)} in {index_path}", markup=False, highlight=False)
-    index.close()
+                  f"{size} in {index_path}", markup=False, highlight=False)
 
 
 @app.command("remove")
 def remove(index_path: Path = typer.Argument(..., metavar="INDEX"),
            ids: Optional[str] = typer.Option(None, "--ids", help="Comma-separated ids."),
            camera: Optional[str] = typer.Option(None, "--camera", help="Comma-separated cameras: remove all their images."),
-           qdrant_url: Optional[str] = typer.Option(None, "--qdrant-url")) -> None:
+           qdrant_url: Optional[str] = typer.Option(None, "--qdrant-url"),
+           wait: float = typer.Option(300.0, "--wait", min=0, help=WAIT_HELP)) -> None:
     """Remove vectors by id or by camera."""
     from keyreid.errors import KeyreidError
-    from keyreid.search.index import open_index
+    from keyreid.search.index import remove_from_index
 
-    id_list, cams = _ints(ids, "--ids"), _ints(camera, "--camera")
+    id_list, cams = _ints(ids, "--ids", minimum=0), _ints(camera, "--camera")
     if not id_list and not cams:
         raise KeyreidError("give --ids 1,2,... and/or --camera C")
-    index = open_index(index_path, qdrant_url)
-    n = index.remove(ids=id_list, cameras=cams)
-    index.save()
-    console.print(f"removed {n} vectors; {len(index)} left in {index_path}", markup=False, highlight=False)
-    index.close()
+    n, left = remove_from_index(index_path, ids=id_list, cameras=cams, qdrant_url=qdrant_url, wait_s=wait)
+    console.print(f"removed {n} vectors; {left} left in {index_path}", markup=False, highlight=False)
 
 
 @app.command("info")

@@ -18,10 +18,13 @@ def _cams(text: Optional[str]) -> Optional[set[int]]:
 
     if text is None:
         return None
+    from keyreid.search.index import check_int64
+
     try:
-        return {int(t) for t in text.split(",") if t.strip()}
+        cams = {int(t) for t in text.split(",") if t.strip()}
     except ValueError:
         raise KeyreidError(f"cameras are comma-separated integers, got {text!r}") from None
+    return {check_int64(c, "cameras") for c in cams}
 
 
 def search(

@@ -39,8 +39,10 @@ through an IDSelectorBatch, so a filtered top-k is exact for flat indexes.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Optional
@@ -123,6 +125,19 @@ def default_nlist(n: int) -> int:
         return 1
     target = min(n / 100, 4 * math.sqrt(n))
     return int(min(2 ** max(0, round(math.log2(max(target, 1)))), 2 ** math.floor(math.log2(n / 39))))
+
+
+def _write_faiss(index, tmp: str, path: Path) -> None:
+    """faiss.write_index, its C++ write errors as Python ones: a full disk becomes the OSError
+    atomic_write reports as one line (faiss says it only in its message)."""
+    try:
+        faiss.write_index(index, tmp)
+    except RuntimeError as e:
+        text = str(e)
+        for code in (errno.ENOSPC, errno.EDQUOT):
+            if os.strerror(code) in text:
+                raise OSError(code, os.strerror(code), tmp) from None
+        raise SearchIndexError(f"{path}: faiss could not write the index ({text.splitlines()[0][-300:]})") from None
 
 
 @register_backend("faiss")
@@ -455,10 +470,18 @@ class FaissIndex(GalleryIndex):
         g = int(self.manifest.get("generation") or 0) + 1
         files = {"vectors": f"vectors-{g:06d}.faiss", "metadata": f"metadata-{g:06d}.sqlite"}
         index = self.index
-        atomic_write(self.folder / files["vectors"], lambda tmp: faiss.write_index(index, tmp))
-        self.meta.save_to(self.folder / files["metadata"])
         manifest = dict(self.manifest, generation=g, files=files)
-        atomic_write_text(self.folder / MANIFEST, json.dumps(manifest, indent=1))  # the commit point
+        try:
+            vectors = self.folder / files["vectors"]
+            atomic_write(vectors, lambda tmp: _write_faiss(index, tmp, vectors))
+            self.meta.save_to(self.folder / files["metadata"])
+            atomic_write_text(self.folder / MANIFEST, json.dumps(manifest, indent=1))  # the commit point
+        except BaseException:
+            # the manifest (replaced last, by a rename) still names the previous generation: give
+            # back the space this one took, e.g. on a full disk
+            for f in files.values():
+                (self.folder / f).unlink(missing_ok=True)
+            raise
         self.manifest = manifest
         self._dirty = False
         for old in list(self.folder.glob("vectors-*.faiss")) + list(self.folder.glob("metadata-*.sqlite")):

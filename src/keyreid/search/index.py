@@ -7,15 +7,22 @@ vectors) for normalised indexes, minus the squared L2 distance otherwise.
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
+import re
+import shutil
+import sys
 from abc import ABC, abstractmethod
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import numpy as np
 
 from keyreid.errors import DataError, KeyreidError
+from keyreid.utils.io import LockedError, file_lock
 from keyreid.utils.registry import Registry
 
 FORMAT = "keyreid-index"
@@ -23,6 +30,17 @@ VERSION = 1
 MANIFEST = "manifest.json"
 INDEX_TYPES = ("flat", "ivf", "hnsw", "pq", "auto")
 NORM_TOLERANCE = 1e-3  # float16 storage keeps unit norms to ~1e-4
+INT64_MIN, INT64_MAX = -2 ** 63, 2 ** 63 - 1  # ids and cameras are SQLite / faiss 64-bit integers
+
+# One writer at a time: every change (index build / add / remove, keyreid serve's gallery
+# routes) runs under an exclusive flock on this file, and reads the manifest only once it holds
+# it, so no writer saves over another's additions. The OS drops the lock when its holder dies.
+LOCK = ".keyreid-index.lock"
+WRITE_WAIT_S = 300.0
+# What a killed writer can leave behind: atomic_write's temporaries (mkstemp: name.XXXXXXXX.tmp)
+# and faiss generation files that no manifest names. Removed only under the lock.
+_OUR_TMP = re.compile(r"^(manifest\.json|vectors-\d{6}\.faiss|metadata-\d{6}\.sqlite)\.[A-Za-z0-9_]{8}\.tmp$")
+_GENERATION = re.compile(r"^(vectors-\d{6}\.faiss|metadata-\d{6}\.sqlite)$")
 
 BACKENDS = Registry("index backend", builtin=["keyreid.search.faiss_backend",
                                               "keyreid.search.qdrant_backend"])
@@ -115,6 +133,12 @@ class GalleryIndex(ABC):
 
     def close(self) -> None:
         """Release files or connections (Qdrant's local mode locks its folder while open)."""
+
+    def recover(self) -> bool:
+        """Undo what a killed writer left half-done (called under the writer lock); True when
+        something was repaired. Backends whose manifest is their only commit point have nothing
+        to undo."""
+        return False
 
     # ------------------------------------------------------------------ shared checks
     def check_vectors(self, vectors: np.ndarray, fingerprint: str, what: str = "features") -> np.ndarray:
@@ -215,6 +239,14 @@ def rows_metadata(rows: list[dict]) -> list[dict]:
     return [{k: r.get(k) for k in META_KEYS} for r in rows]
 
 
+def check_int64(value: int, what: str, minimum: int = INT64_MIN) -> int:
+    """`value` when it fits the 64-bit integers ids and cameras are stored as, else a clear error
+    (SQLite and faiss would fail with an overflow deep inside)."""
+    if not minimum <= int(value) <= INT64_MAX:
+        raise KeyreidError(f"{what}: {value} is out of range ({minimum} to {INT64_MAX}, 64-bit integers)")
+    return int(value)
+
+
 def _backend(name: str):
     try:
         return BACKENDS.get(name)
@@ -222,20 +254,133 @@ def _backend(name: str):
         raise KeyreidError(f"unknown index backend {name!r}; known: {BACKENDS.names()}") from None
 
 
+# ---------------------------------------------------------------------- one writer at a time
+@contextmanager
+def index_lock(folder: Path, wait_s: float = WRITE_WAIT_S,
+               waiting: Optional[Callable[[str], None]] = None) -> Iterator[None]:
+    """Hold INDEX's writer lock for the block (the folder must exist). Another holder is waited
+    for up to `wait_s` seconds (`waiting` is told once that we wait), then LockedError."""
+    folder = Path(folder)
+    busy = (f"{folder}: another keyreid process is writing this index (an index build/add/remove, or keyreid "
+            f"serve's gallery routes) and did not finish within {wait_s:g} s; run again when it has finished "
+            "(--wait SECONDS waits longer)")
+    held = ExitStack()
+    try:
+        held.enter_context(file_lock(folder / LOCK, 0, busy))
+    except LockedError:
+        if wait_s <= 0:
+            raise
+        if waiting is not None:
+            waiting(f"{folder}: another keyreid process is writing this index; waiting up to {wait_s:g} s for it")
+        held.enter_context(file_lock(folder / LOCK, wait_s, busy))
+    with held:
+        yield
+
+
+def _waiting_note(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def stale_files(folder: Path, manifest: Optional[dict]) -> list[Path]:
+    """What killed writers left in `folder`: our temporaries, and (faiss, or no index yet) the
+    generation files the manifest does not name. Only safe to delete under the writer lock."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    named: set = set()
+    generations = manifest is None or manifest.get("backend") == "faiss"
+    if manifest is not None and isinstance(manifest.get("files"), dict):
+        named = set(manifest["files"].values())
+    out = []
+    for p in folder.iterdir():
+        if _OUR_TMP.match(p.name) and p.is_file():
+            out.append(p)
+        elif generations and _GENERATION.match(p.name) and p.name not in named and p.is_file():
+            out.append(p)
+    return out
+
+
+def _remove_stale(folder: Path, manifest: Optional[dict]) -> None:
+    for p in stale_files(folder, manifest):
+        p.unlink(missing_ok=True)
+
+
+def _build_target_problem(out: Path) -> Optional[str]:
+    """Why `out` cannot receive a new index, or None. A folder holding only our lock file and what
+    a killed build of ours left (temporaries, generation files, local Qdrant storage, a manifest
+    marked unfinished) may be built into again: the lock file proves the build that made the
+    rest found the folder empty."""
+    if (out / MANIFEST).exists():
+        try:
+            unfinished = bool(json.loads((out / MANIFEST).read_text(encoding="utf-8")).get("building"))
+        except (OSError, ValueError, AttributeError):
+            unfinished = False
+        if not unfinished or not (out / LOCK).exists():
+            return "already holds an index; add to it with `keyreid index add`, or choose another -o"
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        return "exists and is not an empty folder; choose another -o"
+    names = {p.name for p in out.iterdir()}
+    if not names:
+        return None
+    ours = LOCK in names and all(n in (LOCK, MANIFEST, "qdrant") or _OUR_TMP.match(n) or _GENERATION.match(n)
+                                 for n in names)
+    return None if ours else "exists and is not an empty folder; choose another -o"
+
+
+def _clear_killed_build(out: Path) -> None:
+    """Under the lock: remove what a killed `index build` left in `out` (see _build_target_problem)."""
+    manifest = None
+    if (out / MANIFEST).exists():
+        manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+        url = (manifest.get("params") or {}).get("url")
+        if manifest.get("backend") == "qdrant" and url:
+            # the build writes its manifest only after it created this collection (and it refuses
+            # to reuse an existing one), so the collection is the killed build's own
+            from keyreid.search.qdrant_backend import _client
+
+            client = _client(out, url)
+            try:
+                if client.collection_exists(manifest["params"]["collection"]):
+                    client.delete_collection(manifest["params"]["collection"])
+            finally:
+                client.close()
+    if (out / "qdrant").is_dir():
+        shutil.rmtree(out / "qdrant")
+    _remove_stale(out, None)
+    if manifest is not None:
+        (out / MANIFEST).unlink()
+
+
+def features_digest(fs) -> str:
+    """What identifies a features folder's images: the model and every row's metadata (the same
+    images embedded by the same model give the same vectors, so vectors need not be hashed)."""
+    h = hashlib.sha256(str(fs.manifest["fingerprint"]).encode())
+    for r in fs.rows:
+        h.update(json.dumps({k: r.get(k) for k in META_KEYS}, sort_keys=True).encode() + b"\n")
+    return h.hexdigest()
+
+
+def _source(folder: Path, digest: str, ids: np.ndarray) -> dict:
+    return {"features": str(Path(folder).resolve()), "digest": digest, "count": int(len(ids)),
+            "first_id": int(ids.min()) if len(ids) else None, "last_id": int(ids.max()) if len(ids) else None}
+
+
 def build_index(out: Path, features: list[Path], backend: str = "faiss", index_type: str = "flat",
-                **opts) -> GalleryIndex:
+                wait_s: float = WRITE_WAIT_S, allow_duplicates: bool = False, **opts) -> GalleryIndex:
     """A new index at `out` over every row of the features folders (all from one model).
 
-    `out` must not hold an index already (use `add`), so nothing of the user's is replaced."""
+    `out` must not hold an index already (use `add`), so nothing of the user's is replaced; what a
+    killed build of ours left there is cleared first."""
     from keyreid.search.features import read_features
 
     out = Path(out)
     if index_type not in INDEX_TYPES:
         raise KeyreidError(f"--type must be one of {INDEX_TYPES}, got {index_type!r}")
-    if (out / MANIFEST).exists():
-        raise DataError(out, "already holds an index; add to it with `keyreid index add`, or choose another -o")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise DataError(out, "exists and is not an empty folder; choose another -o")
+    problem = _build_target_problem(out)
+    if problem:
+        raise DataError(out, problem)
     if not features:
         raise KeyreidError("give at least one FEATURES folder")
     sets = [read_features(Path(f)) for f in features]
@@ -244,15 +389,33 @@ def build_index(out: Path, features: list[Path], backend: str = "faiss", index_t
         check_vectors(first, np.zeros((0, first["dim"]), np.float32), s.manifest["fingerprint"], f"features {f}")
         if s.manifest["dim"] != first["dim"]:
             raise SearchIndexError(f"features {f} are {s.manifest['dim']}-d, {features[0]} are {first['dim']}-d")
+    digests = [features_digest(s) for s in sets]
+    if not allow_duplicates:
+        for j, d in enumerate(digests):
+            if d in digests[:j]:
+                raise DataError(features[j], f"holds the same images as {features[digests.index(d)]}; building from "
+                                             "both would duplicate every image (--allow-duplicates to do it anyway)")
     vectors = np.concatenate([s.vectors for s in sets]) if len(sets) > 1 else sets[0].vectors
     rows = [r for s in sets for r in s.rows]
     extra = {"checkpoint": first.get("checkpoint"), "flip": bool(first.get("flip", False)),
-             "model": first.get("model", {})}
-    index = _backend(backend).create(out, index_type=index_type, fingerprint=first["fingerprint"],
-                                     dim=first["dim"], normalized=first["normalized"],
-                                     distance=first["distance"], vectors=vectors, extra=extra, **opts)
-    add_calibrated(index, vectors, rows_metadata(rows), first["fingerprint"])
-    index.save()
+             "model": first.get("model", {}), "building": True}
+    out.mkdir(parents=True, exist_ok=True)
+    with index_lock(out, wait_s, _waiting_note):
+        problem = _build_target_problem(out)  # another build may have finished while we waited
+        if problem:
+            raise DataError(out, problem)
+        _clear_killed_build(out)
+        index = _backend(backend).create(out, index_type=index_type, fingerprint=first["fingerprint"],
+                                         dim=first["dim"], normalized=first["normalized"],
+                                         distance=first["distance"], vectors=vectors, extra=extra, **opts)
+        ids = add_calibrated(index, vectors, rows_metadata(rows), first["fingerprint"])
+        start, sources = 0, []
+        for f, s, d in zip(features, sets, digests):
+            sources.append(_source(f, d, ids[start:start + len(s.rows)]))
+            start += len(s.rows)
+        index.manifest["sources"] = sources
+        index.manifest.pop("building", None)
+        index.save()
     return index
 
 
@@ -277,22 +440,86 @@ def add_calibrated(index: GalleryIndex, vectors: np.ndarray, metadata: list[dict
     return ids
 
 
-def add_features(index: GalleryIndex, features: Path) -> np.ndarray:
+def add_features(index: GalleryIndex, features: Path, allow_duplicates: bool = False) -> np.ndarray:
+    """Add a features folder to an open index and save. A folder whose images the index already
+    holds (same digest, recorded in the manifest's sources) is refused unless allow_duplicates.
+    The caller holds the writer lock (see add_to_index)."""
     from keyreid.search.features import read_features
 
     fs = read_features(Path(features))
+    digest = features_digest(fs)
+    seen = [s for s in index.manifest.get("sources") or [] if s.get("digest") == digest]
+    if seen and not allow_duplicates:
+        s = seen[0]
+        where = f" as ids {s['first_id']}..{s['last_id']}" if s.get("first_id") is not None else ""
+        raise DataError(features, f"its images are already in the index (added from {s['features']}{where}); "
+                                  "adding them again would duplicate every image (--allow-duplicates to do it anyway)")
     ids = index.add(fs.vectors, rows_metadata(fs.rows), fs.manifest["fingerprint"])
+    index.manifest["sources"] = list(index.manifest.get("sources") or []) + [_source(features, digest, ids)]
     index.save()
     return ids
 
 
-def open_index(path: Path, qdrant_url: Optional[str] = None) -> GalleryIndex:
-    """Open an index lazily: only the manifest is read now, vectors and metadata when needed."""
-    manifest = read_index_manifest(Path(path))
-    return _backend(manifest["backend"]).open(Path(path), manifest, qdrant_url=qdrant_url)
+def add_to_index(path: Path, features: Path, qdrant_url: Optional[str] = None, wait_s: float = WRITE_WAIT_S,
+                 allow_duplicates: bool = False) -> tuple[np.ndarray, int]:
+    """`keyreid index add`: under the writer lock, the index as it is on disk now gets the folder;
+    returns the new ids and the index's new size."""
+    path = Path(path)
+    read_index_manifest(path)  # a clear error before any lock file is made
+    with index_lock(path, wait_s, _waiting_note):
+        index = open_index(path, qdrant_url, locked=True)
+        try:
+            ids = add_features(index, features, allow_duplicates)
+            return ids, len(index)
+        finally:
+            index.close()
 
 
-__all__ = ["BACKENDS", "GalleryIndex", "Hit", "INDEX_TYPES", "SearchIndexError", "SearchFilter", "add_calibrated", "add_features",
-           "exact_neighbours", "recall_at_10",
+def remove_from_index(path: Path, ids: Optional[list[int]] = None, cameras: Optional[list[int]] = None,
+                      qdrant_url: Optional[str] = None, wait_s: float = WRITE_WAIT_S) -> tuple[int, int]:
+    """`keyreid index remove` under the writer lock: (vectors removed, vectors left)."""
+    path = Path(path)
+    read_index_manifest(path)
+    with index_lock(path, wait_s, _waiting_note):
+        index = open_index(path, qdrant_url, locked=True)
+        try:
+            n = index.remove(ids=ids, cameras=cameras)
+            index.save()
+            return n, len(index)
+        finally:
+            index.close()
+
+
+def open_index(path: Path, qdrant_url: Optional[str] = None, locked: bool = False) -> GalleryIndex:
+    """Open an index lazily: only the manifest is read now, vectors and metadata when needed.
+
+    `locked`: the caller holds the writer lock, so what a killed writer left is cleared and
+    undone now. A reader that finds such leftovers does the same when it can take the lock at
+    once (nobody is writing); otherwise it opens the index as it is."""
+    path = Path(path)
+    manifest = read_index_manifest(path)
+    if manifest.get("building"):
+        raise DataError(path, "holds an unfinished `keyreid index build` (was it killed?); run the same build "
+                              "again to redo it")
+    if not locked and (manifest.get("pending") or stale_files(path, manifest)):
+        try:
+            with index_lock(path, 0):
+                return open_index(path, qdrant_url, locked=True)
+        except LockedError:
+            pass  # a writer is at work: its changes count once it saves
+        except OSError as e:
+            if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise  # a read-only index: left as it is
+    if locked:
+        _remove_stale(path, manifest)
+    index = _backend(manifest["backend"]).open(path, manifest, qdrant_url=qdrant_url)
+    if locked and manifest.get("pending"):
+        index.recover()
+    return index
+
+
+__all__ = ["BACKENDS", "GalleryIndex", "Hit", "INDEX_TYPES", "INT64_MAX", "INT64_MIN", "LOCK", "SearchIndexError",
+           "SearchFilter", "WRITE_WAIT_S", "add_calibrated", "add_features", "add_to_index", "check_int64",
+           "exact_neighbours", "features_digest", "index_lock", "recall_at_10", "remove_from_index",
            "build_index", "check_vectors", "new_manifest", "open_index", "read_index_manifest",
            "register_backend", "rows_metadata"]

@@ -8,7 +8,9 @@ from any thread (one lock around every statement), e.g. by the HTTP service's wo
 
 from __future__ import annotations
 
+import errno
 import functools
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -141,6 +143,11 @@ class MetadataStore:
             target = sqlite3.connect(tmp)
             try:
                 self.conn.backup(target)
+            except sqlite3.OperationalError as e:
+                if getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "full" in str(e):
+                    # SQLite's word for a full disk: the OSError atomic_write reports as one line
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), tmp) from None
+                raise DataError(path, f"cannot write the index metadata ({e})") from None
             finally:
                 target.close()
 

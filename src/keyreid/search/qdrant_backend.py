@@ -7,13 +7,20 @@ vectors and shift scores in the last bits), EUCLID otherwise, reported as minus 
 distance like faiss. Type "flat" searches exactly (`exact=True`); "hnsw" uses Qdrant's graph.
 
 Durability is Qdrant's own (its write-ahead log); INDEX/manifest.json (collection, url, count)
-is replaced atomically on save.
+is replaced atomically on save, and a save is the commit point of every change since the last:
+before points are upserted or deleted the manifest is rewritten with ``pending`` (the batch
+tokens of the additions not yet saved, each point carrying its token in the payload), so a
+writer killed at any moment leaves a manifest that says what to undo. `recover` (run by the
+next writer, under the writer lock) deletes those points again and recounts the collection:
+the index loads, counts what it holds and takes the rerun of the add.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import sqlite3
+import uuid
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -22,11 +29,12 @@ import numpy as np
 from keyreid.errors import DataError, KeyreidError
 from keyreid.search.index import (MANIFEST, GalleryIndex, Hit, SearchFilter, SearchIndexError, check_vectors,
                                   exact_neighbours, new_manifest, recall_at_10, register_backend)
-from keyreid.utils.io import atomic_write_text
+from keyreid.utils.io import DiskFullError, atomic_write_text
 
 AUTO_FLAT_MAX = 50_000
 UPSERT_BATCH = 512
 LOCAL_DIR = "qdrant"
+BATCH_KEY = "keyreid_batch"  # payload key: which add a point came with (see the module docstring)
 
 
 def _models():
@@ -77,6 +85,7 @@ class QdrantIndex(GalleryIndex):
         self.url = url if url is not None else manifest["params"].get("url")
         self._client = client
         self.build_report: dict = {}
+        self._batches: list[str] = []  # tokens of the additions since the last save
 
     @property
     def client(self):
@@ -181,17 +190,51 @@ class QdrantIndex(GalleryIndex):
         if len(metadata) != len(v):
             raise SearchIndexError(f"{len(metadata)} metadata rows for {len(v)} vectors")
         ids = self.assign_ids(len(v), ids)
+        if len(v) == 0:
+            return ids
         taken = self._existing(ids)
         if taken:
             raise SearchIndexError(f"ids already in the index: {sorted(taken)[:5]}")
-        for s in range(0, len(v), UPSERT_BATCH):
-            sl = slice(s, s + UPSERT_BATCH)
-            self.client.upsert(self.collection, m.Batch(
-                ids=[int(i) for i in ids[sl]], vectors=v[sl].tolist(),
-                payloads=[{k: md.get(k) for k in ("path", "pid", "camid", "timestamp", "track")}
-                          for md in metadata[sl]]), wait=True)
+        token = uuid.uuid4().hex
+        self._batches.append(token)
+        # reserve the ids first: a kill from here on is undone by the next writer
+        self.manifest["next_id"] = max(int(self.manifest["next_id"]), int(ids.max()) + 1)
+        self._write_pending()
+        try:
+            for s in range(0, len(v), UPSERT_BATCH):
+                sl = slice(s, s + UPSERT_BATCH)
+                self.client.upsert(self.collection, m.Batch(
+                    ids=[int(i) for i in ids[sl]], vectors=v[sl].tolist(),
+                    payloads=[{**{k: md.get(k) for k in ("path", "pid", "camid", "timestamp", "track")},
+                               BATCH_KEY: token} for md in metadata[sl]]), wait=True)
+        except sqlite3.OperationalError as e:  # local mode keeps its points in SQLite
+            if "full" not in str(e):
+                raise
+            raise DiskFullError(f"{self.folder / LOCAL_DIR}: no space left on the device while adding vectors; "
+                                "the index keeps what it held before (the points of this add are taken out "
+                                "again by the next index add/remove); free some space and run again") from None
         self._after_add(ids)
         return ids
+
+    def _write_pending(self) -> None:
+        atomic_write_text(self.folder / MANIFEST, json.dumps(dict(self.manifest, pending={"batches": self._batches}),
+                                                             indent=1))
+
+    def recover(self) -> bool:
+        """Undo the unsaved changes a killed writer left (see the module docstring); runs under
+        the writer lock."""
+        pending = self.manifest.get("pending")
+        if not pending:
+            return False
+        m = _models()
+        batches = [str(b) for b in pending.get("batches") or []]
+        if batches:
+            self.client.delete(self.collection, m.FilterSelector(filter=m.Filter(
+                must=[m.FieldCondition(key=BATCH_KEY, match=m.MatchAny(any=batches))])), wait=True)
+        self.manifest = {k: v for k, v in self.manifest.items() if k != "pending"}
+        self.manifest["count"] = self._count()
+        self.save()
+        return True
 
     def _existing(self, ids: Iterable[int]) -> set[int]:
         ids = [int(i) for i in ids]
@@ -208,6 +251,7 @@ class QdrantIndex(GalleryIndex):
         m = _models()
         before = self._count()
         ids = [int(i) for i in (ids or [])]
+        self._write_pending()  # a kill mid-delete: the next writer recounts
         if ids:
             self.client.delete(self.collection, m.PointIdsList(points=ids), wait=True)
         if cameras is not None:
@@ -242,6 +286,7 @@ class QdrantIndex(GalleryIndex):
 
     def save(self) -> None:
         atomic_write_text(self.folder / MANIFEST, json.dumps(self.manifest, indent=1))
+        self._batches = []
 
     def close(self) -> None:
         if self._client is not None:

@@ -2,7 +2,8 @@
 
 Every refusal is a JSON body {"error": one line, "reason": label[, "field": name]} with the
 status that says why (400 corrupt image, 401/403 admin, 404 unknown id, 413 too large, 415 not
-an image, 422 bad option, 503 busy); each is counted in /metrics by reason."""
+an image, 422 bad option, 503 busy or the index locked by another writer, 507 disk full); each
+is counted in /metrics by reason."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import base64
 import hmac
 import io
 import logging
+import math
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -27,14 +29,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from keyreid.errors import KeyreidError
+from keyreid.search.index import INT64_MAX, INT64_MIN
 from keyreid.serve.limits import LOOPBACK_NAMES, BodySizeLimit, HostCheck
 from keyreid.serve.metrics import Metrics, MetricsMiddleware
 from keyreid.serve.options import OptionError, parse_options
 from keyreid.serve.pool import InferencePool, Overloaded
 from keyreid.serve.service import Explain, NotFound, Query, SearchService, Unavailable
 from keyreid.serve.uploads import UploadError, decode_upload
+from keyreid.utils.io import DiskFullError, LockedError
 
 STATIC = Path(__file__).parent / "static"
+LOCKED_RETRY_S = 5
 log = logging.getLogger("keyreid.serve")
 
 
@@ -111,6 +116,10 @@ def _meta_fields(fields: dict[str, str]) -> dict:
                 meta[key] = cast(fields[key])
             except ValueError:
                 raise OptionError(key, f"must be a number, got {fields[key]!r}") from None
+            if cast is int and not INT64_MIN <= meta[key] <= INT64_MAX:
+                raise OptionError(key, f"must fit in 64 bits ({INT64_MIN} to {INT64_MAX}), got {meta[key]}")
+            if cast is float and not math.isfinite(meta[key]):
+                raise OptionError(key, "must be a finite number")
     unknown = sorted(set(fields) - {"pid", "camid", "track", "timestamp"})
     if unknown:
         raise OptionError(unknown[0], "unknown field; known: pid, camid, track, timestamp")
@@ -148,6 +157,10 @@ def create_app(service: SearchService, settings: Optional[ServeSettings] = None)
             return _error(404, "not_found", str(e), metrics)
         if isinstance(e, Unavailable):
             return _error(501, "unavailable", str(e), metrics)
+        if isinstance(e, LockedError):
+            return _error(503, "index_locked", str(e), metrics, retry_after=LOCKED_RETRY_S)
+        if isinstance(e, DiskFullError):
+            return _error(507, "disk_full", str(e), metrics)
         log.error("request failed: %s", e)
         return _error(500, "internal", str(e), metrics)
 
@@ -233,7 +246,7 @@ def create_app(service: SearchService, settings: Optional[ServeSettings] = None)
         }
 
     @api.post("/api/explain")
-    async def explain(request: Request, gallery_id: int = Query_(ge=0)):
+    async def explain(request: Request, gallery_id: int = Query_(ge=0, le=INT64_MAX)):
         """Similarity Grad-CAM of the uploaded query and gallery image `gallery_id`."""
         data, fields = await _read_upload(request)
         if fields:
@@ -256,12 +269,12 @@ def create_app(service: SearchService, settings: Optional[ServeSettings] = None)
                 "size": len(service.index)}
 
     @api.get("/api/gallery/{gallery_id}/thumbnail")
-    def thumbnail(gallery_id: int = PathParam(ge=0)):
+    def thumbnail(gallery_id: int = PathParam(ge=0, le=INT64_MAX)):
         return Response(service.thumbnail(gallery_id), media_type="image/jpeg",
                         headers={"Cache-Control": "max-age=300"})
 
     @api.get("/api/gallery/{gallery_id}/image")
-    def image(gallery_id: int = PathParam(ge=0)):
+    def image(gallery_id: int = PathParam(ge=0, le=INT64_MAX)):
         buf = io.BytesIO()
         service.gallery_image(gallery_id).save(buf, "PNG")
         return Response(buf.getvalue(), media_type="image/png")
@@ -277,7 +290,7 @@ def create_app(service: SearchService, settings: Optional[ServeSettings] = None)
         return {"id": new_id, "size": len(service.index), "thumbnail": f"/api/gallery/{new_id}/thumbnail"}
 
     @api.delete("/api/gallery/{gallery_id}")
-    async def remove_image(request: Request, gallery_id: int = PathParam(ge=0)):
+    async def remove_image(request: Request, gallery_id: int = PathParam(ge=0, le=INT64_MAX)):
         require_admin(request)
         out = await run_in_threadpool(service.remove, gallery_id)
         return {**out, "size": len(service.index)}

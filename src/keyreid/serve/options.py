@@ -7,6 +7,7 @@ import math
 from typing import Mapping, Optional
 
 from keyreid.errors import KeyreidError
+from keyreid.search.index import INT64_MAX
 from keyreid.serve.service import SearchOptions
 
 FIELDS = ("top_k", "cameras", "exclude_cameras", "after", "before", "rerank")
@@ -32,6 +33,8 @@ def _cameras(field: str, text: str) -> Optional[set[int]]:
     cams = {_int(field, p) for p in parts}
     if any(c < 0 for c in cams):
         raise OptionError(field, "camera ids are non-negative")
+    if any(c > INT64_MAX for c in cams):
+        raise OptionError(field, f"camera ids are 64-bit integers, at most {INT64_MAX}; got {max(cams)}")
     return cams
 
 

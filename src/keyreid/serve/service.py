@@ -9,11 +9,17 @@ identical whatever the load (tests/test_serve_api.py checks it under 16 concurre
 
 The index is used from one thread only: backends may hold objects bound to the thread that
 opened them (the faiss backend's SQLite metadata does), and one owner thread also serialises
-searches with additions and removals."""
+searches with additions and removals.
+
+Other processes may change the index while it is served (`keyreid index add/remove`): every
+gallery change here takes the index's writer lock (keyreid.search.index.index_lock), reopens
+the index when its manifest on disk is no longer the one served, and only then adds or removes,
+so ids are never reused and no one's additions are saved over."""
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import threading
 import uuid
@@ -28,11 +34,13 @@ import torch
 from PIL import Image
 
 from keyreid.errors import KeyreidError
-from keyreid.search.index import GalleryIndex, Hit, SearchFilter, SearchIndexError
-from keyreid.utils.io import atomic_write
+from keyreid.search.index import (GalleryIndex, Hit, SearchFilter, SearchIndexError, index_lock, open_index,
+                                  read_index_manifest)
+from keyreid.utils.io import LockedError, atomic_write
 
 THUMBNAIL_HEIGHT = 160
 THUMBNAIL_CACHE = 4096
+WRITE_WAIT_S = 10.0  # an HTTP client waits this long for another writer, then gets 503
 
 
 @dataclass
@@ -80,7 +88,7 @@ class Unavailable(KeyreidError):
 
 class SearchService:
     def __init__(self, model, index: GalleryIndex, uploads_dir: Path, flip: Optional[bool] = None,
-                 max_top_k: int = 100, rerank_candidates: int = 100):
+                 max_top_k: int = 100, rerank_candidates: int = 100, write_wait_s: float = WRITE_WAIT_S):
         manifest = index.manifest
         if model.fingerprint != manifest["fingerprint"]:
             raise KeyreidError(f"the index was built with model {manifest['fingerprint']} but the checkpoint is "
@@ -93,6 +101,7 @@ class SearchService:
         self.flip = bool(manifest.get("flip", False)) if flip is None else flip
         self.max_top_k = max_top_k
         self.rerank_candidates = rerank_candidates
+        self.write_wait_s = write_wait_s
         self._index_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keyreid-index")
         self.skeleton = getattr(model, "skeleton", None)
         # only a torch model exposes its full output; an ONNX model gives embeddings only
@@ -102,6 +111,7 @@ class SearchService:
         self._thumb_lock = threading.Lock()
         self._explain_net = None
         self._explain_lock = threading.Lock()
+        self._manifest_key = self._manifest_stat()
 
     def on_index(self, fn, *args):
         """Run fn(*args) in the index's owner thread and return its result."""
@@ -112,6 +122,59 @@ class SearchService:
     def close(self) -> None:
         self._index_thread.submit(self.index.close).result()
         self._index_thread.shutdown()
+
+    def _writing(self, fn):
+        """fn() in the index thread, under the writer lock, on the index as it is on disk now."""
+        folder = getattr(self.index, "folder", None)
+        if folder is None:  # an index without a folder has no other writers
+            return self.on_index(fn)
+
+        def locked():
+            with index_lock(folder, self.write_wait_s):
+                self._reload_if_changed(folder)
+                return fn()
+
+        return self.on_index(locked)
+
+    def _manifest_stat(self) -> Optional[tuple]:
+        folder = getattr(self.index, "folder", None)
+        try:
+            st = (Path(folder) / "manifest.json").stat() if folder is not None else None
+        except OSError:
+            return None
+        return None if st is None else (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def _refresh(self) -> None:
+        """Before a search (in the index thread): when the manifest file changed since we last
+        looked (a CLI `index add/remove` finished), reopen the index so searches see its images.
+        A stat per search; a writer still at work is not waited for (we serve the copy we have,
+        which stays consistent, and look again at the next search)."""
+        key = self._manifest_stat()
+        if key is None or key == self._manifest_key:
+            return
+        folder = Path(self.index.folder)
+        try:
+            with index_lock(folder, 0):
+                self._reload_if_changed(folder)
+        except LockedError:
+            return
+        self._manifest_key = self._manifest_stat()
+
+    def _reload_if_changed(self, folder: Path) -> None:
+        """Reopen the index when another process saved it since we opened it (or left a change
+        to undo): writing from the stale copy would reuse its ids and drop its additions."""
+        on_disk = read_index_manifest(folder)
+        if on_disk == json.loads(json.dumps(self.index.manifest)) and not on_disk.get("pending"):
+            return
+        if on_disk["fingerprint"] != self.model.fingerprint or on_disk["dim"] != self.model.dim:
+            raise KeyreidError(f"{folder}: the index on disk now holds model {on_disk['fingerprint']}, the service "
+                               f"serves {self.model.fingerprint}; restart the service with the right checkpoint")
+        url = getattr(self.index, "url", None) if on_disk["backend"] == "qdrant" else None
+        self.index.close()  # Qdrant's local mode admits one client per folder
+        self.index = open_index(folder, url, locked=True)
+        with self._thumb_lock:
+            self._thumbs.clear()  # ids removed elsewhere must not keep their thumbnails
+        self._manifest_key = self._manifest_stat()
 
     # ------------------------------------------------------------------ embedding
     def embed_batch(self, images: list[Image.Image]) -> tuple[np.ndarray, Optional[np.ndarray]]:
@@ -183,6 +246,7 @@ class SearchService:
     # ------------------------------------------------------------------ search
     def search_vector(self, vector: np.ndarray, opts: SearchOptions) -> list[tuple[Hit, Optional[float]]]:
         filt = opts.filter()
+        self.on_index(self._refresh)
         if not opts.rerank:
             return [(h, None) for h in self.on_index(self.index.search, vector[None], opts.top_k, filt)[0]]
 
@@ -272,7 +336,7 @@ class SearchService:
             return ids
 
         try:
-            ids = self.on_index(add_and_save)
+            ids = self._writing(add_and_save)
         except BaseException:
             path.unlink(missing_ok=True)
             raise
@@ -287,7 +351,7 @@ class SearchService:
             self.index.save()
             return meta
 
-        meta = self.on_index(remove_and_save)
+        meta = self._writing(remove_and_save)
         with self._thumb_lock:
             self._thumbs.pop(gallery_id, None)
         path = Path(meta.get("path") or "")
