@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -217,3 +218,33 @@ def test_poses_writes_canonical_json_and_picture(synth_root, tmp_path, monkeypat
     assert code == 2 and "keypoint sidecar not found" in one_error_line(err)
     code, _, err = run_cli(["generate", "poses", tmp_path / "none", "-o", out], monkeypatch, capsys)
     assert code == 2 and "dataset root not found" in one_error_line(err)
+
+
+def test_render_reads_16_bit_images_as_their_8_bit_twin_and_refuses_bombs(trained, person, tmp_path,
+                                                                          monkeypatch, capsys):
+    """generate render reads its source through the one image reader: a 16-bit grey PNG gives the
+    8-bit twin's picture, a decompression bomb is one line, exit 2."""
+    import PIL.Image
+
+    image, keypoints = person
+    pose = tmp_path / "pose.json"
+    pose.write_text(json.dumps(keypoints))
+    grey = np.asarray(Image.open(image).convert("L"))
+    Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "sixteen.png")
+    Image.fromarray(grey).save(tmp_path / "eight.png")
+    outs = []
+    for name in ("sixteen", "eight"):
+        out = tmp_path / f"{name}_out.png"
+        code, _, err = run_cli(["generate", "render", trained["test_fake"], tmp_path / f"{name}.png", "--pose", pose,
+                                "-o", out], monkeypatch, capsys)
+        assert code == 0, err
+        outs.append(np.asarray(Image.open(out)))
+    assert np.array_equal(outs[0], outs[1])
+
+    w, h = Image.open(image).size
+    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", (w * h) // 3)
+    code, _, err = run_cli(["generate", "render", trained["test_fake"], image, "--pose", pose,
+                            "-o", tmp_path / "bomb_out.png"], monkeypatch, capsys)
+    line = one_error_line(err)
+    assert code == 2 and "decompression-bomb" in line and Path(image).name in line
+    assert not (tmp_path / "bomb_out.png").exists()

@@ -126,6 +126,21 @@ def test_render_frames_green_for_same_identity(built, tmp_path):
         assert tuple(png[y0 + BORDER // 2, x0 + 20]) == want
 
 
+def test_render_writes_the_format_its_name_says(built, tmp_path, monkeypatch, capsys):
+    """--render x.jpg holds JPEG bytes (it held PNG under .jpg), .png PNG; another suffix is one
+    line before any work."""
+    work, _ = built
+    query = read_features(work / "features").rows[2]["path"]
+    for name, magic in (("ranked.jpg", b"\xff\xd8\xff"), ("ranked.JPEG", b"\xff\xd8\xff"),
+                        ("ranked.png", b"\x89PNG")):
+        cli("search", work / "index", query, "--top-k", 2, "--render", tmp_path / name, "--device", "cpu")
+        assert (tmp_path / name).read_bytes()[:len(magic)] == magic, name
+        assert Image.open(tmp_path / name).format == ("PNG" if magic == b"\x89PNG" else "JPEG")
+    one_error_line(main_error(monkeypatch, capsys, "search", work / "index", query, "--render",
+                              tmp_path / "ranked.bmpx", "--device", "cpu"), "ranked.bmpx", "picture format")
+    assert not (tmp_path / "ranked.bmpx").exists()
+
+
 def test_index_info_add_remove(built, tmp_path):
     work, _ = built
     import shutil

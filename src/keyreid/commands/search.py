@@ -52,6 +52,10 @@ def search(
     from keyreid.search.index import SearchFilter, open_index
     from keyreid.search.rerank import CANDIDATES, rerank_hits
 
+    if render is not None:
+        from keyreid.viz.report import figure_format
+
+        figure_format(render)   # a name without a picture suffix: said before any work
     index = open_index(index_path, qdrant_url)
     m = index.manifest
     if checkpoint is None:

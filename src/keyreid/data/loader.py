@@ -6,45 +6,12 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset as TorchDataset
 
 from keyreid.data.records import Sample
 from keyreid.data.transforms import KeypointTransform
-from keyreid.errors import DataError
-
-
-class ImageReadError(DataError):
-    """An image that cannot be read, raised as one line even from a DataLoader worker.
-
-    torch re-raises a worker's exception in the main process as `type(e)(text)`, where `text`
-    is "Caught ... in DataLoader worker ...\nOriginal Traceback ...\n<module>.ImageReadError:
-    <path>: <problem>". A one-argument call therefore keeps only that last line, so the user
-    sees the file and the problem, not two tracebacks.
-    """
-
-    def __init__(self, path, problem: Optional[str] = None):
-        if problem is None:  # rebuilt from a worker's formatted traceback
-            lines = [ln for ln in str(path).splitlines() if ln.strip()]
-            last = lines[-1] if lines else str(path)
-            head, sep, rest = last.partition(f"{type(self).__name__}: ")
-            super().__init__(None, rest if sep else last)
-        else:
-            super().__init__(path, problem)
-
-
-def read_image(path: str) -> Image.Image:
-    """Open and fully decode an image, or raise ImageReadError naming the file and the problem."""
-    try:
-        with Image.open(path) as im:
-            im.load()  # decode now: a truncated file fails here, not in a worker later
-            return im.convert("RGB")
-    except FileNotFoundError:
-        raise ImageReadError(path, "image file not found") from None
-    except UnidentifiedImageError:
-        raise ImageReadError(path, "not a readable image (unknown or corrupt format)") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise ImageReadError(path, f"unreadable or truncated image ({e})") from None
+from keyreid.data.images import ImageReadError, read_image  # noqa: F401  (the one reader)
+from keyreid.errors import DataError, ImageError
 
 
 def probe_image(path: str, decode: bool = False) -> tuple[Optional[tuple[int, int]], Optional[str]]:
@@ -54,19 +21,19 @@ def probe_image(path: str, decode: bool = False) -> tuple[Optional[tuple[int, in
     image; finds missing, empty and non-image files); with it the pixels are decoded too, which
     is what finds a truncated file.
     """
+    from keyreid.data.images import _open
+
     try:
-        with Image.open(path) as im:
+        with _open(path) as im:   # the one reader's checks: a bomb is a problem, found from the header
             if decode:
                 im.verify()  # structure / checksum errors
         if not decode:
             return im.size, None
-        with Image.open(path) as im:
+        with _open(path) as im:
             im.load()  # verify() does not notice a truncated file
             return im.size, None
-    except FileNotFoundError:
-        return None, "image file missing"
-    except UnidentifiedImageError:
-        return None, "not a readable image (unknown or corrupt format)"
+    except ImageError as e:
+        return None, e.problem
     except (OSError, SyntaxError, ValueError) as e:
         return None, f"unreadable or truncated image ({e})"
 

@@ -41,6 +41,7 @@ import numpy as np
 from scipy.cluster.vq import kmeans2
 
 from keyreid.data.keypoints import Skeleton, get_skeleton
+from keyreid.data.images import image_size as header_size
 from keyreid.errors import DataError, KeyreidError
 from keyreid.utils.io import atomic_write, atomic_write_text
 
@@ -239,15 +240,8 @@ def canonical_from_samples(samples, data_skeleton: Skeleton, k: int = 8, seed: i
     if image_size is not None:
         heights, widths = image_size
     else:
-        from PIL import Image
-
-        sizes = []
-        for s in with_kp:
-            try:
-                with Image.open(s.path) as im:
-                    sizes.append(im.size)
-            except OSError as e:
-                raise DataError(s.path, f"cannot read the image ({e})") from None
+        # ImageReadError / ImageTooLarge name the file
+        sizes = [header_size(s.path) for s in with_kp]
         widths, heights = (np.array(v, dtype=np.float64) for v in zip(*sizes))
     poses = canonical_poses(kp, k=k, seed=seed, skeleton=gen_skeleton)
     return Canonical(poses, gen_skeleton.name, placement(kp, heights, widths, gen_skeleton),

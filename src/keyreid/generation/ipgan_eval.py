@@ -238,8 +238,10 @@ def _camera(rel_path: str) -> int:
 
 
 def _hw(path: Path) -> tuple[int, int]:
-    with Image.open(path) as im:
-        return im.size[1], im.size[0]
+    from keyreid.data.images import image_size
+
+    w, h = image_size(path)
+    return h, w
 
 
 def _batched(probe, images: torch.Tensor, batch_size: int) -> np.ndarray:

@@ -14,7 +14,7 @@ from PIL import Image
 
 from keyreid.config import Config, ModelConfig, _build, load_config
 from keyreid.data.keypoints import Skeleton, get_skeleton
-from keyreid.data.loader import read_image
+from keyreid.data.images import read_image, to_rgb
 from keyreid.data.transforms import KeypointTransform, TransformConfig
 from keyreid.errors import KeyreidError
 from keyreid.inference.backends import Backend, OnnxBackend, TorchBackend, Unsupported
@@ -42,7 +42,7 @@ def to_pil(image: ImageLike) -> Image.Image:
     if isinstance(image, (str, Path)):
         pil = read_image(str(image))
     elif isinstance(image, Image.Image):
-        pil = image.convert("RGB")
+        pil = to_rgb(image)
     elif isinstance(image, np.ndarray):
         if image.size == 0:  # PIL accepts a 0x0 array, the resize then fails deep in torchvision
             raise KeyreidError(f"array image of shape {image.shape} has no pixels; nothing to embed")

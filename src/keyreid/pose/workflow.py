@@ -247,15 +247,9 @@ class SidecarReport:
 
 def image_size(path: str | Path) -> tuple[int, int]:
     """(width, height) from the file header only (PIL opens lazily, no decoding)."""
-    from PIL import Image, UnidentifiedImageError
+    from keyreid.data.images import image_size
 
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except FileNotFoundError:
-        raise DataError(path, "image file not found") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise DataError(path, f"cannot read image header ({e})") from None
+    return image_size(path)   # ImageReadError / ImageTooLarge (DataErrors) name the file
 
 
 def check_sidecar(sidecar: str | Path, ds: Optional[Dataset] = None,

@@ -27,11 +27,13 @@ def frame_colour(query_pid: Optional[int], hit_pid: Optional[int]) -> tuple[int,
 
 
 def _picture(path: str, h: int, w: int) -> np.ndarray:
+    from keyreid.data.images import read_image
+    from keyreid.errors import ImageError
+
     try:
-        with Image.open(path) as im:
-            return _letterbox(im.convert("RGB"), h, w)
-    except (OSError, ValueError):
-        return _placeholder(h, w)  # a gallery file moved since extraction: draw a crossed box
+        return _letterbox(read_image(path), h, w)
+    except ImageError:  # a gallery file moved (or grew into a bomb) since extraction: a crossed box
+        return _placeholder(h, w)
 
 
 def render_hits(queries: Sequence[str], query_pids: Sequence[Optional[int]], hits: Sequence[Sequence],

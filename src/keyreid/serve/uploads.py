@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from keyreid.data.images import to_rgb
 from keyreid.errors import KeyreidError
 
 
@@ -129,7 +130,7 @@ def decode_upload(data: bytes, max_pixels: int) -> DecodedImage:
                                                           f"over the limit of {max_pixels:,}")
             im.seek(0)
             im.load()
-            im = ImageOps.exif_transpose(im).convert("RGB")
+            im = to_rgb(ImageOps.exif_transpose(im))   # the one conversion: 16-bit scaled, not clipped
     except UploadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:

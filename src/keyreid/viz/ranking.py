@@ -105,8 +105,9 @@ def _open(sample, root: Optional[Path]) -> Image.Image:
     path = Path(sample.path)
     if root is not None and not path.is_absolute():
         path = Path(root) / path
-    with Image.open(path) as im:
-        return im.convert("RGB")
+    from keyreid.data.images import read_image
+
+    return read_image(path)
 
 
 def _placeholder(h: int, w: int) -> np.ndarray:

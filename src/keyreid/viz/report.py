@@ -13,13 +13,29 @@ from keyreid.utils.io import atomic_write, atomic_write_text
 __all__ = ["write_markdown_report", "markdown_table", "save_figure", "relative_link"]
 
 
+FIGURE_FORMATS = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".pdf": "pdf", ".svg": "svg"}
+
+
+def figure_format(path: str | Path) -> str:
+    """The file format a figure is written in, from its suffix (a .jpg holds JPEG bytes)."""
+    fmt = FIGURE_FORMATS.get(Path(path).suffix.lower())
+    if fmt is None:
+        from keyreid.errors import KeyreidError
+
+        raise KeyreidError(f"{path}: cannot tell the picture format from the name; end it with "
+                           f"{', '.join(FIGURE_FORMATS)}")
+    return fmt
+
+
 def save_figure(fig, out_png: str | Path, dpi: float = 100) -> Path:
-    """Render a matplotlib Figure to PNG with the Agg canvas, atomically (temp + rename)."""
+    """Render a matplotlib Figure with the Agg canvas, atomically (temp + rename), in the format
+    its suffix names (PNG, JPEG, PDF, SVG)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     out_png = Path(out_png)
+    fmt = figure_format(out_png)
     FigureCanvasAgg(fig)  # attaches itself to fig; no pyplot, no display
-    atomic_write(out_png, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
+    atomic_write(out_png, lambda tmp: fig.savefig(tmp, format=fmt, dpi=dpi))
     return out_png
 
 
