@@ -610,12 +610,12 @@ def test_cli_estimate_reports_rate_lists_missing_and_show_draws_them(synth, tmp_
         rows = -(-len(empty) // 4)
         assert im.size == (min(4, len(empty)) * (64 + 4) + 4, rows * (128 + 14 + 4) + 4)
     assert out.read_bytes() == sidecar_bytes  # drawing never touches the sidecar
-    # a sidecar where everybody was found: one clear line, exit 2, nothing written
+    # a sidecar where everybody was found: good news, exit 0, said in one line, nothing written
     full = tmp_path / "full.jsonl"
     write_sidecar(full, "coco17", {k: true[k] for k in keys if k not in empty})
     res = CliRunner().invoke(app, ["keypoints", "show", str(ds.root), str(full), "--missing",
                                    "-o", str(tmp_path / "none.png")])
-    assert res.exit_code == 2 and "no entries with nobody found" in res.output
+    assert res.exit_code == 0 and "somebody was found in every one" in " ".join(res.output.split())
     assert not (tmp_path / "none.png").exists()
     res = CliRunner().invoke(app, args + ["--preprocess", "tall-edge"])
     assert res.exit_code == 2 and "--preprocess is for --estimator mediapipe" in res.output

@@ -141,6 +141,17 @@ def test_render_writes_the_format_its_name_says(built, tmp_path, monkeypatch, ca
     assert not (tmp_path / "ranked.bmpx").exists()
 
 
+def test_a_time_window_on_a_gallery_without_timestamps_says_so(built):
+    work, _ = built
+    query = read_features(work / "features").rows[2]["path"]
+    assert all(r.get("timestamp") is None for r in read_features(work / "features").rows)
+    r = cli("search", work / "index", query, "--after", 0, "--json", "--device", "cpu")
+    assert json.loads(r.stdout)[0]["hits"] == []
+    assert "holds no timestamps" in " ".join(r.stderr.split())
+    r = cli("search", work / "index", query, "--json", "--device", "cpu")   # no window: no note
+    assert json.loads(r.stdout)[0]["hits"] and "timestamps" not in r.stderr
+
+
 def test_index_info_add_remove(built, tmp_path):
     work, _ = built
     import shutil

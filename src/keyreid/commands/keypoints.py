@@ -222,9 +222,13 @@ def show(
         empty = set(nobody_found(entries))
         keys = sorted(k for k in entries
                       if (k in empty if missing else not detected_only or k not in empty))
+        if not keys and missing:
+            # good news, not a mistake: say so and succeed (nothing is written)
+            console.print(f"{sidecar}: somebody was found in every one of its {len(entries):,} image(s); "
+                          "nothing to draw with --missing", markup=False, highlight=False)
+            return
         if not keys:
-            what = "with nobody found" if missing else "to draw"
-            raise DataError(sidecar, f"no entries {what}")
+            raise DataError(sidecar, "no entries to draw")
         rng = np.random.default_rng(seed)
         pick = sorted(rng.choice(len(keys), size=min(n, len(keys)), replace=False))
         chosen = [keys[i] for i in pick]

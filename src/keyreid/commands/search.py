@@ -77,7 +77,10 @@ def search(
     results = index.search(vectors, max(top_k, CANDIDATES) if rerank else top_k, filt)
     ranked = [rerank_hits(index, v, hits, top_k) if rerank else [(h, None) for h in hits[:top_k]]
               for v, hits in zip(vectors, results)]
+    window = _time_window_note(index, vectors[:1], after, before) if not all(results) else None
     index.close()
+    if window:  # an empty answer is legitimate, but say why (stderr: --json output stays clean)
+        Console(stderr=True).print(window, markup=False, highlight=False)
 
     if as_json:
         out = [{"query": str(p), "hits": [{"rank": r, **vars(h), **({"rerank_distance": d} if rerank else {})}
@@ -98,3 +101,18 @@ def search(
 
         path = render_hits([str(p) for p in images], query_pids, [[h for h, _ in row] for row in ranked], render)
         (console if not as_json else Console(stderr=True)).print(f"picture: {path}", markup=False, highlight=False)
+
+
+def _time_window_note(index, vector, after: Optional[float], before: Optional[float]) -> Optional[str]:
+    """Why --after / --before left a query without hits: a gallery without timestamps matches no
+    time window at all."""
+    if after is None and before is None:
+        return None
+    from keyreid.search.index import SearchFilter
+
+    anytime = index.search(vector, 1, SearchFilter(after=float("-inf")))[0]
+    if not anytime:
+        return ("note: the gallery holds no timestamps, so --after / --before match no image; "
+                "search without them (or extract the gallery with a --pattern whose (?P<t>...) group "
+                "reads a time from the file names)")
+    return "note: no gallery image lies in the time window of --after / --before"
