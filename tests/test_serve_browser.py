@@ -59,6 +59,20 @@ def test_page_searches_shows_scores_keypoints_explains_and_rejects(built, browse
             "return [...document.querySelectorAll('#results img')].every(i => i.complete && i.naturalWidth > 0)"))
         assert browser.find_element(By.ID, "query-box").is_displayed()
         assert "keypoints" in browser.find_element(By.ID, "query-note").text
+        # the skeleton in the CLI's colours, at sub-pixel positions, with a legend
+        kp = httpx.post(f"{server.url}/api/search?top_k=1", content=query.read_bytes(), timeout=60).json()["keypoints"]
+        legend = browser.find_element(By.ID, "query-legend")
+        assert legend.is_displayed() and [e.text for e in legend.find_elements(By.CLASS_NAME, "legend-item")] == \
+            ["left", "right", "centre"]
+        strongest = max(range(len(kp["points"])), key=lambda i: kp["points"][i][2])
+        x, y, _ = kp["points"][strongest]
+        pixel = browser.execute_script(
+            "const c = document.getElementById('query-canvas');"
+            "const s = Math.min(3, 256 / arguments[2], 256 / arguments[3]);"
+            "return [...c.getContext('2d').getImageData(Math.floor((arguments[0] + 0.5) * s),"
+            " Math.floor((arguments[1] + 0.5) * s), 1, 1).data].slice(0, 3);",
+            x, y, expected_h := Image.open(query).height, Image.open(query).width)
+        assert "#%02x%02x%02x" % tuple(pixel) == kp["colours"][strongest], (pixel, kp["colours"][strongest])
         assert browser.find_element(By.ID, "message").is_displayed() is False
 
         cards[0].click()
@@ -88,6 +102,18 @@ def test_page_searches_shows_scores_keypoints_explains_and_rejects(built, browse
         assert int(top.get_attribute("data-id")) == picked
         assert top.find_element(By.CLASS_NAME, "score").text in ("1. 1.0000", "1. 0.9999")
         assert browser.find_element(By.ID, "message").is_displayed() is False
+
+        # re-ranked: the list shows the re-ranked distance it is ordered by, rising down the list
+        browser.find_element(By.ID, "rerank").click()
+        browser.find_element(By.ID, "file-input").send_keys(str(query))
+        reranked = httpx.post(f"{server.url}/api/search?top_k=10&rerank=true", content=query.read_bytes(),
+                              timeout=60).json()["results"]
+        wait.until(lambda d: [c.find_element(By.CLASS_NAME, "score").text
+                              for c in d.find_elements(By.CSS_SELECTOR, "#results li.result")] ==
+                   [f"{h['rank']}. d {h['rerank_distance']:.4f}" for h in reranked])
+        distances = [h["rerank_distance"] for h in reranked]
+        assert distances == sorted(distances)
+        browser.find_element(By.ID, "rerank").click()
 
         # the service is unharmed: the same search gives the same answer
         assert httpx.get(f"{server.url}/healthz").json()["status"] == "ok"

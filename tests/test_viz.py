@@ -298,3 +298,26 @@ def test_plot_heatmap_overlays(tmp_path):
         heatmaps.plot_heatmap_overlays(images, hm, _TINY, tmp_path / "bad.png")
     assert not (tmp_path / "bad.png").exists()
     assert sorted(os.listdir(tmp_path)) == ["hm.png", "pil.png"]
+
+
+def test_sub_pixel_peaks_recover_a_gaussian_centre_off_the_grid():
+    """A Gaussian blob centred between map cells: the argmax snaps to the nearest cell (up to half
+    a cell off, 4 image pixels at stride 8); the log-parabola refinement recovers the centre
+    exactly (a sampled Gaussian is a parabola in log space), in image pixels at the map's stride."""
+    from keyreid.viz.heatmaps import heatmap_argmax_xy, heatmap_peaks_xy
+
+    h, w, sigma = 16, 8, 1.3
+    centres = [(5.3, 7.8), (2.0, 3.0), (6.45, 12.2)]            # (x, y) in map cells
+    ys, xs = np.mgrid[0:h, 0:w]
+    maps = np.stack([np.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / (2 * sigma ** 2)) for cx, cy in centres])
+    image_hw = (128, 64)                                          # stride 8 in both axes
+    fine = heatmap_peaks_xy(maps, image_hw)
+    coarse = heatmap_argmax_xy(maps, image_hw)
+    for (cx, cy), got, snapped in zip(centres, fine, coarse):
+        want = ((cx + 0.5) * 8 - 0.5, (cy + 0.5) * 8 - 0.5)      # pixel-centre convention
+        assert got[0] == pytest.approx(want[0], abs=1e-9) and got[1] == pytest.approx(want[1], abs=1e-9)
+        assert got[2] == snapped[2]                               # the peak value is kept
+    assert abs(coarse[0][0] - ((5.3 + 0.5) * 8 - 0.5)) > 2       # what the grid alone gives
+    # a peak on the border and a flat map keep the grid position
+    flat = np.zeros((1, h, w))
+    assert np.array_equal(heatmap_peaks_xy(flat, image_hw), heatmap_argmax_xy(flat, image_hw))

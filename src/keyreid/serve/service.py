@@ -189,11 +189,11 @@ class SearchService:
         emb = out_embedding(self.model, out, batch, self.flip)[:n]
         keypoints = None
         if out.heatmaps is not None:
-            from keyreid.viz.heatmaps import heatmap_argmax_xy
+            from keyreid.viz.heatmaps import heatmap_peaks_xy
 
             maps = out.heatmaps[:n].float().cpu().numpy()
             # the model sees the image resized to its input size: map to each query's own pixels
-            keypoints = np.stack([heatmap_argmax_xy(m, (im.height, im.width)) for m, im in zip(maps, images)])
+            keypoints = np.stack([heatmap_peaks_xy(m, (im.height, im.width)) for m, im in zip(maps, images)])
         return emb, keypoints
 
     def run_batch(self, jobs: list) -> list:
@@ -376,8 +376,16 @@ class SearchService:
     def skeleton_json(self) -> Optional[dict]:
         if not self.has_keypoints:
             return None
+        from keyreid.viz.skeleton import CENTRE, LEFT, RIGHT, side_colour
+
+        def css(rgb) -> str:
+            return "#%02x%02x%02x" % tuple(rgb)
+
+        # the CLI's colours (keyreid.viz.skeleton): left warm, right cool, centre green
         return {"name": self.skeleton.name, "keypoints": list(self.skeleton.keypoints),
-                "limbs": [list(l) for l in self.skeleton.limbs]}
+                "limbs": [list(l) for l in self.skeleton.limbs],
+                "colours": [css(side_colour(n)) for n in self.skeleton.keypoints],
+                "side_colours": {"left": css(LEFT), "right": css(RIGHT)}, "centre_colour": css(CENTRE)}
 
 
 def out_embedding(model, out, batch: torch.Tensor, flip: bool) -> np.ndarray:

@@ -14,7 +14,8 @@ from keyreid.data.keypoints import Skeleton
 LEFT, RIGHT, CENTRE = (255, 80, 40), (40, 140, 255), (60, 220, 90)
 
 
-def _side(name: str) -> tuple[int, int, int]:
+def side_colour(name: str) -> tuple[int, int, int]:
+    """The colour of a keypoint by its name's side (the page uses the same)."""
     if name.startswith("left"):
         return LEFT
     if name.startswith("right"):
@@ -47,17 +48,17 @@ def draw_skeleton(image: Image.Image, keypoints: Optional[np.ndarray], skeleton:
     for a, b in skeleton.limbs:
         if vis[a] and vis[b]:
             name_a, name_b = skeleton.keypoints[a], skeleton.keypoints[b]
-            colour = _side(name_a) if _side(name_a) == _side(name_b) else CENTRE
+            colour = side_colour(name_a) if side_colour(name_a) == side_colour(name_b) else CENTRE
             draw.line([tuple(xy[a]), tuple(xy[b])], fill=colour, width=width)
     for i, name in enumerate(skeleton.keypoints):
         if not np.isfinite(xy[i]).all():
             continue
         box = [xy[i, 0] - r, xy[i, 1] - r, xy[i, 0] + r, xy[i, 1] + r]
         if vis[i]:
-            draw.ellipse(box, fill=_side(name), outline=(0, 0, 0))
+            draw.ellipse(box, fill=side_colour(name), outline=(0, 0, 0))
         elif hollow_invisible and kp[i, 2] > 0:
             # below the confidence threshold: hollow; v == 0 (absent) is not drawn at all
-            draw.ellipse(box, outline=_side(name), width=1)
+            draw.ellipse(box, outline=side_colour(name), width=1)
     return img
 
 

@@ -1,3 +1,6 @@
+// a keypoint whose heatmap peak is under this share of the image's strongest peak is not drawn
+const SHOWN_SHARE = 0.3;
+
 // keyreid search page: plain JavaScript, no build step, no external files.
 "use strict";
 
@@ -132,20 +135,44 @@ async function drawQuery(body) {
   const ctx = canvas.getContext("2d");
   ctx.drawImage(bitmap, 0, 0, canvas.width, canvas.height);
   const kp = body.keypoints;
+  const legend = $("query-legend");
+  legend.replaceChildren();
   if (kp) {
+    // pixel centres to canvas coordinates; points under SHOWN_SHARE of the strongest peak are
+    // guesses of the head, not keypoints: hidden, with their limbs
     const pts = kp.points.map(([x, y, s]) => [(x + 0.5) * scale, (y + 0.5) * scale, s]);
     const peak = Math.max(...pts.map((p) => p[2]), 1e-6);
+    const shown = pts.map((p) => p[2] >= SHOWN_SHARE * peak);
     ctx.lineWidth = 2;
     for (const [a, b] of kp.limbs) {
-      ctx.strokeStyle = `rgba(47, 111, 221, ${0.35 + 0.65 * Math.min(pts[a][2], pts[b][2]) / peak})`;
+      if (!shown[a] || !shown[b]) continue;
+      ctx.strokeStyle = kp.colours[a] === kp.colours[b] ? kp.colours[a] : kp.centre_colour;
       ctx.beginPath(); ctx.moveTo(pts[a][0], pts[a][1]); ctx.lineTo(pts[b][0], pts[b][1]); ctx.stroke();
     }
-    kp.points.forEach((p, i) => {
-      const name = kp.keypoints[i];
-      ctx.fillStyle = name.startsWith("left") ? "#e8590c" : name.startsWith("right") ? "#2b8a3e" : "#c2255c";
-      ctx.beginPath(); ctx.arc(pts[i][0], pts[i][1], 3.5, 0, 2 * Math.PI); ctx.fill();
+    pts.forEach((p, i) => {
+      if (!shown[i]) return;
+      ctx.fillStyle = kp.colours[i];
+      ctx.strokeStyle = "#000";
+      ctx.lineWidth = 1;
+      ctx.beginPath(); ctx.arc(p[0], p[1], 3.5, 0, 2 * Math.PI); ctx.fill(); ctx.stroke();
     });
+    const hidden = shown.filter((v) => !v).length;
+    for (const [label, colour] of [["left", kp.side_colours.left], ["right", kp.side_colours.right],
+                                   ["centre", kp.centre_colour]]) {
+      const item = document.createElement("span");
+      item.className = "legend-item";
+      const dot = document.createElement("span");
+      dot.className = "legend-dot";
+      dot.style.background = colour;
+      item.append(dot, label);
+      legend.append(item);
+    }
+    const note = document.createElement("span");
+    note.textContent = hidden ? `${hidden} faint point(s) hidden (under ${Math.round(100 * SHOWN_SHARE)} % of ` +
+      "the strongest peak)" : "";
+    legend.append(note);
   }
+  legend.hidden = !kp;
   $("query-note").textContent = `${body.query.width}×${body.query.height} ${body.query.format}` +
     (body.query.frames > 1 ? ` (first of ${body.query.frames} frames)` : "") +
     (kp ? ` · predicted ${kp.name} keypoints` : "");
@@ -162,7 +189,12 @@ function renderResults(body) {
     img.alt = `gallery #${hit.id}`;
     const score = document.createElement("div");
     score.className = "score";
-    score.textContent = `${hit.rank}. ${hit.score.toFixed(4)}`;
+    // re-ranked lists are ordered by the re-ranked distance: show it, so the numbers run in
+    // order down the list (the cosine stays in the tooltip)
+    score.textContent = hit.rerank_distance != null ?
+      `${hit.rank}. d ${hit.rerank_distance.toFixed(4)}` : `${hit.rank}. ${hit.score.toFixed(4)}`;
+    score.title = hit.rerank_distance != null ?
+      `re-ranked distance (lower is closer); cosine similarity ${hit.score.toFixed(4)}` : "cosine similarity";
     const meta = document.createElement("div");
     meta.className = "meta";
     meta.textContent = [`#${hit.id}`, hit.camera != null ? `cam ${hit.camera}` : null,
