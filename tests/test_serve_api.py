@@ -450,7 +450,7 @@ def test_cli_refuses_bad_arguments_in_one_line(tmp_path, built, monkeypatch, cap
         (["--index", str(built["index"]), "--checkpoint", str(tmp_path / "x.pt")], "x.pt: checkpoint file not found"),
         (["--index", str(built["index"]), "--checkpoint", str(built["checkpoint"]), "--port", str(port)],
          f"--port {port}: cannot listen there"),
-        (["--demo", "--checkpoint", str(tmp_path / "none.pt")], "none.pt: demo model not found; run `make demo`"),
+        (["--demo", "--checkpoint", str(tmp_path / "none.pt")], "none.pt: demo model not found"),
     ]
     try:
         for args, message in cases:
@@ -606,3 +606,22 @@ def test_keep_alive_round_trips_do_not_wait_for_nagle(built, tmp_path):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_the_demo_is_found_from_any_folder(tmp_path, monkeypatch):
+    """`keyreid serve --demo` outside the project root finds `make demo`'s files in the keyreid
+    checkout; the current folder wins when it has its own."""
+    from keyreid.serve import demo
+
+    assert demo.PROJECT_ROOT == Path(__file__).resolve().parents[1]   # this checkout (editable install)
+    checkout = tmp_path / "checkout"
+    (checkout / demo.DEMO_CHECKPOINT).parent.mkdir(parents=True)
+    (checkout / demo.DEMO_CHECKPOINT).write_bytes(b"x")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.setattr(demo, "PROJECT_ROOT", checkout)
+    monkeypatch.chdir(elsewhere)
+    assert demo.demo_home() == checkout
+    (elsewhere / demo.DEMO_CHECKPOINT).parent.mkdir(parents=True)
+    (elsewhere / demo.DEMO_CHECKPOINT).write_bytes(b"y")
+    assert demo.demo_home() == elsewhere

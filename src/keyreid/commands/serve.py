@@ -41,13 +41,15 @@ def serve(
 
     hosts = _allowed_hosts(allowed_hosts, host)
     if demo:
-        from keyreid.serve.demo import DEMO_CHECKPOINT, prepare_demo_index
+        from keyreid.serve.demo import DEMO_CHECKPOINT, DEMO_DATA, DEMO_SERVE, demo_home, demo_not_found, \
+            prepare_demo_index
 
-        checkpoint = checkpoint or DEMO_CHECKPOINT
+        home = demo_home()
+        checkpoint = checkpoint or home / DEMO_CHECKPOINT
         if not checkpoint.is_file():
-            raise KeyreidError(f"{checkpoint}: demo model not found; run `make demo` (or `keyreid demo`) first")
+            raise demo_not_found(checkpoint)
         model = load_model(checkpoint, device=device)
-        index = index or prepare_demo_index(checkpoint, model=model)
+        index = index or prepare_demo_index(checkpoint, home / DEMO_DATA, home / DEMO_SERVE, model=model)
     else:
         if index is None or checkpoint is None:
             raise KeyreidError("give --index INDEX and --checkpoint CKPT (or --demo)")

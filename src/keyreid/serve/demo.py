@@ -11,6 +11,23 @@ from keyreid.errors import KeyreidError
 DEMO_CHECKPOINT = Path("runs/demo/seed0/kae/best.pt")
 DEMO_DATA = Path("data/synth")
 DEMO_SERVE = Path("runs/demo/serve")
+# the checkout keyreid runs from (src/keyreid/serve/demo.py -> the repository), where `make demo`
+# wrote its files: `keyreid serve --demo` then works from any folder, not only the project root
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
+
+
+def demo_home() -> Path:
+    """The folder whose runs/demo holds the demo model: the current folder when it has one,
+    else the keyreid checkout (both relative paths of the demo then resolve there)."""
+    for home in (Path.cwd(), PROJECT_ROOT):
+        if (home / DEMO_CHECKPOINT).is_file():
+            return home
+    return Path.cwd()
+
+
+def demo_not_found(checkpoint: Path) -> KeyreidError:
+    return KeyreidError(f"{checkpoint}: demo model not found (looked in {Path.cwd()} and in the keyreid checkout "
+                        f"{PROJECT_ROOT}); run `make demo` (or `keyreid demo`) first")
 
 
 def prepare_demo_index(checkpoint: Path = DEMO_CHECKPOINT, data_root: Path = DEMO_DATA,
@@ -51,4 +68,5 @@ def prepare_demo_index(checkpoint: Path = DEMO_CHECKPOINT, data_root: Path = DEM
     return index
 
 
-__all__ = ["DEMO_CHECKPOINT", "DEMO_DATA", "DEMO_SERVE", "prepare_demo_index"]
+__all__ = ["DEMO_CHECKPOINT", "DEMO_DATA", "DEMO_SERVE", "PROJECT_ROOT", "demo_home", "demo_not_found",
+           "prepare_demo_index"]
