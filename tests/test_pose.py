@@ -594,7 +594,8 @@ def test_cli_estimate_reports_rate_lists_missing_and_show_draws_them(synth, tmp_
     assert f"person found in {found} / {len(keys)} images ({100 * found / len(keys):.1f}%)" in text
     assert f"nobody found in {len(empty)} image(s)" in text and str(missing_file) in text
     assert missing_file.read_text().split() == empty
-    listed = [line.strip()[2:] for line in text.splitlines() if line.strip().startswith("- ")]
+    after = text[text.index("nobody found in"):]     # (implausible skeletons are listed before it)
+    listed = [line.strip()[2:] for line in after.splitlines() if line.strip().startswith("- ")]
     assert listed == empty[:kp_cmd.SHOW_MISSING]
     if len(empty) > kp_cmd.SHOW_MISSING:
         assert f"and {len(empty) - kp_cmd.SHOW_MISSING} more" in text
@@ -648,3 +649,40 @@ def test_cli_estimate_prints_plain_progress_lines_without_a_terminal(synth, tmp_
         res.output
     assert lines[-1].startswith(f"keypoints (oracle): {n}/{n} (100%), ")
     assert "ETA" in lines[0] and "nobody found in" in lines[-1]
+
+
+def test_estimate_names_the_implausible_skeletons_with_their_reason(synth, tmp_path):
+    """One skeleton upside down (shoulders above the head): the CLI names its image and the
+    failed check, lists it in kp.implausible.txt, and a resumed run keeps the name."""
+    from keyreid.commands.keypoints import app
+    from keyreid.pose import implausible_reason
+
+    ds, true, truth = synth
+    keys = [k for k, _ in dataset_images(ds)]
+    victim = next(k for k in keys if (true[k][:, 2] > 0).sum() >= 10)
+    flipped = true[victim].copy()
+    flipped[:, 1] = 127 - flipped[:, 1]
+    assert implausible_reason(flipped, 64, 128)
+    victim_bytes = next(b for b, kp in truth.items() if kp is true[victim])
+    upside = {**truth, victim_bytes: flipped}
+    if "test-upside" not in ESTIMATORS:
+        register_estimator("test-upside")(lambda batch_size=16: OracleEstimator(upside))
+    out = tmp_path / "kp.jsonl"
+    args = ["estimate", str(ds.root), "-d", "market1501", "--option", "num_cameras=3", "-o", str(out),
+            "-e", "test-upside", "--no-progress"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    listed = (tmp_path / "kp.implausible.txt").read_text().splitlines()
+    # the oracle's keypoints: the truth at 0.9 confidence (a few synthetic poses fail checks too)
+    _, got = read_sidecar(out)
+    expected = [k for k in keys if (got[k][:, 2] > 0).any() and implausible_reason(got[k], 64, 128)]
+    assert victim in expected and [line.split("\t")[0] for line in listed] == expected
+    reason = dict(line.split("\t") for line in listed)[victim]
+    assert reason == implausible_reason(got[victim], 64, 128) and "implausible skeleton" in text
+    from keyreid.commands import keypoints as kp_cmd
+
+    shown = [f"{k}: {dict(line.split(chr(9)) for line in listed)[k]}" for k in expected[:kp_cmd.SHOW_MISSING]]
+    assert all(line in text for line in shown)
+    res = CliRunner().invoke(app, args)          # resumed: nothing estimated now, the name stays
+    assert res.exit_code == 0 and (tmp_path / "kp.implausible.txt").read_text().splitlines() == listed

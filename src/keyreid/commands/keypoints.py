@@ -105,6 +105,14 @@ def estimate(
         line += (f"; of the {summary.estimated - summary.no_person:,} found now, "
                  f"{summary.implausible:,} with an implausible skeleton")
     console.print(line, markup=False, highlight=False)
+    if summary.implausible_items:
+        console.print(f"implausible skeletons (kept in the sidecar; check them), listed with the reason in "
+                      f"{summary.implausible_file}:", markup=False, highlight=False)
+        for key, why in summary.implausible_items[:SHOW_MISSING]:
+            console.print(f"  - {key}: {why}", markup=False, highlight=False)
+        if len(summary.implausible_items) > SHOW_MISSING:
+            console.print(f"  ... and {len(summary.implausible_items) - SHOW_MISSING:,} more", markup=False,
+                          highlight=False)
     if summary.missing:
         console.print(f"nobody found in {len(summary.missing):,} image(s) (stored as "
                       f"all-invisible), listed in {summary.missing_file}:", markup=False,

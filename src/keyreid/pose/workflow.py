@@ -37,6 +37,9 @@ class EstimateSummary:
     implausible: int = 0  # estimated now, found, but failing pose.quality's checks (COCO-17)
     missing: list[str] = field(default_factory=list)  # images with nobody found, dataset order
     missing_file: Optional[str] = None  # the list above, one key per line, beside the sidecar
+    # estimated now and implausible: (key, the check it failed), and where they are listed
+    implausible_items: list = field(default_factory=list)
+    implausible_file: Optional[str] = None
 
     @property
     def detection_rate(self) -> float:
@@ -52,6 +55,27 @@ def missing_list_path(sidecar: str | Path) -> Path:
     """Where estimate lists the images with nobody found: kp.jsonl -> kp.missing.txt."""
     sidecar = Path(sidecar)
     return sidecar.with_name(sidecar.stem + ".missing.txt")
+
+
+def _implausible_entries(entries: Mapping[str, np.ndarray], items: Sequence[tuple[str, str]], skel
+                         ) -> list[tuple[str, str]]:
+    from keyreid.pose.quality import implausible_reason
+
+    out = []
+    for key, path in items:
+        kp = entries.get(key)
+        if kp is None or not (np.asarray(kp)[:, 2] > 0).any():
+            continue
+        why = implausible_reason(np.asarray(kp), *image_size(path))
+        if why:
+            out.append((key, why))
+    return out
+
+
+def implausible_list_path(sidecar: str | Path) -> Path:
+    """Where estimate names the implausible skeletons: kp.jsonl -> kp.implausible.txt."""
+    sidecar = Path(sidecar)
+    return sidecar.with_name(sidecar.stem + ".implausible.txt")
 
 
 def nobody_found(entries: Mapping[str, np.ndarray], keys: Optional[Sequence[str]] = None
@@ -74,7 +98,7 @@ def estimate_dataset(ds: Dataset, sidecar: str | Path, estimator: PoseEstimator,
     per line, in missing_list_path(sidecar).
     """
     from keyreid.data.loader import read_image
-    from keyreid.pose.quality import is_plausible
+    from keyreid.pose.quality import implausible_reason
     from keyreid.utils.io import atomic_write_text
     from keyreid.utils.progress import progress_bar
 
@@ -86,7 +110,8 @@ def estimate_dataset(ds: Dataset, sidecar: str | Path, estimator: PoseEstimator,
     if limit is not None:
         items = items[:limit]
     batch_size = batch_size or estimator.batch_size
-    estimated = no_person = implausible = 0
+    estimated = no_person = 0
+    implausible: list[tuple[str, str]] = []
     with SidecarAppender(sidecar, skel) as out:
         todo = [(k, p) for k, p in items if k not in out.done]
         already = len(items) - len(todo)
@@ -103,8 +128,8 @@ def estimate_dataset(ds: Dataset, sidecar: str | Path, estimator: PoseEstimator,
                     if kp is None:
                         kp = np.zeros((skel.num_keypoints, 3), np.float32)
                         no_person += 1
-                    elif skel.name == "coco17" and not is_plausible(kp, *image.size):
-                        implausible += 1
+                    elif skel.name == "coco17" and (why := implausible_reason(kp, *image.size)):
+                        implausible.append((key, why))
                     out.append(key, kp)
                 out.flush()  # a batch is on disk before the next starts
                 estimated += len(batch)
@@ -115,9 +140,15 @@ def estimate_dataset(ds: Dataset, sidecar: str | Path, estimator: PoseEstimator,
     missing = nobody_found(entries, keys)
     missing_file = missing_list_path(sidecar)
     atomic_write_text(missing_file, "".join(k + "\n" for k in missing))
+    # the list covers the whole sidecar (earlier runs' entries too: a resumed run must not drop
+    # their names), from the images' headers; the count of this run stays `implausible`
+    named = _implausible_entries(entries, items, skel) if skel.name == "coco17" else []
+    implausible_file = implausible_list_path(sidecar)
+    atomic_write_text(implausible_file, "".join(f"{k}\t{why}\n" for k, why in named))
     return EstimateSummary(len(items), already, estimated, no_person, str(sidecar),
-                           found=len(items) - len(missing), implausible=implausible,
-                           missing=missing, missing_file=str(missing_file))
+                           found=len(items) - len(missing), implausible=len(implausible),
+                           missing=missing, missing_file=str(missing_file),
+                           implausible_items=named, implausible_file=str(implausible_file))
 
 
 # --------------------------------------------------------------------------------------------
