@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from keyreid.errors import KeyreidError
 from keyreid.inference import load_model
 from keyreid.models.output import ModelOutput
-from keyreid.viz.gradcam import LABEL_H, PAD, picture_size, similarity_cam
+from keyreid.viz.gradcam import BAR_H, LABEL_H, PAD, picture_size, similarity_cam
 from test_export import photo_folder, tiny_checkpoint
 
 
@@ -157,8 +157,14 @@ def test_keyreid_explain_writes_the_side_by_side_picture(tmp_path):
         # kae: query, two maps, match, and both images' predicted keypoint heatmaps (6 panels of
         # the 64x32 input scaled 4x)
         assert im.size[::-1] == picture_size((64, 32), 6, 4)
-        assert im.size == (PAD + 6 * (128 + PAD), 2 * PAD + 2 * LABEL_H + 256)
+        assert im.size == (PAD + 6 * (128 + PAD), 2 * PAD + 3 * LABEL_H + BAR_H + 256)
         a = np.asarray(im.convert("RGB")).astype(int)
+    # the colour scale under the two Grad-CAM maps: jet from its low end to its high end
+    from matplotlib import colormaps
+
+    bar = a[2 * PAD + 2 * LABEL_H + 256 + BAR_H // 2, 2 * PAD + 128:3 * PAD + 3 * 128]
+    jet = (np.asarray(colormaps["jet"]([0.0, 1.0]))[:, :3] * 255).round()
+    assert np.abs(bar[0] - jet[0]).max() <= 2 and np.abs(bar[-1] - jet[1]).max() <= 2
     y0 = PAD + 2 * LABEL_H
     query_panel = a[y0:y0 + 256, PAD:PAD + 128]
     query_map = a[y0:y0 + 256, 2 * PAD + 128:2 * PAD + 256]

@@ -103,10 +103,26 @@ def panel_scale(height: int, min_height: int = 256) -> int:
     return max(1, -(-min_height // height))
 
 
+BAR_H = 10     # colour scale under the map panels (its labels take a LABEL_H below it)
+
+
 def picture_size(image_hw: tuple[int, int], panels: int, scale: int) -> tuple[int, int]:
-    """(height, width) of the PNG: one row of `panels` panels of the scaled input size."""
+    """(height, width) of the PNG: one row of `panels` panels of the scaled input size, and
+    the colour scales under the maps."""
     h, w = image_hw[0] * scale, image_hw[1] * scale
-    return PAD + LABEL_H + h + PAD + LABEL_H, PAD + panels * (w + PAD)
+    return PAD + LABEL_H + h + PAD + LABEL_H + BAR_H + LABEL_H, PAD + panels * (w + PAD)
+
+
+def _colour_scale(canvas: Image.Image, draw, x0: int, x1: int, y0: int, low: str, high: str, title: str) -> None:
+    """A jet bar from x0 to x1 with its ends and meaning written under it."""
+    ramp = _colour(np.linspace(0, 1, max(2, x1 - x0)))
+    bar = np.repeat((ramp * 255).round().astype(np.uint8)[None], BAR_H, axis=0)
+    canvas.paste(Image.fromarray(bar), (x0, y0))
+    y = y0 + BAR_H + 3
+    draw.text((x0, y), low, fill=(0, 0, 0))
+    draw.text((x1 - 6 * len(high), y), high, fill=(0, 0, 0))
+    middle = (x0 + x1) // 2 - 3 * len(title)
+    draw.text((max(x0 + 6 * len(low) + 6, middle), y), title, fill=(0, 0, 0))
 
 
 def _colour(values: np.ndarray) -> np.ndarray:
@@ -150,6 +166,14 @@ def render_explanation(images_rgb: Sequence[np.ndarray], cam: SimilarityCam, out
         pic = Image.fromarray((panel * 255).round().astype(np.uint8))
         canvas.paste(pic.resize((hw[1] * scale, hw[0] * scale), Image.NEAREST), (x0, y0))
         draw.text((x0, y0 - LABEL_H + 6), title, fill=(0, 0, 0))
+    # colour scales: the two Grad-CAM maps share one (0 .. the larger map's maximum), each
+    # keypoint heatmap panel runs from its own minimum to its maximum
+    pw = hw[1] * scale
+    bar_y = PAD + 2 * LABEL_H + hw[0] * scale + PAD
+    x_of = [PAD + i * (pw + PAD) for i in range(len(panels))]
+    _colour_scale(canvas, draw, x_of[1], x_of[2] + pw, bar_y, "0", f"{top:.2g}", "Grad-CAM (one scale)")
+    if cam.heatmaps is not None:
+        _colour_scale(canvas, draw, x_of[4], x_of[5] + pw, bar_y, "min", "max", "keypoint heat")
     out_png = Path(out_png)
     atomic_write(out_png, lambda tmp: canvas.save(tmp, format="PNG"))
     return out_png
