@@ -19,8 +19,9 @@ import numpy as np
 
 from keyreid.data.datasets.base import IMAGE_EXTENSIONS
 from keyreid.data.loader import read_image
+from keyreid.errors import ImageTooLarge
 from keyreid.errors import DataError, KeyreidError
-from keyreid.search.features import FeatureWriter, shard_dir
+from keyreid.search.features import FeatureWriter, check_shard_set, shard_dir
 
 SPLIT_CHOICES = ("gallery", "query", "train", "all")
 
@@ -132,7 +133,11 @@ def extract(model, items: list[ImageItem], source: dict, out: Path, *, batch_siz
     digest = hashlib.sha256("\n".join(i.path for i in items).encode()).hexdigest()[:16]
     source = dict(source, images=len(items), list_sha256=digest)
     folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise KeyreidError(f"{folder}: is a file, not a features folder; give -o a new or existing folder "
+                           "(the file is left as it is)")
     if shard is not None:
+        check_shard_set(folder, *shard)
         lo, hi = shard_block(len(items), *shard)
         items = items[lo:hi]
         folder = shard_dir(out, *shard)
@@ -152,6 +157,8 @@ def extract(model, items: list[ImageItem], source: dict, out: Path, *, batch_siz
         for item in batch:
             try:
                 images.append(read_image(item.path))
+            except ImageTooLarge:
+                raise  # never skipped: decoding it could exhaust memory, and the user must know
             except DataError as e:
                 if on_error == "stop":
                     raise DataError(item.path, f"{e.problem} (use --on-error skip to skip such images)") from None

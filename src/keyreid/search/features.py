@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -27,7 +29,7 @@ from typing import Optional
 import numpy as np
 
 from keyreid.errors import DataError, KeyreidError
-from keyreid.utils.io import atomic_write_text
+from keyreid.utils.io import DiskFullError, atomic_write_text
 
 FORMAT = "keyreid-features"
 VERSION = 1
@@ -129,6 +131,11 @@ class FeatureWriter:
             raise DataError(self.folder, f"has {leftovers} but no manifest; not overwriting them, "
                                          "choose an empty folder")
         self.manifest = dict(self.fresh)
+        need = self.fresh["total"] * self.fresh["dim"] * np.dtype(self.fresh["dtype"]).itemsize + 4096
+        free = shutil.disk_usage(self.folder).free
+        if free < need:  # a memory-mapped file on a full disk dies of SIGBUS, without a message
+            raise DiskFullError(f"{self.folder / VECTORS}: needs {need / 2**20:.1f} MB, "
+                                f"{free / 2**20:.1f} MB free in {self.folder}; free some space or extract elsewhere")
         np.lib.format.open_memmap(self.folder / VECTORS, mode="w+", dtype=self.fresh["dtype"],
                                   shape=(self.fresh["total"], self.fresh["dim"])).flush()
         (self.folder / ROWS).write_bytes(b"")
@@ -191,18 +198,52 @@ class FeatureSet:
     folders: list[Path]
 
 
+_SHARD = re.compile(r"shard-(\d+)-of-(\d+)")
+
+
+def _shard_names(path: Path) -> list[tuple[int, int, Path]]:
+    found = []
+    for p in sorted(Path(path).glob("shard-*-of-*")) if Path(path).is_dir() else []:
+        m = _SHARD.fullmatch(p.name)
+        if m and (p / MANIFEST).exists():
+            found.append((int(m.group(1)), int(m.group(2)), p))
+    return found
+
+
+def check_shard_set(path: Path, index: int, count: int) -> None:
+    """Before writing shard index/count into `path`: its other shards must split the same way
+    (shards of 2 and of 3 blocks mixed would duplicate some images and miss others)."""
+    others = sorted({n for _, n, _ in _shard_names(path)} - {count})
+    if others:
+        names = ", ".join(p.name for _, _, p in _shard_names(path))
+        raise DataError(path, f"holds shards of another split ({names}); shard {index}/{count} cannot join "
+                              "them: extract every shard with the same N, or into a new folder")
+
+
 def feature_folders(path: Path) -> list[Path]:
     """The folders holding features under `path`: itself, or its shard-*/ folders in order."""
     path = Path(path)
     if (path / MANIFEST).exists():
         return [path]
-    shards = sorted(p for p in path.glob("shard-*-of-*") if (p / MANIFEST).exists()) if path.is_dir() else []
-    if not shards:
+    found = _shard_names(path)
+    if not found:
         raise DataError(path, "no features here (no manifest.json, no shard-*/ folders)")
-    count = int(shards[0].name.rsplit("-", 1)[1])
-    if len(shards) != count:
-        raise DataError(path, f"has {len(shards)} of {count} shards; extract the missing ones first")
-    return shards
+    counts = sorted({n for _, n, _ in found})
+    names = ", ".join(p.name for _, _, p in found)
+    if len(counts) > 1:
+        raise DataError(path, f"mixes shards of different splits ({names}): they would duplicate some images "
+                              "and miss others; keep the shards of one `--shard i/N` run")
+    count = counts[0]
+    indices = [i for i, _, _ in found]
+    if sorted(indices) != list(range(count)):
+        missing = sorted(set(range(count)) - set(indices))
+        raise DataError(path, f"has {len(found)} of {count} shards (missing {', '.join(map(str, missing))}); "
+                              "extract the missing ones first")
+    for i, n, p in found:   # each shard's manifest must say it is the block its name says
+        m = read_manifest(p)
+        if m.get("shard") is not None and list(m["shard"]) != [i, n]:
+            raise DataError(p, f"its manifest says shard {m['shard'][0]}/{m['shard'][1]}, its name {i}/{n}")
+    return [p for _, _, p in sorted(found)]
 
 
 def _read_one(folder: Path, allow_incomplete: bool) -> tuple[np.ndarray, list[dict], dict]:
@@ -210,14 +251,35 @@ def _read_one(folder: Path, allow_incomplete: bool) -> tuple[np.ndarray, list[di
     if not m["complete"] and not allow_incomplete:
         raise DataError(folder, f"extraction unfinished ({m['images_done']} of {m['total']} images); "
                                 "rerun the same `keyreid extract` command to finish it")
-    vectors = np.load(folder / VECTORS, mmap_mode="r")[:m["count"]]
+    try:
+        vectors = np.load(folder / VECTORS, mmap_mode="r")
+    except (OSError, ValueError, EOFError) as e:   # a truncated or foreign file
+        raise DataError(folder / VECTORS, f"cannot be read as .npy ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                                          "extract again into a new folder") from None
+    if vectors.ndim != 2 or vectors.shape[0] < m["count"] or vectors.shape[1] != m["dim"]:
+        raise DataError(folder / VECTORS, f"holds shape {vectors.shape}, the manifest {m['count']} rows of "
+                                          f"{m['dim']}; extract again into a new folder")
+    vectors = vectors[:m["count"]]
     rows = []
-    with open(folder / ROWS, encoding="utf-8") as f:
-        for _ in range(m["count"]):
-            line = f.readline()
+    try:
+        f = open(folder / ROWS, encoding="utf-8")
+    except OSError as e:
+        raise DataError(folder / ROWS, f"cannot be read ({e.strerror or e})") from None
+    with f:
+        for n in range(1, m["count"] + 1):
+            try:
+                line = f.readline()
+            except UnicodeDecodeError:
+                raise DataError(folder / ROWS, f"line {n} is not UTF-8 text") from None
             if not line.endswith("\n"):
                 raise DataError(folder / ROWS, f"has fewer rows than the manifest's {m['count']}")
-            rows.append(json.loads(line))
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(folder / ROWS, f"line {n} is not a JSON object ({e.msg})") from None
+            if not isinstance(row, dict) or "path" not in row:
+                raise DataError(folder / ROWS, f"line {n} is not a row of keyreid extract (no \"path\")")
+            rows.append(row)
     return vectors, rows, m
 
 
@@ -240,4 +302,4 @@ def read_features(path: Path, allow_incomplete: bool = False) -> FeatureSet:
     return FeatureSet(np.asarray(vectors, dtype=np.float32), rows, manifest, folders)
 
 
-__all__ = ["FeatureSet", "FeatureWriter", "feature_folders", "read_features", "read_manifest", "shard_dir"]
+__all__ = ["FeatureSet", "FeatureWriter", "check_shard_set", "feature_folders", "read_features", "read_manifest", "shard_dir"]
