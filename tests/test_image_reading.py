@@ -101,6 +101,63 @@ def test_16_bit_image_embeds_as_its_8_bit_twin_in_every_path(built, tmp_path, mo
     assert np.allclose(np.load(tmp_path / "features" / "features.npy")[0], e8, atol=1e-5)
 
 
+def _png(path: Path, width: int, height: int, colour_type: int, rows: np.ndarray) -> Path:
+    """A 16-bit PNG written by hand (Pillow writes 16 bits only for grey): rows big-endian."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    raw = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in rows)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    return path
+
+
+def test_16_bit_rgb_and_rgba_read_as_their_8_bit_twins(tmp_path):
+    rgb = np.random.default_rng(1).integers(0, 256, (6, 5, 3), dtype=np.uint16)
+    _png(tmp_path / "rgb16.png", 5, 6, 2, (rgb * 257).reshape(6, -1))
+    rgba = np.concatenate([rgb, np.full((6, 5, 1), 255, np.uint16)], axis=2)    # opaque
+    _png(tmp_path / "rgba16.png", 5, 6, 6, (rgba * 257).reshape(6, -1))
+    for name in ("rgb16.png", "rgba16.png"):
+        assert np.array_equal(np.asarray(read_image(tmp_path / name)), rgb.astype(np.uint8)), name
+
+
+def test_transparent_pixels_are_white_everywhere(tmp_path):
+    """Palette, grey + alpha and 16-bit grey with a transparent level: transparent pixels are
+    composited over white (not the arbitrary colour stored under them), half-transparent ones
+    half-way, opaque ones kept; the service's upload decoding gives the same pixels."""
+    from keyreid.serve.uploads import decode_upload
+
+    pal = Image.new("P", (2, 1))
+    pal.putpalette([0, 0, 0, 10, 20, 30])
+    pal.putpixel((1, 0), 1)
+    pal.save(tmp_path / "p.png", transparency=0)                    # index 0 (black) transparent
+    Image.fromarray(np.array([[[10, 0], [10, 255], [10, 128]]], np.uint8), "LA").save(tmp_path / "la.png")
+    Image.fromarray(np.array([[5, 32768, 65535]], np.uint16)).save(tmp_path / "g16.png", transparency=5)
+    expect = {
+        "p.png": [[255, 255, 255], [10, 20, 30]],
+        # 10 * 128/255 + 255 * 127/255 = 132.0
+        "la.png": [[255, 255, 255], [10, 10, 10], [132, 132, 132]],
+        "g16.png": [[255, 255, 255], [128, 128, 128], [255, 255, 255]],
+    }
+    for name, pixels in expect.items():
+        assert np.asarray(read_image(tmp_path / name)).tolist() == [pixels], name
+    for name in ("p.png", "la.png"):
+        decoded = decode_upload((tmp_path / name).read_bytes(), 10_000_000).image
+        assert np.array_equal(np.asarray(decoded), np.asarray(read_image(tmp_path / name))), name
+    # what Pillow alone gives: the colour stored under the transparent pixel
+    assert np.asarray(Image.open(tmp_path / "p.png").convert("RGB"))[0, 0].tolist() == [0, 0, 0]
+    opaque = Image.new("RGBA", (1, 1), (1, 2, 3, 255))
+    assert np.asarray(to_rgb(opaque)).tolist() == [[[1, 2, 3]]]
+
+
+def test_cmyk_is_converted(tmp_path):
+    Image.new("CMYK", (1, 1), (0, 255, 0, 0)).save(tmp_path / "m.tif")     # full magenta ink
+    assert np.asarray(read_image(tmp_path / "m.tif")).tolist() == [[[255, 0, 255]]]
+
+
 # ---------------------------------------------------------------------------- bombs
 @pytest.fixture
 def bombs(tmp_path, monkeypatch):
@@ -167,3 +224,44 @@ def test_the_service_answers_413_for_a_bomb_and_keeps_serving(bombs):
     # below the limit the same decoding path gives the image
     small = Image.fromarray(np.zeros((20, 10, 3), np.uint8))
     assert decode_upload(encode(small, "PNG"), 10_000_000).image.size == (10, 20)
+
+
+def test_probing_in_threads_never_lets_a_bomb_through(tiny_synth, bombs):
+    """probe_images decodes from threads: the bomb in Pillow's warning range (which Pillow alone
+    would decode) is refused among 100 files, the warnings filters are left as they were, and
+    only a report that lists everything (datasets check) gets it as a problem."""
+    import warnings
+
+    from keyreid.data.loader import probe_images
+
+    good = sorted(str(p) for p in (tiny_synth / "bounding_box_test").iterdir())[:99]
+    paths = [*good[:50], str(bombs / "warn.jpg"), *good[50:]]
+    filters = list(warnings.filters)
+    with pytest.raises(ImageTooLarge) as e:
+        probe_images(paths, decode=True, workers=4)
+    assert "warn.jpg" in str(e.value) and "decompression-bomb" in str(e.value)
+    listed = probe_images(paths, decode=True, workers=4, list_bombs=True)
+    assert listed[str(bombs / "warn.jpg")][0] is None and "decompression-bomb" in listed[str(bombs / "warn.jpg")][1]
+    assert all(listed[p] == ((64, 128), None) for p in good)
+    assert warnings.filters == filters
+
+
+def test_training_with_on_error_skip_never_skips_a_bomb(tiny_synth, bombs, tmp_path, monkeypatch, capsys):
+    """`train` with data.options {on_error: skip} leaves unreadable images out; a bomb stops it
+    before training, one line naming the file (without skip the message no longer suggests
+    skipping it)."""
+    from tests.conftest import tiny_overrides
+
+    root = tmp_path / "data"
+    shutil.copytree(tiny_synth, root)
+    target = root / "bounding_box_train" / "0001_c1s1_999999_00.jpg"
+    shutil.copy(bombs / "warn.jpg", target)
+    config = tmp_path / "tiny.yaml"
+    config.write_text("name: tiny\n")
+    for options in ("{on_error: skip}", "{on_error: raise}"):
+        sets = [a for o in tiny_overrides(root, tmp_path / "run", **{"optim.epochs": 1, "data.options": options})
+                for a in ("--set", o)]
+        code, _, err = run_cli(["train", config, *sets], monkeypatch, capsys)
+        line = one_error_line(err)
+        assert code == 2 and str(target) in line and "decompression-bomb" in line and "skip" not in line, line
+        assert not (tmp_path / "run" / "last.pt").exists()

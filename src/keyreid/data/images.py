@@ -7,13 +7,16 @@ Two things Pillow does not do for us:
   convert("RGB") clips them to 255, so a 16-bit photo turns white. They are scaled to 8 bits.
 - Decompression bombs: Pillow only warns between MAX_IMAGE_PIXELS and twice that. Both are
   ImageTooLarge here, found from the header before any pixel is decoded.
+And transparent pixels (an alpha band, or a palette / grey / RGB colour marked transparent) are
+composited over white, not left as whatever colour the file stores under them.
 """
 
 from __future__ import annotations
 
+import threading
 import warnings
 from pathlib import Path
-from typing import Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -40,11 +43,33 @@ def _to_uint8(values: np.ndarray, bits16: bool) -> np.ndarray:
     return np.floor((v - lo) / span * 255 + 0.5).astype(np.uint8)
 
 
+# what transparent pixels become: the colour a file stores under them is arbitrary (often black);
+# white is what an image viewer shows
+BACKGROUND = (255, 255, 255)
+_ALPHA_MODES = ("RGBA", "LA", "PA", "La", "RGBa")
+
+
+def _over_background(rgba: Image.Image) -> Image.Image:
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, (*BACKGROUND, 255)), rgba).convert("RGB")
+
+
 def to_rgb(im: Image.Image) -> Image.Image:
-    """An RGB copy of an opened (loaded) PIL image, high bit depths scaled rather than clipped."""
-    if im.mode.startswith("I;16") or im.mode in ("I", "F"):
-        grey = _to_uint8(np.asarray(im), bits16=im.mode.startswith("I;16"))
+    """An 8-bit RGB copy of an opened (loaded) PIL image: high bit depths scaled rather than
+    clipped, transparency composited over BACKGROUND, any other mode (CMYK, YCbCr, LAB, HSV, P,
+    1-bit) by Pillow's conversion."""
+    mode = im.mode
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        values = np.asarray(im)
+        grey = _to_uint8(values, bits16=mode.startswith("I;16"))
+        t = im.info.get("transparency")
+        if isinstance(t, (int, float)) and not isinstance(t, bool):  # a 16-bit PNG's tRNS grey level
+            alpha = np.where(values == t, 0, 255).astype(np.uint8)
+            return _over_background(Image.fromarray(np.dstack([grey, grey, grey, alpha]), "RGBA"))
         return Image.fromarray(grey, "L").convert("RGB")
+    if mode == "La":  # Pillow converts premultiplied La only to LA
+        im, mode = im.convert("LA"), "LA"
+    if mode in _ALPHA_MODES or "transparency" in im.info:
+        return _over_background(im.convert("RGBA"))
     return im.convert("RGB")
 
 
@@ -59,14 +84,31 @@ def _too_large(path, error: Exception) -> ImageTooLarge:
                                "PIL.Image.MAX_IMAGE_PIXELS if you trust it)")
 
 
-def _open(path: str) -> Image.Image:
-    """Image.open with Pillow's bomb warning as an error; ImageTooLarge / ImageReadError."""
+# warnings filters are process-global and catch_warnings is not thread-safe: two threads inside
+# it at once (probe_images opens files from threads, the service from its workers) can restore
+# each other's filters and drop the "error" one, and a bomb in Pillow's warning range would then
+# be decoded. Every open under the filter holds this lock; it covers the header read only.
+_OPEN_LOCK = threading.Lock()
+
+
+def open_image(source, formats: Optional[Sequence[str]] = None, name=None) -> Image.Image:
+    """Image.open (lazy: the header only) with Pillow's decompression-bomb warning raised as
+    ImageTooLarge naming `name` (default: `source` when it is a path); other errors as Pillow
+    raises them. `source`: a path or a binary file object."""
+    if name is None and isinstance(source, (str, Path)):
+        name = source
     try:
-        with warnings.catch_warnings():
+        with _OPEN_LOCK, warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            return Image.open(path)
+            return Image.open(source, formats=formats)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise _too_large(path, e) from None
+        raise _too_large(name, e) from None
+
+
+def _open(path: str) -> Image.Image:
+    """open_image of a file; ImageTooLarge / ImageReadError naming it."""
+    try:
+        return open_image(path)
     except FileNotFoundError:
         raise ImageReadError(path, "image file not found") from None
     except IsADirectoryError:
@@ -86,6 +128,8 @@ def read_image(path: Union[str, Path]) -> Image.Image:
         with im:
             im.load()  # decode now: a truncated file fails here, not in a worker later
             return to_rgb(im)
+    except Image.DecompressionBombError as e:  # some formats check again per frame, while decoding
+        raise _too_large(path, e) from None
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageReadError(path, f"unreadable or truncated image ({e})") from None
 
@@ -97,4 +141,4 @@ def image_size(path: Union[str, Path]) -> tuple[int, int]:
         return im.size
 
 
-__all__ = ["ImageReadError", "ImageTooLarge", "image_size", "read_image", "to_rgb"]
+__all__ = ["BACKGROUND", "ImageReadError", "ImageTooLarge", "image_size", "open_image", "read_image", "to_rgb"]

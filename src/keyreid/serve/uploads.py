@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import io
 import struct
-import warnings
 from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from keyreid.data.images import to_rgb
-from keyreid.errors import KeyreidError
+from keyreid.data.images import open_image, to_rgb
+from keyreid.errors import ImageTooLarge, KeyreidError
 
 
 class UploadError(KeyreidError):
@@ -120,21 +119,22 @@ def decode_upload(data: bytes, max_pixels: int) -> DecodedImage:
         raise UploadError(413, "pixel_limit", f"the image claims {width} x {height} = {width * height:,} "
                                               f"pixels, over the limit of {max_pixels:,}")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data), formats=[fmt])
-            frames = getattr(im, "n_frames", 1)
-            if im.size != (width, height):  # e.g. a second SOF: trust nothing bigger than checked
-                if im.size[0] * im.size[1] > max_pixels:
-                    raise UploadError(413, "pixel_limit", f"the image is {im.size[0]} x {im.size[1]} pixels, "
-                                                          f"over the limit of {max_pixels:,}")
-            im.seek(0)
-            im.load()
-            im = to_rgb(ImageOps.exif_transpose(im))   # the one conversion: 16-bit scaled, not clipped
+        # open_image: Pillow's bomb warning as an error, under the readers' lock (decode_upload
+        # runs in a thread pool, and warnings filters are process-global)
+        im = open_image(io.BytesIO(data), formats=[fmt], name="upload")
+        frames = getattr(im, "n_frames", 1)
+        if im.size != (width, height):  # e.g. a second SOF: trust nothing bigger than checked
+            if im.size[0] * im.size[1] > max_pixels:
+                raise UploadError(413, "pixel_limit", f"the image is {im.size[0]} x {im.size[1]} pixels, "
+                                                      f"over the limit of {max_pixels:,}")
+        im.seek(0)
+        im.load()
+        im = to_rgb(ImageOps.exif_transpose(im))   # the one conversion: 16-bit scaled, not clipped
     except UploadError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise UploadError(413, "pixel_limit", f"the image is too large to decode ({e})") from None
+    except (ImageTooLarge, Image.DecompressionBombError):
+        raise UploadError(413, "pixel_limit", f"the image is too large to decode: over the decompression-bomb "
+                                              f"limit of {Image.MAX_IMAGE_PIXELS:,} pixels") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, struct.error,
             IndexError, TypeError) as e:
         raise _corrupt(str(e).splitlines()[0] if str(e) else type(e).__name__) from None

@@ -92,7 +92,7 @@ def check_dataset(root: str | Path, name: str, expect_official: bool = False,
     if verify_images:
         samples = [*ds.train, *ds.query, *ds.gallery, *getattr(ds, "val", [])]
         paths = list(dict.fromkeys(s.path for s in samples))
-        results = probe_images(paths, decode=True, workers=workers)
+        results = probe_images(paths, decode=True, workers=workers, list_bombs=True)  # listed, never decoded
         report.images_checked = len(paths)
         for path in paths:
             if results[path][1] is not None:
