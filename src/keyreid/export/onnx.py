@@ -1,9 +1,10 @@
 """`keyreid export CKPT -o model.onnx`: the inference graph as ONNX, verified before it is kept.
 
-The file is written under a temporary name beside the target, run by onnxruntime against the
-torch model at batch 1 and batch N, and only moved to the target (with its sidecar
-MODEL.onnx.json) when both agree; a failed export leaves nothing at -o and an existing pair there
-untouched. Replacing a pair (--force) is ordered so that a process killed at any point leaves a
+The file is written in a temporary folder beside the target, run by onnxruntime against the
+torch model at batch 1 and batch N, for --format onnx-int8 quantised (keyreid.export.int8), then
+compared with the torch model in retrieval terms on a held-out set (mAP, rank-1, top-10 overlap;
+keyreid.export.parity), and only moved to the target (with its sidecar MODEL.onnx.json) when
+every check passes; a failed export leaves nothing at -o and an existing pair there untouched. Replacing a pair (--force) is ordered so that a process killed at any point leaves a
 pair that load_model reads as the old model or as the new one, never a graph with another
 graph's sidecar (see keyreid.inference.onnx_model)."""
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 import warnings
@@ -23,8 +25,11 @@ import torch
 
 from keyreid.errors import KeyreidError
 from keyreid.export.graph import EmbeddingGraph
-from keyreid.export.parity import TOLERANCE, check_parity, choose_images
-from keyreid.inference import load_model, model_format
+from keyreid.export.parity import (MAX_MAP_DROP, MIN_TOP10_OVERLAP, TOLERANCE, check_parity,
+                                   check_retrieval, choose_images, describe_retrieval, held_out_set,
+                                   retrieval_parity)
+from keyreid.inference import LoadedModel, load_model, model_format
+from keyreid.inference.backends import OnnxBackend
 from keyreid.inference.onnx_model import (INPUT_NAME, OUTPUT_NAME, PREVIOUS_KEY, RAW_OUTPUT_NAME,
                                           SIDECAR_FORMAT, SIDECAR_VERSION, file_sha256,
                                           matching_description, read_sidecar, session_options,
@@ -32,6 +37,7 @@ from keyreid.inference.onnx_model import (INPUT_NAME, OUTPUT_NAME, PREVIOUS_KEY,
 from keyreid.utils.io import _file_mode, atomic_write_text
 
 DEFAULT_OPSET = 17
+FORMATS = ("onnx", "onnx-int8")
 
 
 def opset_range() -> tuple[int, int]:
@@ -79,7 +85,8 @@ def _export_graph(graph: torch.nn.Module, example: torch.Tensor, path: str, opse
                           do_constant_folding=True)
 
 
-def _sidecar(card: dict, opset: int, sha: str, parity: dict) -> dict:
+def _sidecar(card: dict, opset: int, sha: str, parity: dict, precision: str = "fp32",
+             calibration: Optional[dict] = None) -> dict:
     from keyreid import __version__
 
     inp = card["input"]
@@ -96,7 +103,8 @@ def _sidecar(card: dict, opset: int, sha: str, parity: dict) -> dict:
                                      "image and its mirror, then normalise, for flip averaging)"},
         "embedding_dim": card["embedding_dim"], "distance": card["distance"],
         "normalized": card["normalized"], "fingerprint": card["fingerprint"],
-        "onnx_sha256": sha, "opset": opset, "card": card, "parity": parity,
+        "onnx_sha256": sha, "opset": opset, "card": card, "precision": precision,
+        **({"calibration": calibration} if calibration is not None else {}), "parity": parity,
         "keyreid_version": __version__,
     }
 
@@ -112,14 +120,38 @@ def _current_description(out: Path) -> Optional[dict]:
         return None
 
 
+def _session(path: str):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(path, session_options(), providers=["CPUExecutionProvider"])
+
+
+def _runner(session) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    def run(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        emb, raw = session.run([OUTPUT_NAME, RAW_OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(x)})
+        return emb, raw
+
+    return run
+
+
 def export_onnx(checkpoint: Union[str, Path], out: Union[str, Path], opset: int = DEFAULT_OPSET,
                 images: Optional[Union[str, Path]] = None, force: bool = False,
-                tolerance: float = TOLERANCE, log: Callable[[str], None] = print) -> dict:
+                tolerance: float = TOLERANCE, log: Callable[[str], None] = print,
+                format: str = "onnx", calibration: Optional[Union[str, Path]] = None,
+                parity_root: Optional[Union[str, Path]] = None, max_map_drop: float = MAX_MAP_DROP,
+                min_overlap: float = MIN_TOP10_OVERLAP) -> dict:
     """Export `checkpoint` to `out` (.onnx) plus `out`.json; returns the sidecar.
 
-    Parity is checked on --images, else the training dataset's images when its root is here,
-    else generated images (said in the log and the sidecar)."""
+    The graph is checked against torch at batch 1 and N on --images, else the training
+    dataset's images when its root is here, else generated images (said in the log and the
+    sidecar). format "onnx-int8" then quantises it to static int8, calibrated on `calibration`
+    (a folder) or the training data. Every format is then compared with the fp32 torch model on
+    `parity_root`, else the training dataset's test split, else generated images, and refused
+    when mAP drops by more than `max_map_drop` points or the top-10 overlap is under
+    `min_overlap`."""
     out = Path(out)
+    if format not in FORMATS:
+        raise KeyreidError(f"--format {format!r}: use one of {', '.join(FORMATS)}")
     low, high = opset_range()
     if not low <= opset <= high:
         raise KeyreidError(f"--opset {opset}: the exporter writes opsets {low} to {high} "
@@ -129,11 +161,21 @@ def export_onnx(checkpoint: Union[str, Path], out: Union[str, Path], opset: int 
                            "backend by that name)")
     if model_format(checkpoint) == "onnx":
         raise KeyreidError(f"{checkpoint}: already an ONNX model; export takes a torch checkpoint (.pt)")
+    if format != "onnx-int8" and calibration is not None:
+        raise KeyreidError("--calibration is for --format onnx-int8 (an fp32 export needs no calibration)")
     side = sidecar_path(out)
     for target in (out, side):
         if target.exists() and not force:
             raise KeyreidError(f"{target} exists; pass --force to replace it")
     loaded = load_model(checkpoint, device="cpu")
+    calib = None
+    if format == "onnx-int8":  # before any work: a missing calibration set is found in seconds
+        from keyreid.export.int8 import calibration_images
+
+        calib = calibration_images(Path(calibration) if calibration is not None else None,
+                                   loaded.config, Path(checkpoint))
+    held = held_out_set(Path(parity_root) if parity_root is not None else None, loaded.config,
+                        loaded.input_size)
     chosen = choose_images(Path(images) if images is not None else None,
                            loaded.config.data.root if loaded.config is not None else None,
                            loaded.input_size)
@@ -149,8 +191,10 @@ def export_onnx(checkpoint: Union[str, Path], out: Union[str, Path], opset: int 
     graph = EmbeddingGraph(loaded.model, normalize=loaded.normalized)
     out.parent.mkdir(parents=True, exist_ok=True)
     mode = _file_mode(out)  # mkstemp's 0600 would outlive the rename; other outputs follow the umask
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=out.name + ".", suffix=".tmp")
-    os.close(fd)
+    # every temporary file (fp32 graph, quantiser's work) in one folder beside the target: the
+    # final rename stays on one disk, and one rmtree leaves nothing behind
+    work = tempfile.mkdtemp(dir=out.parent, prefix=out.name + ".", suffix=".tmp")
+    tmp = os.path.join(work, "fp32.onnx")
     old_text, switched = None, False
     try:
         try:
@@ -158,22 +202,50 @@ def export_onnx(checkpoint: Union[str, Path], out: Union[str, Path], opset: int 
         except Exception as e:  # the exporter raises many types; the first line says what
             raise KeyreidError(f"{checkpoint}: ONNX export failed at opset {opset} "
                                f"({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
-        import onnxruntime as ort
-
-        session = ort.InferenceSession(tmp, session_options(), providers=["CPUExecutionProvider"])
-
-        def run(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            emb, raw = session.run([OUTPUT_NAME, RAW_OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(x)})
-            return emb, raw
-
+        session = _session(tmp)
         try:
-            diffs = check_parity(reference, run, batch.numpy().astype(np.float32), tolerance)
+            diffs = check_parity(reference, _runner(session), batch.numpy().astype(np.float32), tolerance)
         except KeyreidError as e:
             raise KeyreidError(f"{out}: export rejected, nothing written: {e}") from None
-        del session
         parity = {"images": chosen.source, "count": len(pictures), "tolerance": tolerance,
                   "max_abs_diff": diffs}
-        meta = _sidecar(loaded.card, opset, file_sha256(tmp), parity)
+        if calib is not None:
+            from keyreid.export.int8 import quantize_model
+
+            quantized = os.path.join(work, "int8.onnx")
+            log(f"int8: calibrating on {len(calib.images)} images ({calib.source})"
+                + (f", {calib.unreadable} unreadable skipped" if calib.unreadable else ""))
+            try:
+                quantize_model(tmp, quantized, loaded, calib)
+                session = _session(quantized)
+            except KeyreidError:
+                raise
+            except Exception as e:  # onnxruntime's quantiser raises many types
+                raise KeyreidError(f"{out}: int8 quantisation failed, nothing written "
+                                   f"({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
+            tmp = quantized
+            # the fp32 graph passed the tolerance check above; the int8 one is held to retrieval
+            # terms below, its batch-1 / batch-N differences are recorded for the record
+            try:
+                parity["int8_max_abs_diff"] = check_parity(reference, _runner(session),
+                                                           batch.numpy().astype(np.float32), float("inf"))
+            except KeyreidError as e:  # NaN embeddings, or shapes the quantiser changed
+                raise KeyreidError(f"{out}: {format} export rejected, nothing written: {e}") from None
+        exported = LoadedModel(OnnxBackend(session), loaded.card)
+        if held.note:
+            log(held.note)
+        held_ref, held_exp = loaded.embed(held.images), exported.embed(held.images)
+        parity["retrieval"] = {**retrieval_parity(held_ref, held_exp, held, loaded.distance),
+                               "max_map_drop": max_map_drop, "min_top10_overlap": min_overlap}
+        log(describe_retrieval(parity["retrieval"]))
+        try:
+            check_retrieval(parity["retrieval"], max_map_drop, min_overlap)
+        except KeyreidError as e:
+            raise KeyreidError(f"{out}: {format} export rejected, nothing written: {e}") from None
+        del session, exported
+        meta = _sidecar(loaded.card, opset, file_sha256(tmp), parity,
+                        precision="int8" if calib is not None else "fp32",
+                        calibration=calib.describe() if calib is not None else None)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, mode)
@@ -187,13 +259,14 @@ def export_onnx(checkpoint: Union[str, Path], out: Union[str, Path], opset: int 
         os.replace(tmp, out)
         switched = True
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
         if old_text is not None and not switched:  # interrupted at step 2: the old files as they were
             atomic_write_text(side, old_text)
         raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     # 3. the sidecar without the old description
     atomic_write_text(side, json.dumps(meta, indent=2))
     log(f"parity on {len(pictures)} images ({chosen.source}): max abs difference "
-        + ", ".join(f"batch {k}: {v:.2g}" for k, v in diffs.items()) + f" (limit {tolerance:g})")
+        + ", ".join(f"batch {k}: {v:.2g}" for k, v in diffs.items()) + f" (limit {tolerance:g})"
+        + (" for the fp32 graph before quantisation" if calib is not None else ""))
     return meta
