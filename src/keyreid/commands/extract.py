@@ -28,7 +28,9 @@ def extract(
                                  "(list it in FEATURES/skipped.txt)."),
     shard: Optional[str] = typer.Option(None, "--shard", help="i/N: extract block i of N (automatic under "
                                         "torchrun from RANK / WORLD_SIZE)."),
-    backend: Optional[str] = typer.Option(None, "--backend", help="torch | onnx [default: from CKPT's suffix]."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="torch | onnx | onnx-int8 | openvino: "
+                                          "check that CKPT is that kind of model [default: whatever "
+                                          "the file is, from its content]."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N."),
 ) -> None:
     """Embed a folder or a dataset split into a FEATURES folder (resumable, shardable)."""
@@ -42,15 +44,17 @@ def extract(
         raise KeyreidError("give either IMAGES_DIR or --dataset NAME --root ROOT")
     if dataset is not None and root is None:
         raise KeyreidError("--dataset needs --root ROOT")
-    is_onnx = checkpoint.suffix.lower() == ".onnx"
-    backend = backend or ("onnx" if is_onnx else "torch")
-    if backend not in ("torch", "onnx"):
-        raise KeyreidError(f"--backend must be torch or onnx, got {backend!r}")
-    if (backend == "onnx") != is_onnx:
-        raise KeyreidError(f"{checkpoint}: --backend {backend} needs "
-                           f"{'an exported .onnx file' if backend == 'onnx' else 'a .pt checkpoint'}")
-    if not checkpoint.is_file():
-        raise KeyreidError(f"{checkpoint}: checkpoint file not found")
+    from keyreid.inference import RUNTIMES, runtime_of
+
+    actual = runtime_of(checkpoint)   # from the file's content; a missing file is one line
+    if backend is not None and backend not in RUNTIMES:
+        raise KeyreidError(f"--backend must be one of {', '.join(RUNTIMES)}, got {backend!r}")
+    if backend is not None and backend != actual:
+        wanted = {"torch": "a .pt checkpoint", "onnx": "an fp32 ONNX export (keyreid export)",
+                  "onnx-int8": "an int8 ONNX export (keyreid export --format onnx-int8)",
+                  "openvino": "an OpenVINO IR (keyreid export --format openvino -o MODEL.xml)"}
+        raise KeyreidError(f"{checkpoint}: --backend {backend} needs {wanted[backend]}; this file is "
+                           f"{wanted[actual]}")
     shard_ix = resolve_shard(shard)
     if device == "auto" and shard_ix is not None and "LOCAL_RANK" in os.environ:
         import torch
@@ -58,7 +62,7 @@ def extract(
         if torch.cuda.is_available():  # one GPU per torchrun process
             device = f"cuda:{int(os.environ['LOCAL_RANK']) % torch.cuda.device_count()}"
     items, source = list_folder(images, pattern) if images is not None else list_dataset(dataset, root, split)
-    model = load_model(checkpoint, device=device) if backend == "torch" else load_model(checkpoint)
+    model = load_model(checkpoint, device=device)
     where = output if shard_ix is None else f"{output} (shard {shard_ix[0]}/{shard_ix[1]})"
     with progress_bar(True) as bar:
         task = bar.add_task("extract", total=None)

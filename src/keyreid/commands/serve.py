@@ -55,7 +55,7 @@ def serve(
             raise KeyreidError("give --index INDEX and --checkpoint CKPT (or --demo)")
         if not checkpoint.is_file():
             raise KeyreidError(f"{checkpoint}: checkpoint file not found")
-        model = load_model(checkpoint, device=device) if checkpoint.suffix != ".onnx" else load_model(checkpoint)
+        model = load_model(checkpoint, device=device)   # a .pt, or any export (by content)
     opened = open_index(index)
     service = SearchService(model, opened, uploads_dir=uploads or index.with_name(index.name + "-uploads"))
     settings = ServeSettings(max_body_bytes=int(max_body_mb * 1024 * 1024), max_pixels=max_pixels, workers=workers,

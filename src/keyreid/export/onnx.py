@@ -29,7 +29,7 @@ from keyreid.export.parity import (MAX_MAP_DROP, MIN_TOP10_OVERLAP, TOLERANCE, c
                                    check_retrieval, choose_images, describe_retrieval, held_out_set,
                                    retrieval_parity)
 from keyreid.inference import LoadedModel, load_model, model_format
-from keyreid.inference.backends import OnnxBackend
+from keyreid.inference.backends import OnnxBackend, OpenVinoBackend
 from keyreid.inference.onnx_model import (INPUT_NAME, OUTPUT_NAME, PREVIOUS_KEY, RAW_OUTPUT_NAME,
                                           SIDECAR_FORMAT, SIDECAR_VERSION, file_sha256,
                                           matching_description, read_sidecar, session_options,
@@ -37,7 +37,7 @@ from keyreid.inference.onnx_model import (INPUT_NAME, OUTPUT_NAME, PREVIOUS_KEY,
 from keyreid.utils.io import _file_mode, atomic_write_text
 
 DEFAULT_OPSET = 17
-FORMATS = ("onnx", "onnx-int8")
+FORMATS = ("onnx", "onnx-int8", "openvino", "openvino-fp16")
 
 
 def opset_range() -> tuple[int, int]:
@@ -156,15 +156,23 @@ def export_onnx(checkpoint: Union[str, Path], out: Union[str, Path], opset: int 
     if not low <= opset <= high:
         raise KeyreidError(f"--opset {opset}: the exporter writes opsets {low} to {high} "
                            f"(default {DEFAULT_OPSET})")
-    if out.suffix.lower() != ".onnx":
-        raise KeyreidError(f"{out}: the output must end in .onnx (`keyreid extract` picks the ONNX "
-                           "backend by that name)")
-    if model_format(checkpoint) == "onnx":
-        raise KeyreidError(f"{checkpoint}: already an ONNX model; export takes a torch checkpoint (.pt)")
+    ir = format.startswith("openvino")
+    suffix = ".xml" if ir else ".onnx"
+    if out.suffix.lower() != suffix:
+        raise KeyreidError(f"{out}: --format {format} writes MODEL{suffix}"
+                           + (" (with MODEL.bin beside it)" if ir else "") + f"; name the output *{suffix}")
+    if ir:
+        from keyreid.inference.openvino_model import import_openvino
+
+        import_openvino(out)   # before any work: a missing runtime is one line
+    kind = model_format(checkpoint)
+    if kind != "torch":
+        raise KeyreidError(f"{checkpoint}: already an exported {'ONNX' if kind == 'onnx' else 'OpenVINO'} "
+                           "model; export takes a torch checkpoint (.pt)")
     if format != "onnx-int8" and calibration is not None:
         raise KeyreidError("--calibration is for --format onnx-int8 (an fp32 export needs no calibration)")
     side = sidecar_path(out)
-    for target in (out, side):
+    for target in (out, side, *([out.with_suffix(".bin")] if ir else [])):
         if target.exists() and not force:
             raise KeyreidError(f"{target} exists; pass --force to replace it")
     loaded = load_model(checkpoint, device="cpu")
@@ -231,7 +239,24 @@ def export_onnx(checkpoint: Union[str, Path], out: Union[str, Path], opset: int 
                                                            batch.numpy().astype(np.float32), float("inf"))
             except KeyreidError as e:  # NaN embeddings, or shapes the quantiser changed
                 raise KeyreidError(f"{out}: {format} export rejected, nothing written: {e}") from None
-        exported = LoadedModel(OnnxBackend(session), loaded.card)
+        if ir:
+            from keyreid.export.openvino import FORMATS as IR_FORMATS, convert
+            from keyreid.inference.openvino_model import compile_ir
+
+            xml_tmp, bin_tmp = os.path.join(work, "model.xml"), os.path.join(work, "model.bin")
+            convert(tmp, xml_tmp, IR_FORMATS[format])
+            compiled = compile_ir(xml_tmp, bin_tmp)
+            session = OpenVinoBackend(compiled)
+            # fp32 weights are held to the ONNX graph's tolerance; fp16 ones are recorded, and
+            # held to retrieval terms below (like int8)
+            limit = tolerance if not IR_FORMATS[format] else float("inf")
+            try:
+                parity["openvino_max_abs_diff"] = check_parity(reference, _ov_runner(session, loaded.normalized),
+                                                               batch.numpy().astype(np.float32), limit)
+            except KeyreidError as e:
+                raise KeyreidError(f"{out}: {format} export rejected, nothing written: "
+                                   f"{str(e).replace('onnxruntime', 'OpenVINO')}") from None
+        exported = LoadedModel(session if ir else OnnxBackend(session), loaded.card)
         if held.note:
             log(held.note)
         held_ref, held_exp = loaded.embed(held.images), exported.embed(held.images)
@@ -246,6 +271,13 @@ def export_onnx(checkpoint: Union[str, Path], out: Union[str, Path], opset: int 
         meta = _sidecar(loaded.card, opset, file_sha256(tmp), parity,
                         precision="int8" if calib is not None else "fp32",
                         calibration=calib.describe() if calib is not None else None)
+        if ir:
+            from keyreid.export.openvino import install, ir_sidecar
+
+            meta = ir_sidecar(meta, xml_tmp, bin_tmp, out.with_suffix(".bin").name, IR_FORMATS[format])
+            install(xml_tmp, bin_tmp, out, meta, mode)
+            _log_parity(log, pictures, chosen, diffs, tolerance, False)
+            return meta
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, mode)
@@ -266,7 +298,21 @@ def export_onnx(checkpoint: Union[str, Path], out: Union[str, Path], opset: int 
         shutil.rmtree(work, ignore_errors=True)
     # 3. the sidecar without the old description
     atomic_write_text(side, json.dumps(meta, indent=2))
+    _log_parity(log, pictures, chosen, diffs, tolerance, calib is not None)
+    return meta
+
+
+def _log_parity(log, pictures, chosen, diffs, tolerance, quantised: bool) -> None:
     log(f"parity on {len(pictures)} images ({chosen.source}): max abs difference "
         + ", ".join(f"batch {k}: {v:.2g}" for k, v in diffs.items()) + f" (limit {tolerance:g})"
-        + (" for the fp32 graph before quantisation" if calib is not None else ""))
-    return meta
+        + (" for the fp32 graph before quantisation" if quantised else ""))
+
+
+def _ov_runner(backend, normalized: bool) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """check_parity's runner for an IR: the raw output, and the embedding as the graph gives it."""
+    def run(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raw = backend.run(x).numpy()
+        emb = raw / np.maximum(np.linalg.norm(raw, axis=1, keepdims=True), 1e-12) if normalized else raw
+        return emb, raw
+
+    return run

@@ -2,6 +2,6 @@
 
 from keyreid.inference.device import resolve_device
 from keyreid.inference.embed import extract_features
-from keyreid.inference.loaded import LoadedModel, card_for, load_model, model_format
+from keyreid.inference.loaded import RUNTIMES, LoadedModel, card_for, load_model, model_format, runtime_of
 
-__all__ = ["LoadedModel", "card_for", "extract_features", "load_model", "model_format", "resolve_device"]
+__all__ = ["RUNTIMES", "LoadedModel", "runtime_of", "card_for", "extract_features", "load_model", "model_format", "resolve_device"]

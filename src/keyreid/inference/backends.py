@@ -3,13 +3,15 @@
 A backend gets float32 [B, 3, H, W] images, already resized and normalised by LoadedModel (the
 one preprocessing path), and returns the model's raw embedding [B, D] as a torch tensor (before
 any L2 normalisation: flip averaging and normalisation happen in LoadedModel, the same for every
-runtime). That is all a new runtime (int8, OpenVINO) has to provide. A backend that holds the
+runtime). That is all a new runtime (onnxruntime, OpenVINO) has to provide. A backend that holds the
 torch module also gives its full output (heatmaps, part features) and the module itself, for
 keypoints and gradients; the others say they cannot."""
 
 from __future__ import annotations
 
 from typing import Optional
+
+import threading
 
 import numpy as np
 import torch
@@ -73,4 +75,24 @@ class OnnxBackend(Backend):
         return torch.from_numpy(out)
 
 
-__all__ = ["Backend", "OnnxBackend", "TorchBackend", "Unsupported"]
+class OpenVinoBackend(Backend):
+    """An OpenVINO IR compiled for the CPU (keyreid.inference.openvino_model); its
+    `raw_embedding` output. One infer request, used under a lock: a request is not safe to share
+    between threads, and keyreid batches images itself, so one at a time loses nothing."""
+
+    name = "openvino"
+
+    def __init__(self, compiled):
+        self.compiled = compiled
+        self._request = compiled.create_infer_request()
+        self._lock = threading.Lock()
+
+    def run(self, batch: torch.Tensor) -> torch.Tensor:
+        x = batch.detach().cpu().numpy() if isinstance(batch, torch.Tensor) else np.asarray(batch)
+        with self._lock:
+            self._request.infer({INPUT_NAME: np.ascontiguousarray(x, dtype=np.float32)})
+            out = np.array(self._request.get_tensor(RAW_OUTPUT_NAME).data, copy=True)
+        return torch.from_numpy(out)
+
+
+__all__ = ["Backend", "OnnxBackend", "OpenVinoBackend", "TorchBackend", "Unsupported"]

@@ -17,10 +17,11 @@ from keyreid.data.keypoints import Skeleton, get_skeleton
 from keyreid.data.images import read_image, to_rgb
 from keyreid.data.transforms import KeypointTransform, TransformConfig
 from keyreid.errors import KeyreidError
-from keyreid.inference.backends import Backend, OnnxBackend, TorchBackend, Unsupported
+from keyreid.inference.backends import Backend, OnnxBackend, OpenVinoBackend, TorchBackend, Unsupported
 from keyreid.inference.card import CARD_FORMAT, make_card
 from keyreid.inference.device import resolve_device
 from keyreid.inference.onnx_model import looks_like_onnx, open_onnx
+from keyreid.inference.openvino_model import looks_like_ir, open_openvino
 
 ImageLike = Union[str, Path, Image.Image, np.ndarray]
 
@@ -184,8 +185,9 @@ def _options_from_weights(model_cfg: ModelConfig, state: dict) -> ModelConfig:
 
 
 def model_format(path: Union[str, Path]) -> str:
-    """"torch" or "onnx", from the file's first bytes: a torch checkpoint is a zip (or, from
-    old torch versions, a pickle), an ONNX model a protobuf. Anything else is one clear error."""
+    """"torch", "onnx" or "openvino", from the file's first bytes: a torch checkpoint is a zip
+    (or, from old torch versions, a pickle), an ONNX model a protobuf, an OpenVINO IR an XML
+    <net>. Anything else is one clear error."""
     path = Path(path)
     if path.is_dir():
         raise KeyreidError(f"{path}: a folder, not a model file (best.pt, last.pt or MODEL.onnx)")
@@ -201,8 +203,28 @@ def model_format(path: Union[str, Path]) -> str:
         return "torch"
     if looks_like_onnx(head):
         return "onnx"
-    what = "an empty file" if not head else "neither a torch checkpoint nor an ONNX model"
-    raise KeyreidError(f"{path}: {what}; give a checkpoint (best.pt, last.pt) or an exported MODEL.onnx")
+    if looks_like_ir(head):
+        return "openvino"
+    what = "an empty file" if not head else "neither a torch checkpoint nor an exported model"
+    raise KeyreidError(f"{path}: {what}; give a checkpoint (best.pt, last.pt) or an exported "
+                       "MODEL.onnx or MODEL.xml")
+
+
+RUNTIMES = ("torch", "onnx", "onnx-int8", "openvino")
+
+
+def runtime_of(path: Union[str, Path]) -> str:
+    """What runs the model file: "torch", "onnx" (onnxruntime, fp32), "onnx-int8" (onnxruntime,
+    an int8 export: its sidecar says) or "openvino" -- what `extract --backend` names."""
+    kind = model_format(path)
+    if kind == "onnx":
+        from keyreid.inference.onnx_model import read_sidecar
+
+        try:
+            return "onnx-int8" if read_sidecar(Path(path)).get("precision") == "int8" else "onnx"
+        except KeyreidError:
+            return "onnx"   # loading it says what is wrong with the sidecar
+    return kind
 
 
 def load_model(checkpoint: Union[str, Path], device: str = "auto",
@@ -214,11 +236,13 @@ def load_model(checkpoint: Union[str, Path], device: str = "auto",
     consulted for checkpoints written before cards existed. A missing or damaged file is an
     error: there is no silent fallback to ImageNet or random weights."""
     path = Path(checkpoint)
-    if model_format(path) == "onnx":
+    kind = model_format(path)
+    if kind in ("onnx", "openvino"):
         if device not in ("auto", "cpu"):
-            raise KeyreidError(f"{path}: an ONNX model runs on CPU here (onnxruntime); use device "
-                               f"cpu or auto, not {device!r}")
-        return load_onnx_model(path)
+            runtime = "onnxruntime" if kind == "onnx" else "OpenVINO"
+            raise KeyreidError(f"{path}: an {'ONNX' if kind == 'onnx' else 'OpenVINO'} model runs on "
+                               f"CPU here ({runtime}); use device cpu or auto, not {device!r}")
+        return load_onnx_model(path) if kind == "onnx" else load_openvino_model(path)
     return _load_torch(path, device, config)
 
 
@@ -260,6 +284,12 @@ def load_onnx_model(path: Union[str, Path], threads: Optional[int] = None) -> Lo
     return LoadedModel(OnnxBackend(session), meta["card"], config=None, path=Path(path))
 
 
+def load_openvino_model(path: Union[str, Path], threads: Optional[int] = None) -> LoadedModel:
+    """MODEL.xml (with MODEL.bin and its sidecar) as a LoadedModel with the OpenVINO backend (CPU)."""
+    meta, compiled = open_openvino(path, threads)
+    return LoadedModel(OpenVinoBackend(compiled), meta["card"], config=None, path=Path(path))
+
+
 OnnxModel = LoadedModel   # was a class of its own; an ONNX model is a LoadedModel with OnnxBackend
 
-__all__ = ["LoadedModel", "card_for", "load_model", "model_format", "to_pil"]
+__all__ = ["RUNTIMES", "LoadedModel", "card_for", "load_model", "runtime_of", "load_onnx_model", "load_openvino_model", "model_format", "to_pil"]
