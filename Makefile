@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml requirements-lock.txt requirements-nodeps.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q pip==26.3
 	$(BIN)/pip install -q -r requirements-lock.txt
-	$(BIN)/pip install -q -c requirements-lock.txt -e '.[test,pose]'
+	$(BIN)/pip install -q -c requirements-lock.txt -e '.[test,pose,openvino]'
 	# Packages whose declared dependencies we must not pull (see the file).
 	$(BIN)/pip install -q --no-deps -r requirements-nodeps.txt
 	touch $(STAMP)

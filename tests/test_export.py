@@ -203,7 +203,7 @@ def test_cli_export_errors_are_one_line_exit_2(tmp_path, images):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "model.onnx exists; pass --force" in lines[0], r.stderr
     cases = [
-        ([str(ckpt), "-o", str(tmp_path / "model.bin")], "must end in .onnx"),
+        ([str(ckpt), "-o", str(tmp_path / "model.bin")], "writes MODEL.onnx; name the output *.onnx"),
         ([str(tmp_path / "missing.pt"), "-o", str(tmp_path / "x.onnx")], "checkpoint not found"),
         ([str(ckpt), "-o", str(tmp_path / "x.onnx"), "--images", str(tmp_path / "nope")], "not a folder"),
         ([str(ckpt), "-o", str(tmp_path / "x.onnx"), "--images", str(tmp_path)], "no image files"),
