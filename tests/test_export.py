@@ -251,6 +251,31 @@ def test_missing_or_foreign_sidecar_is_a_clear_error(tmp_path, images):
         load_model(out)
 
 
+def test_a_corrupt_onnx_file_with_a_matching_sidecar_is_one_line_through_the_cli(tmp_path, images):
+    """A damaged graph whose sidecar was (re)written for it: onnxruntime's reason in one line,
+    exit 2, no features folder created."""
+    import subprocess
+
+    from keyreid.export import export_onnx
+    from keyreid.inference.onnx_model import file_sha256
+
+    ckpt = tiny_checkpoint(tmp_path / "best.pt", "bnneck")
+    out = tmp_path / "model.onnx"
+    export_onnx(ckpt, out, images=images, log=lambda s: None)
+    data = out.read_bytes()
+    out.write_bytes(data[: len(data) * 2 // 3])     # cut inside the weights
+    side = tmp_path / "model.onnx.json"
+    meta = json.loads(side.read_text())
+    meta["onnx_sha256"] = file_sha256(out)
+    side.write_text(json.dumps(meta))
+    keyreid = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "keyreid"
+    r = subprocess.run([str(keyreid), "extract", str(out), str(images), "-o", str(tmp_path / "feats")],
+                       capture_output=True, text=True, timeout=300)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "onnxruntime cannot load it" in lines[0], r.stderr
+    assert not (tmp_path / "feats").exists()
+
+
 def test_keyreid_extract_with_onnx_backend_matches_torch(tmp_path, images):
     """A deployment without torch model code: `keyreid extract model.onnx` writes the features
     `keyreid extract best.pt` writes (to 1e-4), under the same model fingerprint."""
