@@ -218,8 +218,10 @@ def test_dataset_split_rows_carry_the_adapters_identities(tiny_synth, tmp_path):
     extract(PixelModel(), items, source, tmp_path / "q", batch_size=8)
     fs = read_features(tmp_path / "q")
     query = build_dataset("market1501", tiny_synth).query
+    # cameras as the file names write them (README "Cameras"): the adapter's camid is 0-based
     assert [(r["path"], r["pid"], r["camid"]) for r in fs.rows] == \
-        [(str(Path(s.path).resolve()), s.pid, s.camid) for s in query]
+        [(str(Path(s.path).resolve()), s.pid, s.camid + 1) for s in query]
+    assert all(f"_c{r['camid']}s" in Path(r["path"]).name for r in fs.rows)
     assert fs.manifest["source"]["split"] == "query" and fs.manifest["source"]["dataset"] == "market1501"
     with pytest.raises(KeyreidError, match="--split"):
         list_dataset("market1501", tiny_synth, "test")

@@ -14,16 +14,20 @@ app = typer.Typer(help="Build and maintain a gallery index (faiss embedded, or Q
 console = Console()
 
 
-def _ints(text: Optional[str], option: str, minimum: Optional[int] = None) -> Optional[list[int]]:
+def _ints(text: Optional[str], option: str, minimum: Optional[int] = None,
+          cameras: bool = False) -> Optional[list[int]]:
+    """Comma-separated integers; `cameras`: camera numbers as the file names write them, 2 or c2
+    (README "Cameras")."""
     from keyreid.errors import KeyreidError
-    from keyreid.search.index import INT64_MIN, check_int64
+    from keyreid.search.index import INT64_MIN, check_int64, parse_camera
 
     if text is None:
         return None
     try:
-        values = [int(t) for t in text.split(",") if t.strip()]
+        values = [(parse_camera if cameras else int)(t) for t in text.split(",") if t.strip()]
     except ValueError:
-        raise KeyreidError(f"{option} takes comma-separated integers, got {text!r}") from None
+        what = "camera numbers as the file names write them (2 or c2)" if cameras else "integers"
+        raise KeyreidError(f"{option} takes comma-separated {what}, got {text!r}") from None
     return [check_int64(v, option, INT64_MIN if minimum is None else minimum) for v in values]
 
 
@@ -86,14 +90,15 @@ def add(index_path: Path = typer.Argument(..., metavar="INDEX"),
 @app.command("remove")
 def remove(index_path: Path = typer.Argument(..., metavar="INDEX"),
            ids: Optional[str] = typer.Option(None, "--ids", help="Comma-separated ids."),
-           camera: Optional[str] = typer.Option(None, "--camera", help="Comma-separated cameras: remove all their images."),
+           camera: Optional[str] = typer.Option(None, "--camera", help="Comma-separated cameras, numbered as the file "
+                                                "names write them (2 or c2): remove all their images."),
            qdrant_url: Optional[str] = typer.Option(None, "--qdrant-url"),
            wait: float = typer.Option(300.0, "--wait", min=0, help=WAIT_HELP)) -> None:
     """Remove vectors by id or by camera."""
     from keyreid.errors import KeyreidError
     from keyreid.search.index import remove_from_index
 
-    id_list, cams = _ints(ids, "--ids", minimum=0), _ints(camera, "--camera")
+    id_list, cams = _ints(ids, "--ids", minimum=0), _ints(camera, "--camera", cameras=True)
     if not id_list and not cams:
         raise KeyreidError("give --ids 1,2,... and/or --camera C")
     n, left = remove_from_index(index_path, ids=id_list, cameras=cams, qdrant_url=qdrant_url, wait_s=wait)
@@ -104,12 +109,19 @@ def remove(index_path: Path = typer.Argument(..., metavar="INDEX"),
 def info(index_path: Path = typer.Argument(..., metavar="INDEX"),
          as_json: bool = typer.Option(False, "--json"),
          qdrant_url: Optional[str] = typer.Option(None, "--qdrant-url")) -> None:
-    """What an index holds: backend, type, model fingerprint, dimension, metric, count."""
+    """What an index holds: backend, type, model fingerprint, dimension, metric, count, cameras
+    (numbered as the file names write them, README "Cameras")."""
+    from keyreid.data.records import camera_label
     from keyreid.search.index import open_index
 
     index = open_index(index_path, qdrant_url)
     data = index.info()
     data.pop("model", None)
+    data["camera_base"] = index.camera_base   # worked out for an index from before the rule
+    cameras = index.cameras()
+    index.close()
+    if cameras is not None:
+        data["cameras"] = cameras
     if as_json:
         typer.echo(json.dumps(data, indent=1))
         return
@@ -118,4 +130,6 @@ def info(index_path: Path = typer.Argument(..., metavar="INDEX"),
                 "build_recall@10", "checkpoint", "bytes"):
         if key in data:
             table.add_row(key, json.dumps(data[key]) if isinstance(data[key], (dict, list)) else str(data[key]))
+    if "cameras" in data:
+        table.add_row("cameras", " ".join(camera_label(c) for c in data["cameras"]) + "  (as the file names write them)")
     console.print(table)

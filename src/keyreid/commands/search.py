@@ -14,16 +14,18 @@ console = Console()
 
 
 def _cams(text: Optional[str]) -> Optional[set[int]]:
+    """--camera / --camera-not: cameras as the file names write them, 2 or c2 (README "Cameras")."""
     from keyreid.errors import KeyreidError
 
     if text is None:
         return None
-    from keyreid.search.index import check_int64
+    from keyreid.search.index import check_int64, parse_camera
 
     try:
-        cams = {int(t) for t in text.split(",") if t.strip()}
+        cams = {parse_camera(t) for t in text.split(",") if t.strip()}
     except ValueError:
-        raise KeyreidError(f"cameras are comma-separated integers, got {text!r}") from None
+        raise KeyreidError(f"cameras are comma-separated camera numbers as the file names write them "
+                           f"(2 or c2), got {text!r}") from None
     return {check_int64(c, "cameras") for c in cams}
 
 
@@ -33,8 +35,9 @@ def search(
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Model of the index [default: the "
                                               "checkpoint recorded at extraction, if it still exists]."),
     top_k: int = typer.Option(20, "--top-k", min=1),
-    camera: Optional[str] = typer.Option(None, "--camera", help="Keep only these cameras (e.g. 1,3)."),
-    camera_not: Optional[str] = typer.Option(None, "--camera-not", help="Drop these cameras."),
+    camera: Optional[str] = typer.Option(None, "--camera", help="Keep only these cameras, numbered as the file "
+                                         "names write them (e.g. 1,3 or c1,c3 for ..._c1s1_... and ..._c3s1_...)."),
+    camera_not: Optional[str] = typer.Option(None, "--camera-not", help="Drop these cameras (numbered as --camera)."),
     after: Optional[float] = typer.Option(None, "--after", help="Only images with timestamp >= T."),
     before: Optional[float] = typer.Option(None, "--before", help="Only images with timestamp <= T."),
     rerank: bool = typer.Option(False, "--rerank", help="k-reciprocal re-ranking of the top 100 candidates."),
@@ -46,6 +49,7 @@ def search(
     device: str = typer.Option("auto", "--device"),
 ) -> None:
     """Find the gallery images most similar to each query image."""
+    from keyreid.data.records import camera_label
     from keyreid.errors import KeyreidError
     from keyreid.inference import load_model
     from keyreid.search.extract import _compile_pattern, parse_name
@@ -94,7 +98,7 @@ def search(
                 table.add_column(col, justify="right" if col not in ("path",) else "left")
             for r, (h, d) in enumerate(row, start=1):
                 table.add_row(str(r), f"{h.score:.4f}", *((f"{d:.4f}",) if rerank else ()), str(h.id), h.path,
-                              "" if h.camid is None else str(h.camid), "" if h.pid is None else str(h.pid))
+                              camera_label(h.camid), "" if h.pid is None else str(h.pid))
             console.print(table)
     if render is not None:
         from keyreid.search.render import render_hits

@@ -19,6 +19,7 @@ import numpy as np
 
 from keyreid.data.datasets.base import IMAGE_EXTENSIONS
 from keyreid.data.loader import read_image
+from keyreid.data.records import named_camera
 from keyreid.errors import ImageTooLarge
 from keyreid.errors import DataError, KeyreidError
 from keyreid.search.features import FeatureWriter, check_shard_set, shard_dir
@@ -28,6 +29,9 @@ SPLIT_CHOICES = ("gallery", "query", "train", "all")
 
 @dataclass
 class ImageItem:
+    """One image to embed; `camid` is its camera as the file name writes it (README "Cameras"),
+    from --pattern's (?P<cam>..) group or the dataset adapter's Sample.camera."""
+
     path: str
     pid: Optional[int] = None
     camid: Optional[int] = None
@@ -54,7 +58,8 @@ def _compile_pattern(pattern: Optional[str]) -> Optional[re.Pattern]:
 
 
 def parse_name(regex: Optional[re.Pattern], name: str) -> dict:
-    """pid / camid / timestamp / track from a file name (None where the pattern gives none)."""
+    """pid / camid / timestamp / track from a file name (None where the pattern gives none); camid
+    is the number the (?P<cam>..) group matched, as the file writes it (README "Cameras")."""
     out = {"pid": None, "camid": None, "timestamp": None, "track": None}
     m = regex.search(name) if regex is not None else None
     if m is None:
@@ -83,6 +88,11 @@ def list_folder(folder: Path, pattern: Optional[str] = None) -> tuple[list[Image
     return items, {"kind": "folder", "root": str(folder.resolve()), "pattern": pattern}
 
 
+def _camera(sample) -> Optional[int]:
+    camera = named_camera(sample)   # not the protocol's 0-based camid (README "Cameras")
+    return None if camera is None else int(camera)
+
+
 def list_dataset(name: str, root: Path, split: str = "gallery") -> tuple[list[ImageItem], dict]:
     from keyreid.data.datasets import build_dataset
 
@@ -93,8 +103,8 @@ def list_dataset(name: str, root: Path, split: str = "gallery") -> tuple[list[Im
     except KeyError as e:
         raise KeyreidError(f"--dataset: {e.args[0]}") from None
     splits = ("gallery", "query", "train") if split == "all" else (split,)
-    items = [ImageItem(str(Path(s.path).resolve()), int(s.pid), int(s.camid),
-                       s.meta.get("timestamp"), s.meta.get("track"))
+    items = [ImageItem(str(Path(s.path).resolve()), int(s.pid), _camera(s), s.meta.get("timestamp"),
+                       s.meta.get("track"))
              for sp in splits for s in getattr(ds, sp)]
     if not items:
         raise DataError(root, f"dataset {name!r} has no {split} images")

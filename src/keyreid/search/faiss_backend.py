@@ -277,7 +277,7 @@ class FaissIndex(GalleryIndex):
             raise KeyreidError("--top-k must be at least 1")
         sel = keep = None
         if filt is not None and not filt.is_empty():
-            keep = self.meta.filtered_ids(filt)
+            keep = self.meta.filtered_ids(self.stored_filter(filt))
             if len(keep) == 0:
                 return [[] for _ in q]
             sel = faiss.IDSelectorBatch(keep)
@@ -304,8 +304,8 @@ class FaissIndex(GalleryIndex):
                 if i < 0 or meta.get(i) is None:
                     continue
                 m = meta[i]
-                hits.append(Hit(id=i, score=float(s), path=m["path"], camid=m["camid"], pid=m["pid"],
-                                timestamp=m["timestamp"], track=m["track"]))
+                hits.append(Hit(id=i, score=float(s), path=m["path"], camid=self.shown_camera(m["camid"]),
+                                pid=m["pid"], timestamp=m["timestamp"], track=m["track"]))
             out.append(hits)
         return out
 
@@ -353,7 +353,7 @@ class FaissIndex(GalleryIndex):
         ids = self.assign_ids(len(v), ids)
         if len(v) == 0:
             return ids
-        self.meta.add(ids, metadata)  # refuses ids already present, before faiss changes
+        self.meta.add(ids, self.stored_metadata(metadata))  # refuses ids already present, before faiss changes
         self._add_to_faiss(v, ids)
         self._after_add(ids)
         self._dirty = True
@@ -375,7 +375,7 @@ class FaissIndex(GalleryIndex):
     def remove(self, ids: Optional[Iterable[int]] = None, cameras: Optional[Iterable[int]] = None) -> int:
         doomed = set(int(i) for i in (ids or []))
         if cameras is not None:
-            doomed |= set(self.meta.ids_with_cameras(cameras).tolist())
+            doomed |= set(self.meta.ids_with_cameras(self.stored_cameras(cameras)).tolist())
         doomed = np.array(sorted(self.meta.existing(doomed)), dtype=np.int64)
         if len(doomed) == 0:
             return 0
@@ -428,7 +428,15 @@ class FaissIndex(GalleryIndex):
         missing = [i for i, r in zip(ids, rows) if r is None]
         if missing:
             raise SearchIndexError(f"ids not in the index: {missing[:5]}")
-        return rows
+        return [self.shown_metadata(r) for r in rows]
+
+    def cameras(self) -> Optional[list[int]]:
+        return sorted(self.shown_camera(c) for c in self.meta.cameras())
+
+    def rebase_cameras(self, ranges: list[tuple[int, int, int]]) -> bool:
+        self.meta.rebase_cameras(ranges)
+        self._camera_base = 0
+        return True
 
     @property
     def approximate(self) -> bool:
@@ -470,7 +478,7 @@ class FaissIndex(GalleryIndex):
         g = int(self.manifest.get("generation") or 0) + 1
         files = {"vectors": f"vectors-{g:06d}.faiss", "metadata": f"metadata-{g:06d}.sqlite"}
         index = self.index
-        manifest = dict(self.manifest, generation=g, files=files)
+        manifest = dict(self.manifest, generation=g, files=files, camera_base=self.camera_base)
         try:
             vectors = self.folder / files["vectors"]
             atomic_write(vectors, lambda tmp: _write_faiss(index, tmp, vectors))

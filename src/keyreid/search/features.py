@@ -5,6 +5,12 @@ mappable), ``rows.jsonl`` (one JSON object per finished row: row, path, pid, cam
 track), ``skipped.txt`` (images skipped with on_error=skip, "path<TAB>problem") and
 ``manifest.json`` (see /work/prompts/interfaces.md; ``count`` rows are finished).
 
+Cameras (README "Cameras"): a row's camid is the camera as the image's file name writes it
+(``0301_c2s1_...`` -> 2), whether it came from --pattern or a dataset adapter, and the manifest
+says so with ``"camera_base": 0`` (add it to a stored camid to get the camera as named). A folder
+written before that rule records no camera_base: its adapter rows hold the adapter's 0-based id
+(see `stored_camera_base`), and they are read back, and continued, in the file's numbering.
+
 Crash safety: a batch is committed in three steps, vectors (flushed) -> rows.jsonl lines
 (fsynced) -> manifest (atomic rename). The manifest is the commit point: whatever lies past
 ``count`` in the other files is unfinished and is cut off (rows, skipped lines) or written over
@@ -59,6 +65,22 @@ def read_manifest(folder: Path) -> dict:
     return manifest
 
 
+def stored_camera_base(manifest: dict) -> int:
+    """What to add to the camids stored in a features folder to get the cameras as the file names
+    write them (README "Cameras"): the manifest's camera_base (0 since the rule). A folder written
+    before records none; decided from its source: a dataset adapter stored Sample.camid, the
+    file's camera minus LEGACY_CAMERA_BASE (Market-style adapters: 1), --pattern the file's own
+    number (0)."""
+    if "camera_base" in manifest:
+        return int(manifest["camera_base"] or 0)
+    source = manifest.get("source") or {}
+    if source.get("kind") == "dataset":
+        from keyreid.data.datasets.base import LEGACY_CAMERA_BASE
+
+        return LEGACY_CAMERA_BASE.get(source.get("dataset"), 0)
+    return 0
+
+
 def _fsync_append(path: Path, lines: list[str]) -> None:
     with open(path, "a", encoding="utf-8") as f:
         f.write("".join(lines))
@@ -104,13 +126,15 @@ class FeatureWriter:
                       "dtype": dtype, "normalized": bool(normalized), "distance": distance, "count": 0,
                       "total": int(total), "complete": False, "shard": shard, "flip": bool(flip),
                       "source": source or {}, "model": model or {}, "checkpoint": checkpoint,
-                      "images_done": 0, "skipped": 0}
+                      "images_done": 0, "skipped": 0, "camera_base": 0}
         if (self.folder / MANIFEST).exists():
             self.manifest = read_manifest(self.folder)
             self._check_same_run()
             self._recover()
         else:
             self._create()
+        # rows come in the file names' numbering; a folder begun before the camera rule keeps its own
+        self.camera_base = stored_camera_base(self.manifest)
 
     # ------------------------------------------------------------------ set-up
     def _check_same_run(self) -> None:
@@ -174,6 +198,9 @@ class FeatureWriter:
         if vectors.shape != (n, m["dim"]):
             raise KeyreidError(f"batch of {vectors.shape} vectors for {n} rows of dim {m['dim']}")
         start = m["count"]
+        if self.camera_base:
+            rows = [dict(r, camid=r["camid"] - self.camera_base) if r.get("camid") is not None else r
+                    for r in rows]
         if n:
             mm = np.load(self.folder / VECTORS, mmap_mode="r+")
             mm[start:start + n] = vectors.astype(m["dtype"])
@@ -280,11 +307,17 @@ def _read_one(folder: Path, allow_incomplete: bool) -> tuple[np.ndarray, list[di
             if not isinstance(row, dict) or "path" not in row:
                 raise DataError(folder / ROWS, f"line {n} is not a row of keyreid extract (no \"path\")")
             rows.append(row)
+    base = stored_camera_base(m)
+    if base:   # an adapter's folder from before the camera rule: as the file names write them
+        for row in rows:
+            if isinstance(row.get("camid"), int):
+                row["camid"] += base
     return vectors, rows, m
 
 
 def read_features(path: Path, allow_incomplete: bool = False) -> FeatureSet:
-    """All finished rows of a features folder (or of all its shards, in shard order)."""
+    """All finished rows of a features folder (or of all its shards, in shard order), cameras as
+    the file names write them (README "Cameras"), whenever the folder was written."""
     folders = feature_folders(Path(path))
     parts = [_read_one(f, allow_incomplete) for f in folders]
     first = parts[0][2]
@@ -298,8 +331,9 @@ def read_features(path: Path, allow_incomplete: bool = False) -> FeatureSet:
         vectors = np.concatenate([p[0] for p in parts]).astype(np.float32, copy=False) if parts else None
     rows = [r for p in parts for r in p[1]]
     manifest = dict(first, count=sum(p[2]["count"] for p in parts),
-                    total=sum(p[2]["total"] for p in parts), shard=None)
+                    total=sum(p[2]["total"] for p in parts), shard=None, camera_base=0)
     return FeatureSet(np.asarray(vectors, dtype=np.float32), rows, manifest, folders)
 
 
-__all__ = ["FeatureSet", "FeatureWriter", "check_shard_set", "feature_folders", "read_features", "read_manifest", "shard_dir"]
+__all__ = ["FeatureSet", "FeatureWriter", "check_shard_set", "feature_folders", "read_features", "read_manifest", "shard_dir",
+           "stored_camera_base"]

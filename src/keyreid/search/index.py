@@ -3,6 +3,12 @@
 INDEX/ is a folder with ``manifest.json`` (format keyreid-index) plus whatever the backend keeps
 there. Scores are higher-is-better in every backend: cosine similarity (inner product of unit
 vectors) for normalised indexes, minus the squared L2 distance otherwise.
+
+Cameras (README "Cameras"): every camera going in or coming out of an index (Hit.camid,
+get_metadata, SearchFilter, remove(cameras=...), add's metadata) is the camera as the image's
+file name writes it. The manifest's ``camera_base`` says what the stored numbers mean (shown =
+stored + camera_base; 0 for every index written since the rule); an index written before
+records none and `open_index` works it out from the features folders it was built from.
 """
 
 from __future__ import annotations
@@ -53,6 +59,8 @@ class SearchIndexError(KeyreidError):
 
 @dataclass
 class SearchFilter:
+    """Cameras as the file names write them (README "Cameras")."""
+
     cameras: Optional[set[int]] = None        # keep only these cameras
     cameras_not: Optional[set[int]] = None    # drop these cameras
     after: Optional[float] = None             # timestamp >= after
@@ -130,6 +138,48 @@ class GalleryIndex(ABC):
 
     def __len__(self) -> int:
         return int(self.manifest["count"])
+
+    # ------------------------------------------------------------------ cameras (README "Cameras")
+    @property
+    def camera_base(self) -> int:
+        """Add it to a stored camera to get the camera as the file names write it: the manifest's
+        camera_base, or for an index written before the rule what `open_index` worked out (a
+        backend's save then records it)."""
+        derived = self.__dict__.get("_camera_base")
+        return int(self.manifest.get("camera_base") or 0) if derived is None else int(derived)
+
+    def shown_camera(self, stored: Optional[int]) -> Optional[int]:
+        return None if stored is None else int(stored) + self.camera_base
+
+    def stored_cameras(self, cameras: Optional[Iterable[int]]) -> Optional[set[int]]:
+        return None if cameras is None else {int(c) - self.camera_base for c in cameras}
+
+    def stored_filter(self, filt: Optional[SearchFilter]) -> Optional[SearchFilter]:
+        if filt is None or not self.camera_base:
+            return filt
+        return SearchFilter(cameras=self.stored_cameras(filt.cameras), cameras_not=self.stored_cameras(filt.cameras_not),
+                            after=filt.after, before=filt.before)
+
+    def stored_metadata(self, metadata: list[dict]) -> list[dict]:
+        if not self.camera_base:
+            return metadata
+        return [dict(m, camid=m["camid"] - self.camera_base) if m.get("camid") is not None else m for m in metadata]
+
+    def shown_metadata(self, row: dict) -> dict:
+        if not self.camera_base or row.get("camid") is None:
+            return row
+        return dict(row, camid=row["camid"] + self.camera_base)
+
+    def cameras(self) -> Optional[list[int]]:
+        """The cameras the index holds, as the file names write them; None where the backend
+        cannot list them cheaply."""
+        return None
+
+    def rebase_cameras(self, ranges: list[tuple[int, int, int]]) -> bool:
+        """An index from before the camera rule whose sources stored cameras differently: make
+        the stored cameras of each (first id, last id, base) range as named, in memory (a save
+        keeps it); False when the backend cannot."""
+        return False
 
     def close(self) -> None:
         """Release files or connections (Qdrant's local mode locks its folder while open)."""
@@ -212,7 +262,8 @@ def new_manifest(backend: str, index_type: str, fingerprint: str, dim: int, norm
                  distance: str, **extra) -> dict:
     return {"format": FORMAT, "version": VERSION, "backend": backend, "type": index_type,
             "fingerprint": fingerprint, "dim": int(dim), "metric": "ip" if normalized else "l2",
-            "normalized": bool(normalized), "distance": distance, "count": 0, "next_id": 0, **extra}
+            "normalized": bool(normalized), "distance": distance, "count": 0, "next_id": 0,
+            "camera_base": 0, **extra}
 
 
 def read_index_manifest(path: Path) -> dict:
@@ -237,6 +288,15 @@ def read_index_manifest(path: Path) -> dict:
 
 def rows_metadata(rows: list[dict]) -> list[dict]:
     return [{k: r.get(k) for k in META_KEYS} for r in rows]
+
+
+def parse_camera(token: str) -> int:
+    """A camera as a user types it: as the file names write it, with or without its "c" (``2``
+    or ``c2``, README "Cameras"); ValueError otherwise."""
+    text = token.strip()
+    if text[:1] in ("c", "C"):
+        text = text[1:]
+    return int(text)
 
 
 def check_int64(value: int, what: str, minimum: int = INT64_MIN) -> int:
@@ -353,13 +413,27 @@ def _clear_killed_build(out: Path) -> None:
         (out / MANIFEST).unlink()
 
 
-def features_digest(fs) -> str:
+def features_digest(fs, camera_shift: int = 0) -> str:
     """What identifies a features folder's images: the model and every row's metadata (the same
-    images embedded by the same model give the same vectors, so vectors need not be hashed)."""
+    images embedded by the same model give the same vectors, so vectors need not be hashed).
+    `camera_shift` is added to every camera first (see _legacy_digest)."""
     h = hashlib.sha256(str(fs.manifest["fingerprint"]).encode())
     for r in fs.rows:
-        h.update(json.dumps({k: r.get(k) for k in META_KEYS}, sort_keys=True).encode() + b"\n")
+        row = {k: r.get(k) for k in META_KEYS}
+        if camera_shift and row["camid"] is not None:
+            row["camid"] += camera_shift
+        h.update(json.dumps(row, sort_keys=True).encode() + b"\n")
     return h.hexdigest()
+
+
+def _legacy_digest(fs) -> Optional[str]:
+    """The digest an index from before the camera rule recorded for these images: a dataset
+    adapter's rows then held its 0-based camera ids (README "Cameras")."""
+    from keyreid.data.datasets.base import LEGACY_CAMERA_BASE
+
+    source = fs.manifest.get("source") or {}
+    base = LEGACY_CAMERA_BASE.get(source.get("dataset"), 0) if source.get("kind") == "dataset" else 0
+    return features_digest(fs, -base) if base else None
 
 
 def _source(folder: Path, digest: str, ids: np.ndarray) -> dict:
@@ -448,13 +522,14 @@ def add_features(index: GalleryIndex, features: Path, allow_duplicates: bool = F
 
     fs = read_features(Path(features))
     digest = features_digest(fs)
-    seen = [s for s in index.manifest.get("sources") or [] if s.get("digest") == digest]
+    known = {digest, _legacy_digest(fs)} - {None}
+    seen = [s for s in index.manifest.get("sources") or [] if s.get("digest") in known]
     if seen and not allow_duplicates:
         s = seen[0]
         where = f" as ids {s['first_id']}..{s['last_id']}" if s.get("first_id") is not None else ""
         raise DataError(features, f"its images are already in the index (added from {s['features']}{where}); "
                                   "adding them again would duplicate every image (--allow-duplicates to do it anyway)")
-    ids = index.add(fs.vectors, rows_metadata(fs.rows), fs.manifest["fingerprint"])
+    ids = index.add(fs.vectors, rows_metadata(fs.rows), fs.manifest["fingerprint"])  # cameras as named
     index.manifest["sources"] = list(index.manifest.get("sources") or []) + [_source(features, digest, ids)]
     index.save()
     return ids
@@ -513,13 +588,75 @@ def open_index(path: Path, qdrant_url: Optional[str] = None, locked: bool = Fals
     if locked:
         _remove_stale(path, manifest)
     index = _backend(manifest["backend"]).open(path, manifest, qdrant_url=qdrant_url)
+    if "camera_base" not in index.manifest:   # before the camera rule: what its cameras mean
+        settle_legacy_cameras(index)
     if locked and manifest.get("pending"):
         index.recover()
     return index
 
 
+# ---------------------------------------------------------------------- indexes from before the camera rule
+_NAMED_CAMERA = re.compile(r"(?:^|_)c(\d+)")   # Market / Duke / VeRi names: 0301_c2s1_..., 0002_c002_...
+
+
+def _source_camera_base(index: GalleryIndex, source: dict) -> int:
+    """How an index from before the camera rule stored the cameras of one of its sources: as the
+    features folder it came from stored them (its manifest says whether a dataset adapter or
+    --pattern wrote it, see keyreid.search.features.stored_camera_base). When that folder is gone,
+    from the rows' file names: cameras that are everywhere one less than the names' ``c<N>``
+    were stored 0-based."""
+    from keyreid.search.features import feature_folders, read_manifest, stored_camera_base
+
+    try:
+        m = read_manifest(feature_folders(Path(source["features"]))[0])
+        if "camera_base" not in m:
+            return stored_camera_base(m)
+    except (DataError, KeyError, TypeError, OSError):
+        pass
+    lo, hi = source.get("first_id"), source.get("last_id")
+    if lo is None or hi is None:
+        return 0
+    rows = []
+    for i in range(int(lo), min(int(hi), int(lo) + 199) + 1):
+        try:
+            rows += index.get_metadata([i])
+        except (SearchIndexError, KeyError):
+            continue
+        if len(rows) >= 50:
+            break
+    pairs = [(r["camid"], _NAMED_CAMERA.search(Path(str(r.get("path") or "")).name)) for r in rows
+             if r.get("camid") is not None]
+    pairs = [(cam, int(m.group(1))) for cam, m in pairs if m is not None]
+    return 1 if pairs and all(cam == named - 1 for cam, named in pairs) else 0
+
+
+def settle_legacy_cameras(index: GalleryIndex) -> int:
+    """Work out the camera_base of an index written before the camera rule (README "Cameras")
+    from its sources; returns it. Sources that stored cameras differently (an adapter's features
+    built, --pattern features added) are made alike in memory where the backend can (faiss),
+    else the numbering of most of the images is taken, with a warning."""
+    index._camera_base = 0
+    parts = [(s, _source_camera_base(index, s)) for s in index.manifest.get("sources") or []
+             if s.get("first_id") is not None]
+    bases = {b for _, b in parts}
+    if len(bases) <= 1:
+        index._camera_base = bases.pop() if bases else 0
+        return index._camera_base
+    if index.rebase_cameras([(int(s["first_id"]), int(s["last_id"]), b) for s, b in parts if b]):
+        return index._camera_base
+    weight: dict[int, int] = {}
+    for s, b in parts:
+        weight[b] = weight.get(b, 0) + int(s.get("count") or 0)
+    index._camera_base = max(sorted(weight), key=lambda b: weight[b])
+    print(f"warning: {getattr(index, 'folder', 'the index')}: built before keyreid recorded its camera numbering, "
+          "from features that numbered cameras differently; cameras are shown as most of its images' file names "
+          "write them, the others may be off by one (build the index again to fix it)", file=sys.stderr, flush=True)
+    return index._camera_base
+
+
 __all__ = ["BACKENDS", "GalleryIndex", "Hit", "INDEX_TYPES", "INT64_MAX", "INT64_MIN", "LOCK", "SearchIndexError",
            "SearchFilter", "WRITE_WAIT_S", "add_calibrated", "add_features", "add_to_index", "check_int64",
-           "exact_neighbours", "features_digest", "index_lock", "recall_at_10", "remove_from_index",
+           "exact_neighbours", "features_digest", "index_lock", "parse_camera", "recall_at_10", "remove_from_index",
+           "settle_legacy_cameras",
            "build_index", "check_vectors", "new_manifest", "open_index", "read_index_manifest",
            "register_backend", "rows_metadata"]

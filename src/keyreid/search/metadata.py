@@ -104,6 +104,20 @@ class MetadataStore:
         return np.array([r[0] for r in self.conn.execute(q, cams)], dtype=np.int64)
 
     @_locked
+    def cameras(self) -> list[int]:
+        """The distinct cameras stored (as stored: see GalleryIndex.camera_base)."""
+        return [r[0] for r in self.conn.execute("SELECT DISTINCT camid FROM meta WHERE camid IS NOT NULL")]
+
+    @_locked
+    def rebase_cameras(self, ranges: Iterable[tuple[int, int, int]]) -> None:
+        """Add `base` to the cameras of ids first..last, for each (first, last, base), in memory
+        (an index from before the camera rule, README "Cameras")."""
+        self._writable()
+        with self.conn:
+            self.conn.executemany("UPDATE meta SET camid = camid + ? WHERE id BETWEEN ? AND ? AND camid IS NOT NULL",
+                                  [(int(b), int(lo), int(hi)) for lo, hi, b in ranges if b])
+
+    @_locked
     def get(self, ids: Iterable[int]) -> list[Optional[dict]]:
         ids = [int(i) for i in ids]
         by_id: dict[int, dict] = {}

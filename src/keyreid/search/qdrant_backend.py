@@ -171,14 +171,14 @@ class QdrantIndex(GalleryIndex):
         # local mode is always exact (and warns about search params); a server needs to be told
         params = m.SearchParams(exact=self.manifest["type"] == "flat",
                                 hnsw_ef=self.manifest["params"].get("ef_search")) if self.url else None
-        flt = qdrant_filter(filt)
+        flt = qdrant_filter(self.stored_filter(filt))
         requests = [m.QueryRequest(query=row.tolist(), limit=int(top_k), filter=flt, params=params,
                                    with_payload=True) for row in q]
         out = []
         for s in range(0, len(requests), 64):
             for res in self.client.query_batch_points(self.collection, requests[s:s + 64]):
                 out.append([Hit(id=int(p.id), score=self._score(p.score), path=p.payload.get("path"),
-                                camid=p.payload.get("camid"), pid=p.payload.get("pid"),
+                                camid=self.shown_camera(p.payload.get("camid")), pid=p.payload.get("pid"),
                                 timestamp=p.payload.get("timestamp"), track=p.payload.get("track"))
                             for p in res.points])
         return out
@@ -192,6 +192,7 @@ class QdrantIndex(GalleryIndex):
         ids = self.assign_ids(len(v), ids)
         if len(v) == 0:
             return ids
+        metadata = self.stored_metadata(metadata)
         taken = self._existing(ids)
         if taken:
             raise SearchIndexError(f"ids already in the index: {sorted(taken)[:5]}")
@@ -255,7 +256,7 @@ class QdrantIndex(GalleryIndex):
         if ids:
             self.client.delete(self.collection, m.PointIdsList(points=ids), wait=True)
         if cameras is not None:
-            cams = sorted(int(c) for c in cameras)
+            cams = sorted(self.stored_cameras(cameras))
             self.client.delete(self.collection, m.FilterSelector(filter=m.Filter(
                 must=[m.FieldCondition(key="camid", match=m.MatchAny(any=cams))])), wait=True)
         after = self._count()
@@ -281,10 +282,19 @@ class QdrantIndex(GalleryIndex):
     def get_metadata(self, ids: Iterable[int]) -> list[dict]:
         ids = [int(i) for i in ids]
         got = self._retrieve(ids, vectors=False)
-        return [{"id": i, **{k: got[i].payload.get(k) for k in ("path", "pid", "camid", "timestamp", "track")}}
+        return [self.shown_metadata({"id": i, **{k: got[i].payload.get(k)
+                                                 for k in ("path", "pid", "camid", "timestamp", "track")}})
                 for i in ids]
 
+    def cameras(self) -> Optional[list[int]]:
+        try:
+            found = self.client.facet(self.collection, key="camid", limit=100_000, exact=True)
+        except Exception:  # an older server without facets (or local mode without them)
+            return None
+        return sorted(self.shown_camera(int(h.value)) for h in found.hits)
+
     def save(self) -> None:
+        self.manifest["camera_base"] = self.camera_base   # an index from before the rule: now recorded
         atomic_write_text(self.folder / MANIFEST, json.dumps(self.manifest, indent=1))
         self._batches = []
 

@@ -1,8 +1,9 @@
 """`keyreid search --render`: each query followed by its hits, one row per query.
 
 Frames: green / red for a hit of the same / another identity when both identities are known,
-neutral grey otherwise (an unlabelled gallery is the normal case); the query is blue. Built
-from the ranked-list pieces of keyreid.viz.ranking so both pictures look alike.
+neutral grey otherwise (an unlabelled gallery is the normal case); the query is blue. Labels
+"pid/c2": the camera as the hit's file name writes it (README "Cameras"). Built from the
+ranked-list pieces of keyreid.viz.ranking so both pictures look alike.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Optional, Sequence
 import numpy as np
 from PIL import Image
 
+from keyreid.data.records import camera_label
 from keyreid.viz.ranking import (DPI, MATCH_RGB, MISMATCH_RGB, QUERY_RGB, _letterbox, _paste, _placeholder,
                                  grid_layout)
 from keyreid.viz.report import save_figure
@@ -50,7 +52,7 @@ def render_hits(queries: Sequence[str], query_pids: Sequence[Optional[int]], hit
         texts.append((layout.labels[(r, 0)], f"query\n{'' if qpid is None else qpid}"))
         for c, hit in enumerate(row, start=1):
             _paste(canvas, layout.boxes[(r, c)], _picture(hit.path, ch, cw), frame_colour(qpid, hit.pid))
-            who = f"{'' if hit.pid is None else hit.pid}{'' if hit.camid is None else f'/c{hit.camid}'}"
+            who = f"{'' if hit.pid is None else hit.pid}{'' if hit.camid is None else '/' + camera_label(hit.camid)}"
             texts.append((layout.labels[(r, c)], f"#{c} {hit.score:.3f}\n{who or f'id {hit.id}'}"))
     fig = Figure(figsize=(layout.width / DPI, layout.height / DPI), dpi=DPI)
     fig.figimage(canvas, xo=0, yo=0, origin="upper", resize=False)

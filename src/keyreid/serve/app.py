@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from keyreid.errors import KeyreidError
-from keyreid.search.index import INT64_MAX, INT64_MIN
+from keyreid.search.index import INT64_MAX, INT64_MIN, parse_camera
 from keyreid.serve.limits import LOOPBACK_NAMES, BodySizeLimit, HostCheck
 from keyreid.serve.metrics import Metrics, MetricsMiddleware
 from keyreid.serve.options import OptionError, parse_options
@@ -110,13 +110,14 @@ def _query_values(request: Request) -> dict[str, str]:
 
 def _meta_fields(fields: dict[str, str]) -> dict:
     meta: dict = {}
-    for key, cast in (("pid", int), ("camid", int), ("track", int), ("timestamp", float)):
+    # camid: the camera as the file names write it, 2 or c2 (README "Cameras")
+    for key, cast in (("pid", int), ("camid", parse_camera), ("track", int), ("timestamp", float)):
         if key in fields and fields[key].strip():
             try:
                 meta[key] = cast(fields[key])
             except ValueError:
                 raise OptionError(key, f"must be a number, got {fields[key]!r}") from None
-            if cast is int and not INT64_MIN <= meta[key] <= INT64_MAX:
+            if cast is not float and not INT64_MIN <= meta[key] <= INT64_MAX:
                 raise OptionError(key, f"must fit in 64 bits ({INT64_MIN} to {INT64_MAX}), got {meta[key]}")
             if cast is float and not math.isfinite(meta[key]):
                 raise OptionError(key, "must be a finite number")
@@ -299,6 +300,7 @@ def create_app(service: SearchService, settings: Optional[ServeSettings] = None)
 
 
 def _hit_json(rank: int, hit, rerank_distance: Optional[float]) -> dict:
+    # "camera": as the hit's file name writes it (README "Cameras"); the page shows it as c2
     out = {"rank": rank, "id": hit.id, "score": round(hit.score, 6), "camera": hit.camid, "pid": hit.pid,
            "timestamp": hit.timestamp, "track": hit.track, "thumbnail": f"/api/gallery/{hit.id}/thumbnail"}
     if rerank_distance is not None:

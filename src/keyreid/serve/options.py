@@ -7,7 +7,7 @@ import math
 from typing import Mapping, Optional
 
 from keyreid.errors import KeyreidError
-from keyreid.search.index import INT64_MAX
+from keyreid.search.index import INT64_MAX, parse_camera
 from keyreid.serve.service import SearchOptions
 
 FIELDS = ("top_k", "cameras", "exclude_cameras", "after", "before", "rerank")
@@ -27,10 +27,14 @@ def _int(field: str, text: str) -> int:
 
 
 def _cameras(field: str, text: str) -> Optional[set[int]]:
+    """Cameras as the file names write them, 2 or c2 (README "Cameras")."""
     parts = [p for p in text.replace(" ", "").split(",") if p]
     if not parts:
         return None
-    cams = {_int(field, p) for p in parts}
+    try:
+        cams = {parse_camera(p) for p in parts}
+    except ValueError:
+        raise OptionError(field, f"cameras are numbers as the file names write them (2 or c2), got {text!r}") from None
     if any(c < 0 for c in cams):
         raise OptionError(field, "camera ids are non-negative")
     if any(c > INT64_MAX for c in cams):

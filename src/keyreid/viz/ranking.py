@@ -13,13 +13,14 @@ unscaled into the figure, so each cell's position in the PNG is known exactly.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 from PIL import Image
 
+from keyreid.data.records import camera_label, named_camera
 from keyreid.viz.report import save_figure
 
 __all__ = ["RankedItem", "RankedRow", "rank_gallery", "grid_layout", "plot_ranked_lists", "plot_ranked_rows",
@@ -163,7 +164,8 @@ def plot_ranked_lists(query_samples: Sequence, gallery_samples: Sequence, distma
 
     Samples need .path, .pid and .camid (keyreid.data.records.Sample); images are read from
     .path (relative paths under `root`) unless `load_image(sample)` is given. distmat is
-    [num_query, num_gallery] (numpy or torch). Labels: "pid/cam" and the distance, "junk" for
+    [num_query, num_gallery] (numpy or torch). Labels: "pid/c2" (the camera as the file name
+    writes it, keyreid.data.records.named_camera; README "Cameras") and the distance, "junk" for
     greyed same-camera matches.
     """
     d = _np(distmat)
@@ -227,12 +229,12 @@ def plot_ranked_rows(rows: Sequence[RankedRow], out_png: str | Path, top_k: int,
     for r, row in enumerate(rows):
         q = row.query
         _paste(canvas, layout.boxes[(r, 0)], picture(q), QUERY_RGB)
-        texts.append((layout.labels[(r, 0)], f"{row.title}\n{q.pid}/c{q.camid}", "black"))
+        texts.append((layout.labels[(r, 0)], f"{row.title}\n{q.pid}/{camera_label(named_camera(q))}", "black"))
         for c, (g, item) in enumerate(row.items[:top_k], start=1):
             colour = JUNK_RGB if item.junk else MATCH_RGB if item.match else MISMATCH_RGB
             _paste(canvas, layout.boxes[(r, c)], picture(g), colour, faded=item.junk)
             tag = "junk" if item.junk else f"#{c}"
-            texts.append((layout.labels[(r, c)], f"{tag} {item.distance:.3g}\n{g.pid}/c{g.camid}",
+            texts.append((layout.labels[(r, c)], f"{tag} {item.distance:.3g}\n{g.pid}/{camera_label(named_camera(g))}",
                           "0.45" if item.junk else "black"))
 
     # the figure is exactly the canvas size and figimage places it unscaled at the origin
@@ -287,6 +289,9 @@ def save_ranked(path: str | Path, distmat, query: Sequence, gallery: Sequence,
         arrays[f"{name}_path"] = np.array([os.path.abspath(str(s.path)) for s in samples])
         arrays[f"{name}_pid"] = np.array([s.pid for s in samples], np.int64)
         arrays[f"{name}_camid"] = np.array([s.camid for s in samples], np.int64)
+        # the labels' cameras, as the file names write them (NaN: none), README "Cameras"
+        arrays[f"{name}_camera"] = np.array([np.nan if named_camera(s) is None else named_camera(s)
+                                             for s in samples], np.float64)
     arrays["format"] = np.array(RANKED_FORMAT)
     arrays["root"] = np.array(str(root or ""))
 
@@ -338,13 +343,20 @@ class _Item:
     path: str
     pid: int
     camid: int
+    camera: Optional[int] = None
+    meta: dict = field(default_factory=dict)
 
 
 def plot_saved_ranking(data: dict, rows: Sequence[tuple[int, str]], out_png: str | Path,
                        top_k: int = 10, cell_hw: tuple[int, int] = (128, 64)) -> Path:
     """Draw `rows` (from select_queries) of a saved ranking (load_ranked's arrays)."""
     def item(name: str, i: int) -> _Item:
-        return _Item(str(data[f"{name}_path"][i]), int(data[f"{name}_pid"][i]), int(data[f"{name}_camid"][i]))
+        camera, meta = None, {}   # a file from before the camera rule has none: camid is shown
+        if f"{name}_camera" in data:
+            value = float(data[f"{name}_camera"][i])
+            camera, meta = (None, {"camera_known": False}) if np.isnan(value) else (int(value), {})
+        return _Item(str(data[f"{name}_path"][i]), int(data[f"{name}_pid"][i]), int(data[f"{name}_camid"][i]),
+                     camera, meta)
 
     ranked_rows = []
     for qi, label in rows:

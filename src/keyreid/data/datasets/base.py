@@ -203,3 +203,9 @@ def relabel(samples: list[Sample]) -> tuple[list[Sample], dict[int, int]]:
     mapping = {pid: i for i, pid in enumerate(sorted({s.pid for s in samples}))}
     out = [replace(s, pid=mapping[s.pid], meta={**s.meta, "orig_pid": s.pid}) for s in samples]
     return out, mapping
+
+
+# Features folders written before the camera rule (README "Cameras") hold Sample.camid as these
+# adapters made it, the file's camera minus this; keyreid.search.features reads them back as the
+# file names write them. Other adapters stored the camera as named (folder) or one fixed id.
+LEGACY_CAMERA_BASE = {"market1501": 1, "dukemtmc": 1, "msmt17": 1, "veri776": 1}

@@ -8,8 +8,9 @@ Layout (release ``DukeMTMC-reID``), the same folder names as Market-1501::
 
 `root` may be the release folder or its parent holding ``DukeMTMC-reID/``. File names are
 ``PPPP_cC_fFFFFFFF.jpg``: pid, camera C (1-8), frame (7 digits). Sample.camid is C - 1,
-meta["frame"] the frame. Junk (-1) and distractor (0) handling as for Market-1501 (the release
-has neither; its 408 distractor identities have ordinary pids and sit in the gallery).
+Sample.camera C (README "Cameras"), meta["frame"] the frame. Junk (-1) and distractor (0)
+handling as for Market-1501 (the release has neither; its 408 distractor identities have
+ordinary pids and sit in the gallery).
 
 Official numbers: train 702 ids / 16,522 images, query 702 / 2,228, gallery 1,110 / 17,661;
 8 cameras in every split.

@@ -20,13 +20,14 @@ the test part, the rest in train; in every test identity ``query_per_id`` seeded
 ``test_fraction=0`` makes everything training data.
 
 Cameras: ``cam_pattern`` is a regular expression with a named group ``cam`` searched in each
-file name (e.g. ``r"_c(?P<cam>\\d+)"``); numeric values become camid = int(value), others are
-mapped to 0..C-1 in sorted order. A name that does not match is a problem. Without camera
-information (no cam_pattern, no camid column) every query gets camid 0 and every gallery and
-training image camid 1: the query image is never in the gallery, so the standard re-ID
-protocol's "same pid and same camera" removal then removes nothing and evaluation behaves as a
-camera-free protocol (every other image of the identity counts as a match). The cameras
-reported by the summary are meaningless in that case; meta["camera_known"] is False.
+file name (e.g. ``r"_c(?P<cam>\\d+)"``); numeric values become camid = int(value), the camera
+as the file writes it (README "Cameras"), others are mapped to 0..C-1 in sorted order. A name
+that does not match is a problem. Without camera information (no cam_pattern, no camid column)
+every query gets camid 0 and every gallery and training image camid 1: the query image is never
+in the gallery, so the standard re-ID protocol's "same pid and same camera" removal then removes
+nothing and evaluation behaves as a camera-free protocol (every other image of the identity
+counts as a match). The cameras reported by the summary are meaningless in that case;
+meta["camera_known"] is False (and `keyreid extract` stores no camera for such images).
 
 Options: ``on_error``, ``keypoints`` (keyreid sidecar to attach), ``cam_pattern``,
 ``query_per_id``, ``test_fraction``, ``seed``, ``manifest``.

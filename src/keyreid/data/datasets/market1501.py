@@ -8,8 +8,8 @@ Layout (release ``Market-1501-v15.09.15``)::
 
 `root` may be the release folder itself or its parent holding ``Market-1501-v15.09.15/``.
 File names are ``PPPP_cCsS_FFFFFF_NN.jpg``: pid (4 digits, or ``-1``), camera C (1-6),
-sequence S, frame F, bounding-box index NN. Sample.camid is C - 1; meta holds
-``seq``, ``frame`` and ``box``.
+sequence S, frame F, bounding-box index NN. Sample.camid is C - 1 (the protocol's id),
+Sample.camera is C (what users see, README "Cameras"); meta holds ``seq``, ``frame`` and ``box``.
 
 pid -1 (junk: bad detections) is dropped everywhere; pid 0 (distractors) is kept in the gallery
 as a negative and dropped from train and query (a distractor query has no true match).
@@ -80,7 +80,8 @@ def parse_named_folders(data_root: Path, split_dirs: dict[str, str], parse: Name
                 continue  # junk detection
             if pid == 0 and split != "gallery":
                 continue  # distractors only make sense as gallery negatives
-            samples.append(Sample(path=str(path), pid=pid, camid=cam - 1, split=split, meta=meta))
+            samples.append(Sample(path=str(path), pid=pid, camid=cam - 1, split=split, meta=meta,
+                                  camera=cam))
         out[split] = samples
     return out
 

@@ -12,8 +12,9 @@ names its folders ``mask_train_v2``/``mask_test_v2``; some redistributed V2 copi
 ``train``/``test``: both are accepted, whichever exists. Lines of the lists are
 ``<path relative to the image folder> <pid>``; train and val lists point into the train folder,
 query and gallery lists into the test folder. The camera is the third ``_`` field of the file
-name (01-15), Sample.camid = camera - 1. A listed file that is missing is looked up with the
-other JPEG extension (.jpg/.jpeg) before it is reported, since V2 copies differ there.
+name (01-15), Sample.camid = camera - 1, Sample.camera the camera (README "Cameras"). A listed
+file that is missing is looked up with the other JPEG extension (.jpg/.jpeg) before it is
+reported, since V2 copies differ there.
 
 Training set: list_train + list_val by default (what the published numbers and fast-reid use);
 ``keep_val_separate=True`` keeps list_val out of train in ``MSMT17Dataset.val``.
@@ -116,7 +117,7 @@ def _read_list(list_path: Path, image_dir: Path, existing: set[str], split: str,
         if pid == -1:
             continue
         samples.append(Sample(path=str(image_dir / rel), pid=pid, camid=cam - 1, split=split,
-                              meta={"list": list_path.name}))
+                              meta={"list": list_path.name}, camera=cam))
     return samples
 
 

@@ -11,10 +11,10 @@ Layout::
                                                    keypoint_test.txt, which covers it)
 
 `root` may also be the parent holding ``VeRi/``. Names are ``VVVV_cCCC_FFFFFFFF_N.jpg``:
-vehicle id, camera (c001-c020), frame, index. Sample.camid = camera - 1, meta holds ``frame``,
-``index`` and, from the keypoint release, ``orientation`` (0-7). The name_*.txt lists decide
-which images belong to a split when present (a listed file that is missing is a problem);
-without them the folder content is used.
+vehicle id, camera (c001-c020), frame, index. Sample.camid = camera - 1, Sample.camera the
+camera (README "Cameras"), meta holds ``frame``, ``index`` and, from the keypoint release,
+``orientation`` (0-7). The name_*.txt lists decide which images belong to a split when present
+(a listed file that is missing is a problem); without them the folder content is used.
 
 test_track.txt: one track per line, all image names of the track (a leading token that is not
 an image name, e.g. ``0002_c002:``, is taken as the track's name). ``VeRiDataset.tracks`` is the
@@ -205,7 +205,7 @@ def veri776(root: str | Path, on_error: str = "raise", keypoints: "bool | str | 
                 if entry[1] is not None:
                     meta["orientation"] = entry[1]
             samples.append(Sample(path=str(path), pid=pid, camid=cam - 1, split=split,
-                                  keypoints=kp, meta=meta))
+                                  keypoints=kp, meta=meta, camera=cam))
         splits[split] = samples
 
     tracks: list[list[str]] = []

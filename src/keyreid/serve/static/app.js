@@ -59,7 +59,8 @@ async function loadGallery() {
       const li = document.createElement("li");
       li.className = "gallery-item";
       li.dataset.id = it.id;
-      li.title = `gallery #${it.id}` + (it.camid != null ? `, camera ${it.camid}` : "");
+      // cameras as the file names write them (README "Cameras"): ..._c2s1_... is c2
+      li.title = `gallery #${it.id}` + (it.camid != null ? `, camera c${it.camid}` : "");
       const img = document.createElement("img");
       img.src = it.thumbnail;
       img.alt = li.title;
@@ -197,7 +198,7 @@ function renderResults(body) {
       `re-ranked distance (lower is closer); cosine similarity ${hit.score.toFixed(4)}` : "cosine similarity";
     const meta = document.createElement("div");
     meta.className = "meta";
-    meta.textContent = [`#${hit.id}`, hit.camera != null ? `cam ${hit.camera}` : null,
+    meta.textContent = [`#${hit.id}`, hit.camera != null ? `c${hit.camera}` : null,
                         hit.pid != null ? `pid ${hit.pid}` : null].filter(Boolean).join(" · ");
     li.append(img, score, meta);
     li.addEventListener("click", () => selectMatch(li, hit));
