@@ -52,7 +52,11 @@ FORBIDDEN = {
     "search": {"engine", "serve", "generation", "demo", "commands", "cli"},
     "export": {"engine", "serve", "generation", "demo", "commands", "cli"},
     "serve": {"engine", "generation", "demo", "commands", "cli"},
+    # adaptation trains on top of everything below the consumers; nothing below it may need it
+    "adapt": {"search", "serve", "export", "generation", "demo", "commands", "cli"},
 }
+for _below in ("utils", "data", "evaluation", "inference", "models", "losses", "engine", "search", "export", "serve"):
+    FORBIDDEN[_below].add("adapt")
 
 
 @pytest.mark.parametrize("below", sorted(FORBIDDEN))

@@ -36,7 +36,7 @@ from keyreid.evaluation.distance import as_tensor, block_distance, check_finite
 from keyreid.evaluation.nearest import bf16_fast, exact_neighbours, fast_neighbours, pair_distances
 from keyreid.evaluation.reid import EvaluationError
 
-__all__ = ["re_ranking", "FAST_MIN_IMAGES"]
+__all__ = ["re_ranking", "expanded_reciprocal_sets", "FAST_MIN_IMAGES"]
 
 # Below this many images (query + gallery) the float32 pass takes well under a second and the
 # bf16 candidates' bookkeeping would not pay.
@@ -123,6 +123,19 @@ def _expanded_sets(nearest: np.ndarray, k1: int, k_half: int) -> tuple[np.ndarra
     for i in nb.prange(n):
         indices[indptr[i]:indptr[i + 1]] = buf[i, :sizes[i]]
     return indptr, indices
+
+
+def expanded_reciprocal_sets(nearest: np.ndarray, k: int, k_half: int) -> tuple[np.ndarray, np.ndarray]:
+    """R*(i) of every image as CSR (indptr, sorted indices), from each image's nearest images
+    (nearest first, itself included). R(i, k) reads the first k + 1 columns of ``nearest`` and the
+    expansion sets R(c, k_half) the first k_half + 1: :func:`re_ranking` passes k1 and
+    round(k1 / 2); cluster-contrast's search returns only k1 columns, so keyreid.adapt passes k1 - 1."""
+    nearest = np.ascontiguousarray(nearest, dtype=np.int64)
+    if nearest.ndim != 2 or nearest.shape[1] < max(k, k_half) + 1 or min(k, k_half) < 0:
+        raise ValueError(f"nearest of shape {nearest.shape} cannot give R(i, {k}) and R(i, {k_half})")
+    if nearest.size and (nearest.min() < 0 or nearest.max() >= len(nearest)):
+        raise ValueError("nearest holds indices outside the images (a search that found too few?)")
+    return _expanded_sets(nearest, k, k_half)
 
 
 @nb.njit(parallel=True, cache=True)
