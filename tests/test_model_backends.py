@@ -77,8 +77,8 @@ def test_a_file_that_is_no_model_is_one_line_naming_it(exported, tmp_path, monke
     (tmp_path / "notes.pt").write_text("these are not weights\n")
     (tmp_path / "empty.onnx").write_bytes(b"")
     Image.new("RGB", (8, 8)).save(tmp_path / "picture.pt", format="PNG")
-    for bad, problem in (("notes.pt", "neither a torch checkpoint nor an ONNX model"),
-                         ("picture.pt", "neither a torch checkpoint nor an ONNX model"),
+    for bad, problem in (("notes.pt", "neither a torch checkpoint nor an exported model"),
+                         ("picture.pt", "neither a torch checkpoint nor an exported model"),
                          ("empty.onnx", "an empty file")):
         code, out, err = run_main(monkeypatch, capsys, "extract", tmp_path / bad, exported["photos"],
                                   "-o", tmp_path / "f", "--device", "cpu")
