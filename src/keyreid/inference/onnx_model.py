@@ -103,28 +103,39 @@ def session_options(threads: Optional[int] = None):
     return so
 
 
-def _check_description(side: Path, meta, where: str = "sidecar") -> dict:
-    if not isinstance(meta, dict) or meta.get("format") != SIDECAR_FORMAT:
-        raise KeyreidError(f"{side}: not a keyreid ONNX sidecar (format is not {SIDECAR_FORMAT!r})")
-    if meta.get("version") != SIDECAR_VERSION:
+def check_sidecar_keys(side: Path, meta, kind: str, fmt: str, version: int, required: tuple,
+                       where: str = "sidecar") -> dict:
+    """Format, version and required keys of an export's description (`kind`: "ONNX", "OpenVINO")."""
+    if not isinstance(meta, dict) or meta.get("format") != fmt:
+        raise KeyreidError(f"{side}: not a keyreid {kind} sidecar (format is not {fmt!r})")
+    if meta.get("version") != version:
         raise KeyreidError(f"{side}: sidecar version {meta.get('version')!r}; this keyreid reads "
-                           f"version {SIDECAR_VERSION}")
-    missing = [k for k in _REQUIRED if k not in meta]
+                           f"version {version}")
+    missing = [k for k in required if k not in meta]
     if missing:
         raise KeyreidError(f"{side}: {where} lacks {', '.join(missing)}")
     return meta
 
 
+def read_sidecar_json(path: Path, side: Path, kind: str, advice: str):
+    """The parsed JSON of the sidecar `side` of the export `path`; missing or unreadable is one line."""
+    if not side.is_file():
+        raise KeyreidError(f"{path}: no sidecar {side.name} beside it; {advice}")
+    try:
+        return json.loads(side.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise KeyreidError(f"{side}: not a readable keyreid {kind} sidecar ({e})") from None
+
+
+def _check_description(side: Path, meta, where: str = "sidecar") -> dict:
+    return check_sidecar_keys(side, meta, "ONNX", SIDECAR_FORMAT, SIDECAR_VERSION, _REQUIRED, where)
+
+
 def read_sidecar(path: Path) -> dict:
     """The sidecar of the ONNX file `path`, checked for format, version and required keys."""
     side = sidecar_path(path)
-    if not side.is_file():
-        raise KeyreidError(f"{path}: no sidecar {side.name} beside it; export the model with "
-                           "`keyreid export CKPT -o MODEL.onnx`, which writes both")
-    try:
-        meta = json.loads(side.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise KeyreidError(f"{side}: not a readable keyreid ONNX sidecar ({e})") from None
+    meta = read_sidecar_json(path, side, "ONNX", "export the model with "
+                             "`keyreid export CKPT -o MODEL.onnx`, which writes both")
     return _check_description(side, meta)
 
 
@@ -165,4 +176,5 @@ def open_onnx(path: Union[str, Path], threads: Optional[int] = None):
 
 __all__ = ["open_onnx", "read_sidecar", "matching_description", "looks_like_onnx",
            "sidecar_path", "file_sha256", "session_options", "SIDECAR_FORMAT", "SIDECAR_VERSION",
-           "INPUT_NAME", "OUTPUT_NAME", "RAW_OUTPUT_NAME", "PREVIOUS_KEY"]
+           "INPUT_NAME", "OUTPUT_NAME", "RAW_OUTPUT_NAME", "PREVIOUS_KEY", "check_sidecar_keys",
+           "read_sidecar_json"]

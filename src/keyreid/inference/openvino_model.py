@@ -19,14 +19,13 @@ clear error naming the package, and nothing else in keyreid needs it.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Optional, Union
 
 from keyreid.errors import KeyreidError
 from keyreid.inference.onnx_model import (INPUT_NAME, OUTPUT_NAME, PREVIOUS_KEY, RAW_OUTPUT_NAME,
-                                          file_sha256, sidecar_path)
+                                          check_sidecar_keys, file_sha256, read_sidecar_json, sidecar_path)
 
 SIDECAR_FORMAT = "keyreid-openvino"
 SIDECAR_VERSION = 1
@@ -67,14 +66,7 @@ def import_openvino(path: Union[str, Path]):
 
 
 def _check(side: Path, meta, where: str = "sidecar") -> dict:
-    if not isinstance(meta, dict) or meta.get("format") != SIDECAR_FORMAT:
-        raise KeyreidError(f"{side}: not a keyreid OpenVINO sidecar (format is not {SIDECAR_FORMAT!r})")
-    if meta.get("version") != SIDECAR_VERSION:
-        raise KeyreidError(f"{side}: sidecar version {meta.get('version')!r}; this keyreid reads "
-                           f"version {SIDECAR_VERSION}")
-    missing = [k for k in _REQUIRED if k not in meta]
-    if missing:
-        raise KeyreidError(f"{side}: {where} lacks {', '.join(missing)}")
+    check_sidecar_keys(side, meta, "OpenVINO", SIDECAR_FORMAT, SIDECAR_VERSION, _REQUIRED, where)
     if os.sep in str(meta["weights"]) or "/" in str(meta["weights"]) or meta["weights"] in ("", ".", ".."):
         raise KeyreidError(f"{side}: {where} names weights {meta['weights']!r}; a file beside the .xml expected")
     return meta
@@ -82,13 +74,8 @@ def _check(side: Path, meta, where: str = "sidecar") -> dict:
 
 def read_ir_sidecar(path: Path) -> dict:
     side = sidecar_path(path)
-    if not side.is_file():
-        raise KeyreidError(f"{path}: no sidecar {side.name} beside it; export the model with "
-                           "`keyreid export CKPT --format openvino -o MODEL.xml`, which writes all three files")
-    try:
-        meta = json.loads(side.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise KeyreidError(f"{side}: not a readable keyreid OpenVINO sidecar ({e})") from None
+    meta = read_sidecar_json(path, side, "OpenVINO", "export the model with "
+                             "`keyreid export CKPT --format openvino -o MODEL.xml`, which writes all three files")
     return _check(side, meta)
 
 
