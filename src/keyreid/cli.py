@@ -4,6 +4,7 @@ import os
 
 import typer
 
+from keyreid.commands import adapt as adapt_cmd
 from keyreid.commands import datasets as datasets_cmd
 from keyreid.commands import demo as demo_cmd
 from keyreid.commands import export as export_cmd
@@ -25,6 +26,7 @@ app.add_typer(keypoints_cmd.app, name="keypoints")
 app.command("synth")(synth_cmd.synth)
 app.command("train")(train_cmd.train)
 app.command("eval")(train_cmd.evaluate)
+app.command("adapt")(adapt_cmd.adapt)
 app.command("demo")(demo_cmd.demo)
 app.command("export")(export_cmd.export)
 app.add_typer(viz_cmd.app, name="viz")

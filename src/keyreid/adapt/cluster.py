@@ -63,8 +63,11 @@ def diagnose(labels: np.ndarray, eps: float, min_samples: int) -> str | None:
         return (f"{setting} left all {n} target images as outliers: raise --eps "
                 "(or lower --min-samples)")
     if found == 1:
+        # one cluster of most images: eps joins everybody; one small cluster among outliers:
+        # the neighbourhoods are too tight to form more
+        fix = "lower --eps" if 2 * clustered >= n else "raise --eps (or lower --min-samples)"
         return (f"{setting} put all {clustered} clustered target images in one cluster "
-                f"({n - clustered} outliers): lower --eps")
+                f"({n - clustered} outliers): {fix}")
     return None
 
 

@@ -17,7 +17,7 @@ from keyreid.utils.registry import Registry
 
 DATASETS = Registry("dataset", builtin=[
     f"keyreid.data.datasets.{m}"
-    for m in ("market1501", "dukemtmc", "msmt17", "veri776", "cub200", "cars196", "folder")])
+    for m in ("market1501", "dukemtmc", "msmt17", "veri776", "cub200", "cars196", "folder", "unlabelled")])
 register_dataset = DATASETS.register  # class or function decorator; users can add their own
 
 

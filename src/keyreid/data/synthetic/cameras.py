@@ -7,7 +7,7 @@ import json
 import numpy as np
 from PIL import Image, ImageDraw
 
-from keyreid.data.synthetic.config import BACKGROUND_STYLES, PALETTE, SynthConfig, palette_rgb
+from keyreid.data.synthetic.config import PALETTE, SynthConfig, palette_rgb
 from keyreid.data.synthetic.poses import rot_x, rot_y
 
 
@@ -15,9 +15,9 @@ def sample_camera(rng: np.random.Generator, cfg: SynthConfig, camid: int) -> dic
     n_bg = int(rng.integers(2, 5))
     return {
         "camera": camid,
-        "background": BACKGROUND_STYLES[int(rng.integers(len(BACKGROUND_STYLES)))],
+        "background": cfg.background_styles[int(rng.integers(len(cfg.background_styles)))],
         "background_colours": [int(c) for c in rng.choice(len(PALETTE), n_bg, replace=False)],
-        "background_mute": round(float(rng.uniform(0.15, 0.45)), 4),  # mix toward grey
+        "background_mute": round(float(rng.uniform(*cfg.background_mute)), 4),  # mix toward grey
         "gain": round(float(rng.uniform(*cfg.gain)), 4),
         "cast": [round(float(1 + rng.uniform(-cfg.colour_cast, cfg.colour_cast)), 4) for _ in range(3)],
         "blur": round(float(rng.uniform(*cfg.blur)), 4),
@@ -89,6 +89,23 @@ def _scene_strip(cam: dict, cfg: SynthConfig) -> Image.Image:
             for x in range(-off, w, bw):
                 d.rectangle([x + ss, y + ss, x + bw - ss, y + bh - ss],
                             fill=col(cols[1 + int(rng.integers(len(cols) - 1))]))
+    elif style == "foliage":  # hedges and trees: many small leaves in the camera's colours
+        for _ in range(int(rng.integers(300, 500))):
+            x, y = rng.uniform(0, w), rng.uniform(0, h)
+            r = rng.uniform(1.5, 5) * ss
+            d.ellipse([x - r, y - 0.7 * r, x + r, y + 0.7 * r], fill=col(cols[int(rng.integers(len(cols)))]))
+    elif style == "glass":  # a glass front: tall panes with frames and bright diagonal glare
+        x = 0
+        while x < w:
+            pw = int(rng.integers(18, 40) * ss)
+            d.rectangle([x, 0, x + pw, h], fill=col(cols[int(rng.integers(len(cols)))]))
+            for _ in range(int(rng.integers(1, 3))):
+                gx = x + rng.uniform(0, pw)
+                gw = rng.uniform(2, 6) * ss
+                d.polygon([(gx, 0), (gx + gw, 0), (gx + gw - 0.4 * h, h), (gx - 0.4 * h, h)],
+                          fill=(230, 235, 240))
+            d.rectangle([x, 0, x + 2 * ss, h], fill=col(cols[0]))
+            x += pw
     else:  # blobs
         for _ in range(int(rng.integers(25, 45))):
             x, y = rng.uniform(0, w), rng.uniform(0, h)

@@ -24,7 +24,10 @@ PARTS = ("hair", "torso", "upper_arms", "lower_arms", "thighs", "shins", "shoes"
 TEXTURED_PARTS = ("torso", "upper_arms", "lower_arms", "thighs", "shins")
 TEXTURES = ("solid", "stripes", "dots", "checks")
 SIDES = ("left", "right")
-BACKGROUND_STYLES = ("tiles", "bands", "blobs", "bricks")
+BACKGROUND_STYLES = ("tiles", "bands", "blobs", "bricks")  # the default benchmark's
+# every style the renderer knows: the target-site config (configs/synth/target_site.yaml) draws
+# from the last two, which the default benchmark never shows
+ALL_BACKGROUND_STYLES = BACKGROUND_STYLES + ("foliage", "glass")
 SPLIT_DIRS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
 
 
@@ -61,6 +64,9 @@ class SynthConfig:
     blur: tuple[float, float] = (0.0, 1.0)  # per camera Gaussian blur radius (output pixels)
     noise: tuple[float, float] = (1.0, 4.0)  # per camera pixel noise std (0..255 scale)
     elevation_deg: tuple[float, float] = (0.0, 20.0)  # per camera: looking down on people
+    background_styles: tuple[str, ...] = BACKGROUND_STYLES  # per camera, one of these (ALL_BACKGROUND_STYLES)
+    background_mute: tuple[float, float] = (0.15, 0.45)  # per camera: background colours mixed toward grey
+    occluder_low: float = 0.6  # of the occluders: low ones (bench, car, bin); the rest poles / passers-by
     path_fraction: float = 0.7  # chance a person walks along the camera's main path direction
     person_height: tuple[float, float] = (0.8, 0.95)  # of the image height
     shift: tuple[float, float] = (0.08, 0.05)  # max centre jitter, fraction of (width, height)
@@ -86,6 +92,10 @@ class SynthConfig:
             raise ValueError("palette must have at least one colour per part")
         if abs(sum(self.texture_probs) - 1.0) > 1e-6 or len(self.texture_probs) != len(TEXTURES):
             raise ValueError(f"texture_probs must be {len(TEXTURES)} probabilities summing to 1")
+        if not self.background_styles or any(s not in ALL_BACKGROUND_STYLES for s in self.background_styles):
+            raise ValueError(f"background_styles must be some of {', '.join(ALL_BACKGROUND_STYLES)}")
+        if not 0.0 <= self.occluder_low <= 1.0:
+            raise ValueError("occluder_low must lie in [0, 1]")
         if self.supersample < 1:
             raise ValueError("supersample must be >= 1")
 

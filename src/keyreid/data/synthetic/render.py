@@ -97,7 +97,7 @@ def sample_scene(item: dict, cam_info: dict, cfg: SynthConfig) -> Scene:
         person = PersonGeometry(pose, yaw, elevation, scale, cx, cy, bool(crop))
         if item["kind"] != "junk" and rng.random() < cam_info["occlusion"]:
             c = palette_rgb(int(rng.integers(len(PALETTE))))
-            if rng.random() < 0.6:  # something in front of the legs (a bench, a car, a bin)
+            if rng.random() < cfg.occluder_low:  # something in front of the legs (a bench, a car, a bin)
                 oh = rng.uniform(0.2, 0.45) * H
                 x0 = rng.uniform(-0.3, 0.3) * W
                 box = (x0, H - oh, x0 + rng.uniform(0.7, 1.3) * W, H + 0.5)
