@@ -54,7 +54,7 @@ class AdaptConfig:
     target: TargetSettings = field(default_factory=TargetSettings)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
     memory: MemorySettings = field(default_factory=MemorySettings)
-    epochs: int = 6
+    epochs: int = 10                     # the demo budget (configs/demo.yaml trains 10)
     iters: int = 0                       # steps per epoch; 0: one pass over the clustered images
     p: int = 16                          # pseudo-identities per batch
     k: int = 4                           # images per pseudo-identity

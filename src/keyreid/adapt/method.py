@@ -22,7 +22,7 @@ pseudo-label quality (truth_*) and target test metrics (test_*), never training 
 from __future__ import annotations
 
 import dataclasses
-import itertools
+import math
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -238,21 +238,17 @@ class Adaptation(TrainingMethod):
         elif self.labels_at != epochs_done:   # between re-clusterings: the labels stay, the memory goes on
             self.labels_at = epochs_done
         samples = self.target.labelled_by(self.labels)
-        # the seed mixes in the epoch: each epoch's batches are new even with the same labels
-        sampler = PKBatchSampler([s.pid for s in samples], self.cfg.p, self.cfg.k, seed=self.cfg.seed,
-                                 item_seeds=True)
-        sampler.set_epoch(epoch, start_batch=start_step)
-        full = len(sampler) + start_step
-        n_steps = min(full, self.cfg.iters) if self.cfg.iters else full
+        n_steps = self.cfg.iters or max(1, math.ceil(len(samples) / (self.cfg.p * self.cfg.k)))
+        plan = epoch_plan([s.pid for s in samples], self.cfg.p, self.cfg.k, self.cfg.seed, epoch, n_steps)
         dataset = ImageDataset(samples, self.train_transform,
                                self.skeleton.num_keypoints if self.use_keypoints else 0)
-        loader = DataLoader(dataset, batch_sampler=sampler, num_workers=self.cfg.workers,
+        loader = DataLoader(dataset, batch_sampler=plan[start_step:], num_workers=self.cfg.workers,
                             persistent_workers=False, pin_memory=self.device.type == "cuda")
         lr = self._lr(epochs_done)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         self.state.epoch_lr = lr
-        return itertools.islice(loader, max(0, n_steps - start_step)), n_steps
+        return loader, n_steps
 
     def step(self, batch: dict, stage: Stage, epoch: int, step: int, n_steps: int) -> dict[str, float]:
         self.model.train()
@@ -326,6 +322,21 @@ class Adaptation(TrainingMethod):
         self.loop.save("best.pt")   # the last model: no labels choose among epochs
         last = self.state.history[-1] if self.state.history else {}
         return {"epochs": self.loop.epochs_done, "final": last}
+
+
+def epoch_plan(pids: list[int], p: int, k: int, seed: int, epoch: int, n_steps: int) -> list[list]:
+    """The epoch's n_steps P x K batches (with per-item augmentation seeds), a pure function of
+    its arguments (a resumed epoch rebuilds it and skips the steps done). One PK pass ends when
+    fewer than P pseudo-identities have images left, which DBSCAN's uneven cluster sizes make
+    short: passes are chained (each its own draw) until the epoch has n_steps."""
+    sampler = PKBatchSampler(pids, p, k, seed=seed, item_seeds=True)
+    plan: list[list] = []
+    rounds = 0
+    while len(plan) < n_steps:
+        sampler.set_epoch(epoch * 1000 + rounds)
+        plan.extend(sampler)
+        rounds += 1
+    return plan[:n_steps]
 
 
 def evaluate_target(model: torch.nn.Module, target: TargetSet, transform, cfg: Config,
