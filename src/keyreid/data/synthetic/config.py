@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 
 SYNTH_FORMAT = "keyreid-synth"
 SYNTH_VERSION = 1
@@ -34,6 +34,10 @@ SPLIT_DIRS = {"train": "bounding_box_train", "query": "query", "gallery": "bound
 def palette_rgb(c: int) -> tuple[int, int, int]:
     """RGB of palette colour number c."""
     return PALETTE[c][1]
+
+
+# fields added after synth.json version 1 (the target site's): recorded only when not default
+ADDED_FIELDS = ("background_styles", "background_mute", "occluder_low")
 
 
 @dataclass
@@ -98,6 +102,14 @@ class SynthConfig:
             raise ValueError("occluder_low must lie in [0, 1]")
         if self.supersample < 1:
             raise ValueError("supersample must be >= 1")
+
+    def to_dict(self) -> dict:
+        """What synth.json records: every field, except the ones added after version 1 while they
+        hold their default (a default set's synth.json stays byte-identical to older ones; from_dict
+        fills them back in)."""
+        values = asdict(self)
+        defaults = SynthConfig()
+        return {k: v for k, v in values.items() if k not in ADDED_FIELDS or v != getattr(defaults, k)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "SynthConfig":

@@ -191,7 +191,7 @@ def generate(out: str | Path, cfg: SynthConfig | None = None, workers: int | Non
     meta = {
         "format": SYNTH_FORMAT,
         "version": SYNTH_VERSION,
-        "config": asdict(cfg),
+        "config": cfg.to_dict(),
         "skeleton": COCO17.name,
         "palette": [{"name": n, "rgb": list(rgb)} for n, rgb in PALETTE],
         "skin": list(SKIN),
