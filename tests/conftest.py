@@ -27,6 +27,17 @@ def tiny_synth(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="session")
+def adapt_source(tiny_synth, tmp_path_factory):
+    """A kae model trained two epochs on the tiny set: the source model of the adaptation tests."""
+    from keyreid.config import load_config
+    from keyreid.engine.trainer import Trainer
+
+    out = tmp_path_factory.mktemp("adapt_source")
+    Trainer(load_config(None, tiny_overrides(tiny_synth, out, head="kae")), resume=False, show_progress=False).fit()
+    return out / "best.pt"
+
+
 def tiny_overrides(root, out, head="bnneck", **extra):
     """Config overrides for a seconds-long CPU training run on the tiny set."""
     values = {

@@ -19,13 +19,10 @@ from PIL import Image
 from keyreid.adapt.config import load_adapt_config
 from keyreid.adapt.method import Adaptation
 from keyreid.adapt.target import _SealedTruth, pseudo_label_quality
-from keyreid.config import load_config
 from keyreid.data.datasets import build_dataset
 from keyreid.data.synthetic import SynthConfig, generate
-from keyreid.engine.trainer import Trainer
 from keyreid.errors import DataError
 from keyreid.inference import load_model
-from tests.conftest import tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYREID = [sys.executable, "-m", "keyreid.cli"]
@@ -33,12 +30,9 @@ KEYREID = [sys.executable, "-m", "keyreid.cli"]
 SMALL = ["p=2", "k=2", "cluster.k1=10", "cluster.k2=3", "cluster.min_samples=2", "workers=0", "device=cpu"]
 
 
-@pytest.fixture(scope="module")
-def source(tiny_synth, tmp_path_factory):
-    """A kae model trained two epochs on the tiny set (the source of every adaptation here)."""
-    out = tmp_path_factory.mktemp("adapt_source")
-    Trainer(load_config(None, tiny_overrides(tiny_synth, out, head="kae")), resume=False, show_progress=False).fit()
-    return out / "best.pt"
+@pytest.fixture
+def source(adapt_source):
+    return adapt_source
 
 
 def _cfg(source, target, out, *extra):

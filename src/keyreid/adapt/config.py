@@ -42,7 +42,11 @@ class ClusterSettings:
 class MemorySettings:
     temperature: float = 0.05
     momentum: float = 0.2
-    update: str = "hard"                 # hard | mean
+    update: str = "hard"                 # hard | mean (cluster memory)
+    kind: str = "cluster"                # cluster: one centroid per cluster (cluster-contrast);
+    #                                      camera: one proxy per cluster and camera (CAP), needs cameras
+    inter_weight: float = 0.5            # camera proxies: weight of the cross-camera term (CAP's)
+    hard_negatives: int = 50             # camera proxies: other clusters' proxies in that term (CAP's)
 
 
 @dataclass
@@ -70,7 +74,7 @@ class AdaptConfig:
 # settings that do not change what is computed: free to differ on resume
 IGNORED = {"output_dir", "device", "workers", "test_batch_size", "eval_every"}
 # settings that decide which run this is: never resumed across
-ARCHITECTURE = {"checkpoint", "target.root", "target.dataset", "target.options"}
+ARCHITECTURE = {"checkpoint", "target.root", "target.dataset", "target.options", "memory.kind"}
 
 
 def check_adapt(cfg: AdaptConfig) -> None:
@@ -91,6 +95,11 @@ def check_adapt(cfg: AdaptConfig) -> None:
         bad("cluster.every", cfg.cluster.every, "must be >= 1")
     if cfg.memory.update not in ("hard", "mean"):
         bad("memory.update", cfg.memory.update, "use hard or mean")
+    if cfg.memory.kind not in ("cluster", "camera"):
+        bad("memory.kind", cfg.memory.kind, "use cluster or camera")
+    if cfg.memory.inter_weight < 0 or cfg.memory.hard_negatives < 1:
+        bad("memory.inter_weight / hard_negatives", (cfg.memory.inter_weight, cfg.memory.hard_negatives),
+            "need a weight >= 0 and >= 1 negative")
     if not all(isinstance(m, int) and m > 0 for m in cfg.milestones):
         bad("milestones", cfg.milestones, "must be positive whole epochs")
 

@@ -8,7 +8,8 @@ momentum update of the batch's clusters instead of gradients.
 with momentum weighing the old centroid (cluster-contrast's convention: 0.2 keeps a fifth of it)
 and x_y the batch's hardest instance of cluster y, the least similar to c_y ("hard", the
 paper's), or the mean of the batch's instances of y ("mean"; cluster-contrast's non-hard code
-instead applies the instances one after another). The camera-aware proxy variant is not here.
+instead applies the instances one after another). The camera-aware proxy variant (CAP) is
+adapt/camera_memory.py.
 """
 
 from __future__ import annotations

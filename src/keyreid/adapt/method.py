@@ -6,7 +6,8 @@ Each epoch (every `cluster.every` epochs) the target images are embedded by the 
 k-reciprocal Jaccard + DBSCAN; outliers dropped), a cluster memory is initialised from the
 clusters' mean features, and the epoch trains on P x K batches of pseudo-identities with the
 memory's InfoNCE loss on the training-mode embedding (the memory is momentum-updated by each
-batch). Keypoint heads keep their heatmap loss on target images that have keypoints. The source
+batch). memory.kind=camera keeps one proxy per cluster and camera instead (CAP,
+adapt/camera_memory.py) where the target's cameras are known. Keypoint heads keep their heatmap loss on target images that have keypoints. The source
 model's identity classifier is kept in the weights but gets no gradient.
 
 Everything around the steps is the loop's, as for `keyreid train`: resume bit-identical from any
@@ -34,6 +35,7 @@ from torch.utils.data import DataLoader
 from keyreid.adapt.cluster import cluster
 from keyreid.adapt.config import ARCHITECTURE, IGNORED, AdaptConfig, save_adapt_config
 from keyreid.adapt.jaccard import ClusteringError
+from keyreid.adapt.camera_memory import CameraProxyMemory
 from keyreid.adapt.memory import ClusterMemory
 from keyreid.adapt.target import TargetSet, load_target
 from keyreid.config import Config, ConfigError, to_dict
@@ -97,6 +99,10 @@ class Adaptation(TrainingMethod):
         self.skeleton = loaded.skeleton
         self.target: TargetSet = load_target(cfg.target, cfg.seed, notify)
         self.use_keypoints = self._check_skeleton()
+        if cfg.memory.kind == "camera" and self.target.cameras is None:
+            raise ConfigError(f"memory.kind=camera needs the camera of every target image and {self.target.root} "
+                              "has none: give --cam-pattern (a regex with a group 'cam' read from file names) "
+                              "or use memory.kind=cluster")
         self.train_transform, self.test_transform = make_transforms(
             self.src_cfg, self.skeleton, self.model.backbone.input_mean, self.model.backbone.input_std)
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -110,7 +116,7 @@ class Adaptation(TrainingMethod):
         self.labels: Optional[np.ndarray] = None
         self.labels_at = -1
         self.cluster_stats: dict = {}
-        self.memory: Optional[ClusterMemory] = None
+        self.memory = None   # ClusterMemory or CameraProxyMemory
         self.set_aside: Optional[Path] = None
         if saved is not None:
             self._restore(saved, last)
@@ -167,10 +173,7 @@ class Adaptation(TrainingMethod):
                                   f"p={self.cfg.p} pseudo-identities a batch needs: lower p, change --eps, or add "
                                   f"target images{later}")
         self.labels, self.labels_at = found.labels, epochs_done
-        memory = self.cfg.memory
-        self.memory = ClusterMemory.from_clusters(torch.from_numpy(feats), torch.from_numpy(found.labels),
-                                                  temperature=memory.temperature, momentum=memory.momentum,
-                                                  update=memory.update).to(self.device)
+        self.memory = self._new_memory(torch.from_numpy(feats), found.labels)
         self.cluster_stats = {"clusters": found.num_clusters, "outliers": found.num_outliers,
                               "clustered": float(clustered.mean()),
                               "cluster_seconds": round(embed_s + sum(found.seconds.values()), 3),
@@ -181,6 +184,27 @@ class Adaptation(TrainingMethod):
         self.notify(f"epoch {epochs_done + 1}: {found.num_clusters} clusters of {len(feats)} target images, "
                     f"{found.num_outliers} outliers ({100 * (1 - clustered.mean()):.1f}%), "
                     f"{self.cluster_stats['cluster_seconds']:.1f} s")
+
+    # ------------------------------------------------------------------ memories
+    def _memory_options(self) -> dict:
+        m = self.cfg.memory
+        if m.kind == "camera":
+            return {"temperature": m.temperature, "momentum": m.momentum, "inter_weight": m.inter_weight,
+                    "hard_negatives": m.hard_negatives}
+        return {"temperature": m.temperature, "momentum": m.momentum, "update": m.update}
+
+    def _new_memory(self, feats: torch.Tensor, labels: np.ndarray):
+        if self.cfg.memory.kind == "camera":
+            return CameraProxyMemory.from_clusters(feats, labels, self.target.cameras,
+                                                   **self._memory_options()).to(self.device)
+        return ClusterMemory.from_clusters(feats, torch.from_numpy(labels), **self._memory_options()).to(self.device)
+
+    def _memory_shaped_like(self, state: dict):
+        if self.cfg.memory.kind == "camera":
+            return CameraProxyMemory(state["proxies"].shape[1], state["proxy_cluster"], state["proxy_camera"],
+                                     state["cameras"], **self._memory_options()).to(self.device)
+        centroids = state["centroids"]
+        return ClusterMemory(centroids.shape[1], centroids.shape[0], **self._memory_options()).to(self.device)
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint(self, loop: TrainingLoop) -> dict:
@@ -217,10 +241,7 @@ class Adaptation(TrainingMethod):
             raise ConfigError(f"{path}: cannot resume, the run clustered {len(self.labels)} target images and "
                               f"{self.target.root} has {len(self.target.images)} now; use another output "
                               "folder or --no-resume")
-        centroids = ck["memory"]["centroids"]
-        memory = self.cfg.memory
-        self.memory = ClusterMemory(centroids.shape[1], centroids.shape[0], temperature=memory.temperature,
-                                    momentum=memory.momentum, update=memory.update).to(self.device)
+        self.memory = self._memory_shaped_like(ck["memory"])
         self.memory.load_state_dict(ck["memory"])
         self.cluster_stats = dict(ck["cluster_stats"])
         self.loop.resumed_from(LoopState.from_dict(ck["state"]), ck["rng"])
@@ -255,7 +276,10 @@ class Adaptation(TrainingMethod):
         images = batch["image"].to(self.device, non_blocking=True)
         labels = batch["label"].to(self.device)
         out = self.model(images)
-        parts = {"memory": self.memory(out.embedding, labels)}
+        if self.cfg.memory.kind == "camera":
+            parts = {"memory": self.memory(out.embedding, labels, batch["camid"].to(self.device))}
+        else:
+            parts = {"memory": self.memory(out.embedding, labels)}
         keypoints = batch.get("keypoints")
         if self.use_keypoints and keypoints is not None and bool((keypoints[..., 2] > 0).any()):
             for name, value in self.model.keypoint_losses(out, keypoints.to(self.device), tuple(images.shape[-2:]),
