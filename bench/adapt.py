@@ -90,6 +90,7 @@ def main() -> None:
     ap.add_argument("--eps", type=float, default=ClusterSettings.eps)
     ap.add_argument("--adapt-set", action="append", default=[], help="adapt config override key=value")
     ap.add_argument("--no-supervised", action="store_true", help="skip the ceiling runs")
+    ap.add_argument("--adapted-name", default="adapted", help="run folder name of the adaptation (variants)")
     args = ap.parse_args()
 
     ensure_synthetic(args.source_root)
@@ -103,7 +104,7 @@ def main() -> None:
             src_metrics, src_s = supervised(head, seed, args.source_root, base / "source", [])
             ckpt = base / "source" / "best.pt"
             only = source_on_target(ckpt, args.target_root, seed)
-            ad, ad_s, log = adapted(ckpt, args.target_root, seed, base / "adapted", args.epochs, args.eps,
+            ad, ad_s, log = adapted(ckpt, args.target_root, seed, base / args.adapted_name, args.epochs, args.eps,
                                     args.adapt_set)
             sup, sup_s = ({}, 0.0) if args.no_supervised else \
                 supervised(head, seed, args.target_root, base / "supervised", [])
@@ -114,7 +115,7 @@ def main() -> None:
                    "cluster_seconds": [r.get("cluster_seconds") for r in log]}
             rows.append(row)
             (args.output).mkdir(parents=True, exist_ok=True)
-            (args.output / "rows.json").write_text(json.dumps(rows, indent=2))
+            (args.output / f"rows_{args.adapted_name}.json").write_text(json.dumps(rows, indent=2))
             print(json.dumps({k: row[k] for k in ("head", "seed", "adapt_seconds")}) +
                   f" source-only mAP {100 * only['mAP']:.1f}, adapted {100 * ad['mAP']:.1f}, supervised "
                   f"{100 * sup.get('mAP', float('nan')):.1f}", flush=True)
@@ -143,7 +144,7 @@ def main() -> None:
                      f"{np.mean(ari) if ari else float('nan'):.3f} |")
     text = "\n".join(lines)
     print(text)
-    (args.output / "summary.md").write_text(text + "\n")
+    (args.output / f"summary_{args.adapted_name}.md").write_text(text + "\n")
 
 
 if __name__ == "__main__":

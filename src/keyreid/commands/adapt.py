@@ -27,7 +27,8 @@ def adapt(checkpoint: Path = typer.Argument(..., help="The source model: a keyre
           epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs (each re-clusters)."),
           cam_pattern: Optional[str] = typer.Option(
               None, "--cam-pattern", help="Regex with a group 'cam' read from file names (unlabelled "
-                                          "target), for cross-camera cluster counts."),
+                                          "target): camera proxies (--set memory.kind=camera) and "
+                                          "cross-camera cluster counts."),
           no_resume: bool = typer.Option(False, "--no-resume", help="Start over even if RUN/last.pt exists."),
           checkpoint_every: int = typer.Option(0, min=0, help="Also write last.pt every N steps (0: each epoch)."),
           allow_config_change: bool = typer.Option(
