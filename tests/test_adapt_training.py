@@ -114,6 +114,23 @@ def test_true_labels_never_reach_training(source, tiny_synth, tmp_path, monkeypa
     assert all("identity" not in s.meta for s in plain.target.images)
 
 
+def test_runs_written_before_a_setting_existed_resume(source, tiny_synth, tmp_path):
+    """A setting added to keyreid after a run was written compares at its default on resume."""
+    from keyreid.utils.checkpoint import load_checkpoint, save_checkpoint
+
+    cfg = _cfg(source, tiny_synth, tmp_path / "run", "epochs=1")
+    Adaptation(cfg, resume=False, show_progress=False, notify=lambda s: None).fit()
+    ck = load_checkpoint(tmp_path / "run" / "last.pt", "cpu")
+    for key in ("kind", "inter_weight", "hard_negatives"):
+        del ck["adapt_config"]["memory"][key]
+    save_checkpoint(tmp_path / "run" / "last.pt", ck)
+    again = Adaptation(cfg, resume=True, show_progress=False, notify=lambda s: None)
+    assert again.config_changes == [] and again.loop.done
+    changed = Adaptation(_cfg(source, tiny_synth, tmp_path / "run", "epochs=1", "memory.inter_weight=0.7"),
+                         resume=True, show_progress=False, allow_config_change=True, notify=lambda s: None)
+    assert changed.config_changes == ["memory.inter_weight: 0.5 (checkpoint) -> 0.7 (now)"]
+
+
 def test_adapted_checkpoint_loads_like_any_model(source, tiny_synth, tmp_path):
     run = Adaptation(_cfg(source, tiny_synth, tmp_path / "run", "epochs=1"), resume=False, show_progress=False,
                      notify=lambda s: None)

@@ -38,7 +38,7 @@ from keyreid.adapt.jaccard import ClusteringError
 from keyreid.adapt.camera_memory import CameraProxyMemory
 from keyreid.adapt.memory import ClusterMemory
 from keyreid.adapt.target import TargetSet, load_target
-from keyreid.config import Config, ConfigError, to_dict
+from keyreid.config import Config, ConfigError, _build, to_dict
 from keyreid.data.loader import ImageDataset
 from keyreid.data.samplers import PKBatchSampler
 from keyreid.engine.data import make_transforms
@@ -85,7 +85,9 @@ class Adaptation(TrainingMethod):
                               "output folder or --no-resume")
         self.config_changes: list[str] = []
         if saved is not None:
-            arch, other = config_diff(flat_values(saved["adapt_config"]), flat_values(cfg), IGNORED, ARCHITECTURE)
+            # settings added to keyreid since the run was written compare at their defaults
+            stored = _build(AdaptConfig, saved["adapt_config"], f"{last}: adapt_config")
+            arch, other = config_diff(flat_values(stored), flat_values(cfg), IGNORED, ARCHITECTURE)
             self.config_changes = refuse_changes(last, cfg.output_dir, arch, other, allow_config_change,
                                                  what="the source model or target differs from this run's")
 
