@@ -49,16 +49,17 @@ class Killed(Exception):
 
 
 # ---------------------------------------------------------------------- the method on the loop
-def test_resume_after_kill_mid_epoch_is_exact(source, tiny_synth, tmp_path, monkeypatch):
-    ref = Adaptation(_cfg(source, tiny_synth, tmp_path / "a"), resume=False, show_progress=False,
+@pytest.mark.parametrize("kind", ["cluster", "camera"])
+def test_resume_after_kill_mid_epoch_is_exact(kind, source, tiny_synth, tmp_path, monkeypatch):
+    ref = Adaptation(_cfg(source, tiny_synth, tmp_path / "a", f"memory.kind={kind}"), resume=False, show_progress=False,
                      notify=lambda s: None)
     ref.fit()
-    expected, memory = _params(ref.model), ref.memory.centroids.clone()
+    expected, memory = _params(ref.model), _params(ref.memory)
     # epochs differ in length (each re-clusters): the first one's from its row
     steps_per_epoch = ref.state.history[0]["images"] // (2 * 2)
     assert steps_per_epoch >= 2 and ref.state.global_step > steps_per_epoch + 1
 
-    victim = Adaptation(_cfg(source, tiny_synth, tmp_path / "b"), resume=False, show_progress=False,
+    victim = Adaptation(_cfg(source, tiny_synth, tmp_path / "b", f"memory.kind={kind}"), resume=False, show_progress=False,
                         checkpoint_every_steps=1, notify=lambda s: None)
     original = Adaptation.step
     calls = {"n": 0}
@@ -74,14 +75,16 @@ def test_resume_after_kill_mid_epoch_is_exact(source, tiny_synth, tmp_path, monk
         victim.fit()
     monkeypatch.setattr(Adaptation, "step", original)
 
-    resumed = Adaptation(_cfg(source, tiny_synth, tmp_path / "b"), resume=True, show_progress=False,
+    resumed = Adaptation(_cfg(source, tiny_synth, tmp_path / "b", f"memory.kind={kind}"), resume=True, show_progress=False,
                          notify=lambda s: None)
     assert (resumed.state.epoch, resumed.state.step_in_epoch) == (1, 1)
     resumed.fit()
     got = _params(resumed.model)
     for k in expected:
         assert torch.equal(expected[k], got[k]), k
-    assert torch.equal(memory, resumed.memory.centroids)
+    assert resumed.memory_kind == kind
+    for k, v in memory.items():
+        assert torch.equal(v, resumed.memory.state_dict()[k]), k
     rows = list(csv.DictReader(open(tmp_path / "b" / "metrics.csv")))
     ref_rows = list(csv.DictReader(open(tmp_path / "a" / "metrics.csv")))
     assert [r["epoch"] for r in rows] == ["0", "1"]

@@ -43,8 +43,10 @@ class MemorySettings:
     temperature: float = 0.05
     momentum: float = 0.2
     update: str = "hard"                 # hard | mean (cluster memory)
-    kind: str = "cluster"                # cluster: one centroid per cluster (cluster-contrast);
-    #                                      camera: one proxy per cluster and camera (CAP), needs cameras
+    kind: str = "auto"                   # cluster: one centroid per cluster (cluster-contrast);
+    #                                      camera: one proxy per cluster and camera (CAP), needs cameras;
+    #                                      auto: camera where every target image's camera is known
+    #                                      (bench/RESULTS.md "Adapting to a new site": far better there)
     inter_weight: float = 0.5            # camera proxies: weight of the cross-camera term (CAP's)
     hard_negatives: int = 50             # camera proxies: other clusters' proxies in that term (CAP's)
 
@@ -95,8 +97,8 @@ def check_adapt(cfg: AdaptConfig) -> None:
         bad("cluster.every", cfg.cluster.every, "must be >= 1")
     if cfg.memory.update not in ("hard", "mean"):
         bad("memory.update", cfg.memory.update, "use hard or mean")
-    if cfg.memory.kind not in ("cluster", "camera"):
-        bad("memory.kind", cfg.memory.kind, "use cluster or camera")
+    if cfg.memory.kind not in ("auto", "cluster", "camera"):
+        bad("memory.kind", cfg.memory.kind, "use auto, cluster or camera")
     if cfg.memory.inter_weight < 0 or cfg.memory.hard_negatives < 1:
         bad("memory.inter_weight / hard_negatives", (cfg.memory.inter_weight, cfg.memory.hard_negatives),
             "need a weight >= 0 and >= 1 negative")

@@ -6,8 +6,8 @@ Each epoch (every `cluster.every` epochs) the target images are embedded by the 
 k-reciprocal Jaccard + DBSCAN; outliers dropped), a cluster memory is initialised from the
 clusters' mean features, and the epoch trains on P x K batches of pseudo-identities with the
 memory's InfoNCE loss on the training-mode embedding (the memory is momentum-updated by each
-batch). memory.kind=camera keeps one proxy per cluster and camera instead (CAP,
-adapt/camera_memory.py) where the target's cameras are known. Keypoint heads keep their heatmap loss on target images that have keypoints. The source
+batch). Where the target's cameras are known, memory.kind auto (the default) or camera keeps one
+proxy per cluster and camera instead (CAP, adapt/camera_memory.py). Keypoint heads keep their heatmap loss on target images that have keypoints. The source
 model's identity classifier is kept in the weights but gets no gradient.
 
 Everything around the steps is the loop's, as for `keyreid train`: resume bit-identical from any
@@ -105,6 +105,12 @@ class Adaptation(TrainingMethod):
             raise ConfigError(f"memory.kind=camera needs the camera of every target image and {self.target.root} "
                               "has none: give --cam-pattern (a regex with a group 'cam' read from file names) "
                               "or use memory.kind=cluster")
+        # auto: camera proxies where the cameras are known (the same target resolves the same on resume)
+        self.memory_kind = "camera" if cfg.memory.kind == "camera" or (
+            cfg.memory.kind == "auto" and self.target.cameras is not None) else "cluster"
+        if cfg.memory.kind == "auto" and self.memory_kind == "cluster":
+            notify(f"note: the cameras of {self.target.root} are unknown: one memory centroid per cluster "
+                   "(--cam-pattern gives camera-aware proxies, which adapt far better where cameras differ)")
         self.train_transform, self.test_transform = make_transforms(
             self.src_cfg, self.skeleton, self.model.backbone.input_mean, self.model.backbone.input_std)
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -190,19 +196,19 @@ class Adaptation(TrainingMethod):
     # ------------------------------------------------------------------ memories
     def _memory_options(self) -> dict:
         m = self.cfg.memory
-        if m.kind == "camera":
+        if self.memory_kind == "camera":
             return {"temperature": m.temperature, "momentum": m.momentum, "inter_weight": m.inter_weight,
                     "hard_negatives": m.hard_negatives}
         return {"temperature": m.temperature, "momentum": m.momentum, "update": m.update}
 
     def _new_memory(self, feats: torch.Tensor, labels: np.ndarray):
-        if self.cfg.memory.kind == "camera":
+        if self.memory_kind == "camera":
             return CameraProxyMemory.from_clusters(feats, labels, self.target.cameras,
                                                    **self._memory_options()).to(self.device)
         return ClusterMemory.from_clusters(feats, torch.from_numpy(labels), **self._memory_options()).to(self.device)
 
     def _memory_shaped_like(self, state: dict):
-        if self.cfg.memory.kind == "camera":
+        if self.memory_kind == "camera":
             return CameraProxyMemory(state["proxies"].shape[1], state["proxy_cluster"], state["proxy_camera"],
                                      state["cameras"], **self._memory_options()).to(self.device)
         centroids = state["centroids"]
@@ -278,7 +284,7 @@ class Adaptation(TrainingMethod):
         images = batch["image"].to(self.device, non_blocking=True)
         labels = batch["label"].to(self.device)
         out = self.model(images)
-        if self.cfg.memory.kind == "camera":
+        if self.memory_kind == "camera":
             parts = {"memory": self.memory(out.embedding, labels, batch["camid"].to(self.device))}
         else:
             parts = {"memory": self.memory(out.embedding, labels)}
