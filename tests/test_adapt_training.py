@@ -21,6 +21,7 @@ from keyreid.adapt.method import Adaptation
 from keyreid.adapt.target import _SealedTruth, pseudo_label_quality
 from keyreid.data.datasets import build_dataset
 from keyreid.data.synthetic import SynthConfig, generate
+from keyreid.config import ConfigError
 from keyreid.errors import DataError
 from keyreid.inference import load_model
 
@@ -124,7 +125,7 @@ def test_runs_written_before_a_setting_existed_resume(source, tiny_synth, tmp_pa
     cfg = _cfg(source, tiny_synth, tmp_path / "run", "epochs=1")
     Adaptation(cfg, resume=False, show_progress=False, notify=lambda s: None).fit()
     ck = load_checkpoint(tmp_path / "run" / "last.pt", "cpu")
-    for key in ("kind", "inter_weight", "hard_negatives"):
+    for key in ("inter_weight", "hard_negatives"):
         del ck["adapt_config"]["memory"][key]
     save_checkpoint(tmp_path / "run" / "last.pt", ck)
     again = Adaptation(cfg, resume=True, show_progress=False, notify=lambda s: None)
@@ -132,6 +133,12 @@ def test_runs_written_before_a_setting_existed_resume(source, tiny_synth, tmp_pa
     changed = Adaptation(_cfg(source, tiny_synth, tmp_path / "run", "epochs=1", "memory.inter_weight=0.7"),
                          resume=True, show_progress=False, allow_config_change=True, notify=lambda s: None)
     assert changed.config_changes == ["memory.inter_weight: 0.5 (checkpoint) -> 0.7 (now)"]
+    # before memory.kind existed every run had one centroid per cluster: that is what it compares as
+    ck = load_checkpoint(tmp_path / "run" / "last.pt", "cpu")
+    del ck["adapt_config"]["memory"]["kind"]
+    save_checkpoint(tmp_path / "run" / "last.pt", ck)
+    with pytest.raises(ConfigError, match="memory.kind: 'cluster' \\(checkpoint\\) -> 'auto' \\(now\\)"):
+        Adaptation(cfg, resume=True, show_progress=False, notify=lambda s: None)
 
 
 def test_adapted_checkpoint_loads_like_any_model(source, tiny_synth, tmp_path):

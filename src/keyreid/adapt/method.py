@@ -87,6 +87,8 @@ class Adaptation(TrainingMethod):
         if saved is not None:
             # settings added to keyreid since the run was written compare at their defaults
             stored = _build(AdaptConfig, saved["adapt_config"], f"{last}: adapt_config")
+            if "kind" not in saved["adapt_config"].get("memory", {}):
+                stored.memory.kind = "cluster"   # what runs did before memory.kind existed
             arch, other = config_diff(flat_values(stored), flat_values(cfg), IGNORED, ARCHITECTURE)
             self.config_changes = refuse_changes(last, cfg.output_dir, arch, other, allow_config_change,
                                                  what="the source model or target differs from this run's")
