@@ -21,6 +21,7 @@ from keyreid.inference import load_model
 ROOT = Path(__file__).resolve().parents[1]
 KEYREID = ROOT / ".venv" / "bin" / "keyreid"
 runner = CliRunner()
+TINY_MAP_DROP = 1.5   # the exported fixture's --max-map-drop (see there)
 
 
 def cli(*args):
@@ -68,9 +69,12 @@ def built(tiny_synth, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def exported(built, tmp_path_factory):
-    """The int8 export through the CLI, calibrated and checked on the training data's own splits."""
+    """The int8 export through the CLI, calibrated and checked on the training data's own splits.
+    The mAP limit is 1.5 points here, not the default 0.5: the tiny test split has 16 queries, where
+    one reordered near-tie costs about 0.8 points, and onnxruntime's int8 kernels round differently
+    per CPU (0.79 points on a 2-core AMD EPYC, under 0.5 on the Xeon of earlier runs)."""
     out = tmp_path_factory.mktemp("int8") / "model.int8.onnx"
-    r = cli("export", built["checkpoint"], "-o", out, "--format", "onnx-int8")
+    r = cli("export", built["checkpoint"], "-o", out, "--format", "onnx-int8", "--max-map-drop", str(TINY_MAP_DROP))
     return {"path": out, "meta": json.loads(Path(str(out) + ".json").read_text()), "output": r.output}
 
 
@@ -110,7 +114,7 @@ def test_parity_in_the_sidecar_equals_a_recomputation(built, exported, tiny_synt
     ds = build_dataset("market1501", tiny_synth)
     assert par["source"] == f"market1501 test split at {tiny_synth}"
     assert (par["queries"], par["gallery"]) == (len(ds.query), len(ds.gallery))
-    assert par["max_map_drop"] == 0.5 and par["min_top10_overlap"] == 0.95
+    assert par["max_map_drop"] == TINY_MAP_DROP and par["min_top10_overlap"] == 0.95
     nq = len(ds.query)
     files = [s.path for s in ds.query] + [s.path for s in ds.gallery]
     labels = ([s.pid for s in ds.query], [s.pid for s in ds.gallery],
@@ -137,7 +141,7 @@ def test_parity_in_the_sidecar_equals_a_recomputation(built, exported, tiny_synt
     assert par["map_drop"] == pytest.approx(par["torch"]["mAP"] - par["export"]["mAP"])
     assert par["max_abs_diff"] == pytest.approx(np.abs(feats["torch"] - feats["export"]).max(), rel=1e-3)
     # and the export passed what it was held to
-    assert par["map_drop"] <= 0.5 and par["top10_overlap"] >= 0.95
+    assert par["map_drop"] <= TINY_MAP_DROP and par["top10_overlap"] >= 0.95
     assert "top-10 overlap" in exported["output"] and "mAP" in exported["output"]
     # the fp32 graph itself passed the 1e-4 check before quantisation
     assert max(exported["meta"]["parity"]["max_abs_diff"].values()) <= 1e-4
