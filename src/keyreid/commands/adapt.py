@@ -41,6 +41,7 @@ def adapt(checkpoint: Path = typer.Argument(..., help="The source model: a keyre
     checkpoint: search, index, serve, export)."""
     from keyreid.adapt.config import load_adapt_config
     from keyreid.adapt.method import Adaptation
+    from keyreid.commands.run_start import print_run_start
 
     overrides = [f"checkpoint={checkpoint}"]
     flags = {"target.root": target, "target.dataset": dataset, "output_dir": output, "cluster.eps": eps,
@@ -53,10 +54,7 @@ def adapt(checkpoint: Path = typer.Argument(..., help="The source model: a keyre
     method = Adaptation(cfg, resume=not no_resume, checkpoint_every_steps=checkpoint_every,
                         allow_config_change=allow_config_change,
                         notify=lambda text: console.print(text, markup=False))
-    if method.set_aside is not None:
-        console.print(f"an earlier run's files in {cfg.output_dir} were moved to {method.set_aside}")
-    if method.config_changes:
-        console.print("resuming with changed settings: " + "; ".join(method.config_changes), markup=False)
+    print_run_start(console, cfg.output_dir, method.set_aside, method.config_changes)
     if method.state.epoch or method.state.step_in_epoch:
         console.print(f"resuming {cfg.output_dir} at epoch {method.state.epoch + 1}, "
                       f"step {method.state.step_in_epoch}")

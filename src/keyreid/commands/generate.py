@@ -30,16 +30,13 @@ def train(config: Path = typer.Argument(..., help="YAML config (see configs/gene
           ) -> None:
     """Train a generation method; resumes from OUTPUT_DIR/last.pt when it exists (same config)."""
     from keyreid.generation.config import load_gen_config
+    from keyreid.commands.run_start import print_run_start
     from keyreid.generation.trainer import GanTrainer
 
     cfg = load_gen_config(config, set_ or [])
     trainer = GanTrainer(cfg, resume=not no_resume, allow_config_change=allow_config_change,
                          checkpoint_every_steps=checkpoint_every)
-    if trainer.set_aside is not None:
-        console.print(f"an earlier run's files in {cfg.output_dir} were moved to {trainer.set_aside}",
-                      markup=False)
-    if trainer.config_changes:
-        console.print("resuming with a changed config: " + "; ".join(trainer.config_changes), markup=False)
+    print_run_start(console, cfg.output_dir, trainer.set_aside, trainer.config_changes)
     if trainer.epochs_done:
         stage = trainer.stages[trainer.state.stage_index].name if trainer.state.stage_index < len(trainer.stages) \
             else "done"

@@ -26,16 +26,13 @@ def train(config: Path = typer.Argument(..., help="YAML config (see configs/).")
           ) -> None:
     """Train a model; resumes from OUTPUT_DIR/last.pt when it exists (with the same config)."""
     from keyreid.config import load_config
+    from keyreid.commands.run_start import print_run_start
     from keyreid.engine.trainer import Trainer
 
     cfg = load_config(config, set_ or [])
     trainer = Trainer(cfg, resume=not no_resume, checkpoint_every_steps=checkpoint_every,
                       allow_config_change=allow_config_change)
-    if trainer.set_aside is not None:
-        console.print(f"an earlier run's files in {cfg.output_dir} were moved to {trainer.set_aside}")
-    if trainer.config_changes:
-        console.print("resuming with a changed config: " + "; ".join(trainer.config_changes),
-                      markup=False)
+    print_run_start(console, cfg.output_dir, trainer.set_aside, trainer.config_changes)
     if trainer.state.epoch or trainer.state.step_in_epoch:
         console.print(f"resuming {cfg.output_dir} at epoch {trainer.state.epoch + 1}, "
                       f"step {trainer.state.step_in_epoch}")
