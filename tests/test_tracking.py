@@ -1,0 +1,314 @@
+"""`keyreid track` / `eval-tracks`: MOTChallenge files, the BoxMOT encoder, TrackEval's metrics
+against hand-computed values, resume after a kill and one writer at a time (real processes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from keyreid.errors import DataError
+from keyreid.tracking.mot import find_sequences, format_mot, read_mot, read_seqinfo, write_mot
+from tests.test_user_mistakes_data import KEYREID, one_error_line, run
+from tests.tracking_helpers import read_rows, seqinfo, two_walkers, write_sequence
+
+
+# ----------------------------------------------------------------------------- MOT files
+def test_read_mot_converts_to_zero_based_xyxy_clips_and_counts(tmp_path):
+    seq = two_walkers(tmp_path)
+    info = read_seqinfo(seq)
+    assert (info.name, info.length, info.width, info.height, info.frame_rate) == ("c1", 30, 200, 90, 10.0)
+    det = seq / "det" / "det.txt"
+    det.write_text("2,-1,11,21,20,40,0.8,-1,-1,-1\n"
+                   "1,-1,1,1,10,10,0.5,-1,-1,-1\n"
+                   "\n"
+                   "1,-1,190,80,30,30,0.7,-1,-1,-1\n"     # crosses the right and bottom edges: clipped
+                   "1,-1,300,10,20,20,0.7,-1,-1,-1\n"     # wholly outside: skipped
+                   "3,-1,5,5,0,20,0.7,-1,-1,-1\n")       # zero width: skipped
+    rows = read_mot(det, "det", info)
+    assert rows.frames.tolist() == [1, 1, 2]  # sorted by frame, stable
+    np.testing.assert_allclose(rows.boxes, [[0, 0, 10, 10], [189, 79, 200, 90], [10, 20, 30, 60]])
+    np.testing.assert_allclose(rows.scores, [0.5, 0.7, 0.8])
+    assert rows.skipped == {"zero or negative size": 1, "outside the frame": 1}
+    assert rows.clipped == 1
+    sl = rows.frame_slices(info.length)
+    assert (sl[1], sl[2], sl[3]) == (slice(0, 2), slice(2, 3), slice(3, 3))
+
+
+def test_write_then_read_is_the_same_boxes(tmp_path):
+    boxes = np.array([[0, 0, 10.5, 20.25], [3.5, 4, 7, 9]], np.float32)
+    path = tmp_path / "r.txt"
+    write_mot(path, [1, 2], [4, 5], boxes, [0.9, 0.5])
+    rows = read_mot(path, "results")
+    np.testing.assert_allclose(rows.boxes, boxes, atol=1e-2)
+    assert rows.ids.tolist() == [4, 5]
+    assert path.read_text().splitlines()[0] == "1,4,1.00,1.00,10.50,20.25,0.9000,-1,-1,-1"
+    assert format_mot(np.zeros(0), np.zeros(0), np.zeros((0, 4)), np.zeros(0)) == ""
+
+
+def test_a_large_detection_file_is_read_in_one_vectorised_pass(tmp_path):
+    """100k boxes: the same numbers as a line-by-line Python parse (speed is bench/tracking.py's)."""
+    rng = np.random.default_rng(0)
+    n = 100_000
+    t = np.column_stack([np.sort(rng.integers(1, 1001, n)), -np.ones(n), rng.uniform(1, 300, (n, 2)),
+                         rng.uniform(5, 50, (n, 2)), rng.uniform(0, 1, n), -np.ones((n, 3))])
+    path = tmp_path / "det.txt"
+    np.savetxt(path, t, delimiter=",", fmt="%.3f")
+    rows = read_mot(path, "det")
+    ref = [list(map(float, line.split(","))) for line in path.read_text().splitlines()]
+    ref = np.array(ref)
+    assert len(rows) == n
+    np.testing.assert_allclose(rows.boxes[:, 0], ref[:, 2] - 1, atol=1e-3)
+    np.testing.assert_allclose(rows.boxes[:, 3], ref[:, 3] - 1 + ref[:, 5], atol=1e-3)
+
+
+@pytest.mark.parametrize("content, problem", [
+    ("1,-1,1,1,10,10,0.9,-1,-1,-1\n1,-1,1,1\n", "line 2: expected at least 7 comma-separated numbers, got 4"),
+    ("1,-1,1,1,10,10,0.9\n\n2,-1,1,x1,10,10,0.9\n", "line 3: 'x1' is not a number"),
+    ("1,-1,1,1,10,10,0.9\n99,-1,1,1,10,10,0.9\n", "line 2: frame 99 is not a frame number from 1 to 30"),
+    ("1.5,-1,1,1,10,10,0.9\n", "line 1: frame 1.5 is not a frame number"),
+    ("1,-1,1,1,nan,10,0.9\n", "line 1: a value is not finite"),
+])
+def test_a_malformed_detection_line_is_named_by_file_and_line(tmp_path, capsys, content, problem):
+    seq = two_walkers(tmp_path)
+    (seq / "det" / "det.txt").write_text(content)
+    code, out, err = run(capsys, "track", seq, "--tracker", "bytetrack", "-o", tmp_path / "out")
+    line = one_error_line(err)
+    assert code == 2
+    assert str(seq / "det" / "det.txt") in line and problem in line, line
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.txt"))
+
+
+def test_sequence_mistakes_are_one_line_each(tmp_path, capsys):
+    seq = two_walkers(tmp_path)
+    out = tmp_path / "out"
+    cases = []
+    code, _, err = run(capsys, "track", seq, "--tracker", "sort", "-o", out)
+    cases.append((code, one_error_line(err), "unknown tracker 'sort'; known: botsort, deepocsort, strongsort, "
+                                             "bytetrack, ocsort"))
+    code, _, err = run(capsys, "track", seq, "--tracker", "botsort", "-o", out)
+    cases.append((code, one_error_line(err), "botsort matches people by appearance: pass --checkpoint"))
+    code, _, err = run(capsys, "track", tmp_path / "nothing", "--tracker", "bytetrack", "-o", out)
+    cases.append((code, one_error_line(err), "nothing: no such folder"))
+    (seq / "img1" / "000017.jpg").unlink()
+    code, _, err = run(capsys, "track", seq, "--tracker", "bytetrack", "-o", out)
+    cases.append((code, one_error_line(err), "1 of 30 frames are missing (first: 000017.jpg)"))
+    (seq / "seqinfo.ini").unlink()
+    code, _, err = run(capsys, "track", seq, "--tracker", "bytetrack", "-o", out)
+    cases.append((code, one_error_line(err), "holds no MOTChallenge sequence"))
+    other = two_walkers(tmp_path / "b")
+    (other / "seqinfo.ini").write_text(seqinfo("c1", 30, 200, 90).replace("seqLength=30\n", ""))
+    code, _, err = run(capsys, "track", other, "--tracker", "bytetrack", "-o", out)
+    cases.append((code, one_error_line(err), "seqinfo.ini: [Sequence] lacks seqLength"))
+    third = two_walkers(tmp_path / "c")
+    (third / "det" / "det.txt").unlink()
+    code, _, err = run(capsys, "track", third, "--tracker", "bytetrack", "-o", out)
+    cases.append((code, one_error_line(err), "det.txt: missing (a sequence needs detections"))
+    code, _, err = run(capsys, "track", third.parent / "c1", "--tracker", "bytetrack", "-o", out,
+                       "--tracker-option", "buffer")
+    cases.append((code, one_error_line(err), "--tracker-option 'buffer': expected KEY=VALUE"))
+    for code, line, expected in cases:
+        assert code == 2 and expected in line, (line, expected)
+
+
+# ----------------------------------------------------------------------------- the encoder
+def test_the_encoder_is_a_boxmot_appearance_encoder_on_the_one_inference_path(adapt_source, tmp_path):
+    from boxmot.reid.protocols import AppearanceEncoder
+    from boxmot.structures import Boxes, Detections, Frame
+    from PIL import Image
+
+    from keyreid.inference import load_model
+    from keyreid.tracking import KeyreidEncoder
+
+    enc = KeyreidEncoder(adapt_source)
+    assert isinstance(enc, AppearanceEncoder)
+    assert enc.embedding_dim == load_model(adapt_source).dim and enc.requirements.masks is False
+    seq = two_walkers(tmp_path)
+    frames, dets, crops = [], [], []
+    for f, boxes in ((1, [[7, 20, 27, 80], [168, 20, 188, 80]]), (2, [[9, 20, 29, 80]])):
+        image = np.array(Image.open(seq / "img1" / f"{f:06d}.jpg").convert("RGB"))
+        frames.append(Frame(image=torch.from_numpy(image).permute(2, 0, 1).contiguous(), sample_id=str(f)))
+        dets.append(Detections(geometry=Boxes(torch.tensor(boxes, dtype=torch.float32)),
+                               scores=torch.ones(len(boxes)), class_ids=torch.zeros(len(boxes), dtype=torch.int64),
+                               sample_id=str(f)))
+        crops += [Image.fromarray(image[y1:y2, x1:x2]) for x1, y1, x2, y2 in boxes]
+    out = enc.encode(frames, dets)
+    assert [tuple(t.shape) for t in out] == [(2, enc.embedding_dim), (1, enc.embedding_dim)]
+    assert all(t.dtype == torch.float32 for t in out)
+    np.testing.assert_allclose(torch.cat(out).norm(dim=1).numpy(), 1.0, atol=1e-5)
+    ref = load_model(adapt_source).embed(crops, normalize=True)  # the same crops through load_model
+    np.testing.assert_allclose(torch.cat(out).numpy(), ref, atol=1e-5)
+    assert enc.encode([frames[0]], [dets[0].select(torch.zeros(0, dtype=torch.int64))])[0].shape == (0, enc.embedding_dim)
+
+
+def test_the_onnx_export_encodes_like_the_checkpoint(adapt_source, tmp_path):
+    from keyreid.tracking import KeyreidEncoder
+
+    onnx = tmp_path / "kae.onnx"
+    code = subprocess.run([str(KEYREID), "export", str(adapt_source), "-o", str(onnx)], capture_output=True,
+                          text=True, timeout=300)
+    assert code.returncode == 0, code.stderr
+    seq = two_walkers(tmp_path)
+    from PIL import Image
+
+    frame = Image.open(seq / "img1" / "000003.jpg").convert("RGB")
+    boxes = np.array([[11, 20, 31, 80], [164, 20, 184, 80], [0, 0, 0.5, 90]])  # the last one is 0.5 px wide
+    a = KeyreidEncoder(adapt_source).embed_boxes(frame, boxes)
+    b = KeyreidEncoder(onnx).embed_boxes(frame, boxes)
+    assert a.shape == b.shape == (3, a.shape[1])
+    assert float((a * b).sum(1).min()) > 0.999
+
+
+# ----------------------------------------------------------------------------- metrics
+def test_trackeval_metrics_match_hand_computed_values(tmp_path):
+    """Two people, 30 frames each; the result swaps person 1's id at frame 21: IDF1 by hand =
+    2 IDTP / (60 + 60) with IDTP = 20 + 30, one ID switch, MOTA = 1 - 1/60."""
+    from keyreid.tracking.metrics import cross_camera_idf1, evaluate_tracks
+
+    seq = two_walkers(tmp_path)
+    gt = read_rows(seq / "gt" / "gt.txt")
+    res = gt[:, :7].copy()
+    res[:, 1] = np.where((gt[:, 1] == 1) & (gt[:, 0] > 20), 9, gt[:, 1])
+    path = tmp_path / "res" / "c1.txt"
+    path.parent.mkdir()
+    np.savetxt(path, np.hstack([res, -np.ones((len(res), 3))]), delimiter=",", fmt="%g")
+    m = evaluate_tracks(find_sequences(seq), {"c1": path})["c1"]
+    assert m["IDF1"] == pytest.approx(100 * 2 * 50 / 120)
+    assert m["IDSW"] == 1 and m["MOTA"] == pytest.approx(100 * (1 - 1 / 60))
+    assert m["DetA"] == pytest.approx(100) and m["GT_IDs"] == 2 and m["IDs"] == 3
+    # cross-camera: the same two people in a second camera; a result that calls them 1 and 2
+    # there too is perfect, one that gives camera 2 new ids scores IDF1 by hand = 2 * 60 / 240
+    cam2 = two_walkers(tmp_path, "c2")
+    seqs = find_sequences(tmp_path)
+    assert [s.name for s in seqs] == ["c1", "c2"]
+    np.savetxt(tmp_path / "res" / "c1.txt", np.hstack([gt[:, :7], -np.ones((60, 3))]), delimiter=",", fmt="%g")
+    same = read_rows(cam2 / "gt" / "gt.txt")[:, :7]
+    np.savetxt(tmp_path / "res" / "c2.txt", np.hstack([same, -np.ones((60, 3))]), delimiter=",", fmt="%g")
+    files = {"c1": tmp_path / "res" / "c1.txt", "c2": tmp_path / "res" / "c2.txt"}
+    assert cross_camera_idf1(seqs, files)["IDF1"] == pytest.approx(100)
+    same[:, 1] += 10
+    np.savetxt(tmp_path / "res" / "c2.txt", np.hstack([same, -np.ones((60, 3))]), delimiter=",", fmt="%g")
+    assert cross_camera_idf1(seqs, files)["IDF1"] == pytest.approx(100 * 2 * 60 / 240)
+
+
+def test_eval_tracks_cli_and_its_mistakes(tmp_path, capsys):
+    seq = two_walkers(tmp_path / "gt")
+    res = tmp_path / "res"
+    res.mkdir()
+    code, _, err = run(capsys, "eval-tracks", res, seq)
+    assert code == 2 and "c1.txt: missing: RESULTS needs one file per sequence" in one_error_line(err)
+    (res / "c1.txt").write_text((seq / "gt" / "gt.txt").read_text())
+    code, out, _ = run(capsys, "eval-tracks", res, seq)
+    assert code == 0 and "│ c1" in out and "100.0" in out
+    (res / "c1.txt").write_text("1,2,3\n")
+    code, _, err = run(capsys, "eval-tracks", res, seq)
+    assert code == 2 and "c1.txt: line 1: expected at least 6 comma-separated numbers" in one_error_line(err)
+
+
+# ----------------------------------------------------------------------------- keyreid track
+def test_track_writes_mot_results_and_metrics(tmp_path, capsys, adapt_source):
+    seq = two_walkers(tmp_path / "seqs")
+    out = tmp_path / "out"
+    code, stdout, err = run(capsys, "track", seq, "-m", adapt_source, "--tracker", "botsort", "--static-camera",
+                            "-o", out, "--eval")
+    assert code == 0, err
+    rows = read_rows(out / "c1.txt")
+    assert rows.shape[1] == 10 and set(rows[:, 1].astype(int)) == {1, 2}  # ids numbered from 1
+    manifest = json.loads((out / "track.json").read_text())
+    assert manifest["settings"]["tracker"] == "botsort" and manifest["settings"]["static_camera"] is True
+    assert manifest["sequences"]["c1"]["frames"] == 30 and manifest["sequences"]["c1"]["tracks"] == 2
+    assert "frames/s" in err and "IDF1" in stdout
+    idf1 = float([ln for ln in stdout.splitlines() if "│ c1" in ln][0].split("│")[4])
+    assert idf1 > 95
+    # other settings in the same folder: refused in one line; --overwrite replaces
+    code, _, err = run(capsys, "track", seq, "--tracker", "ocsort", "-o", out)
+    assert code == 2 and "holds tracks made with other settings (model, static_camera, tracker)" in one_error_line(err)
+    code, _, err = run(capsys, "track", seq, "--tracker", "ocsort", "-o", out, "--overwrite")
+    assert code == 0 and json.loads((out / "track.json").read_text())["settings"]["tracker"] == "ocsort"
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    code, _, err = run(capsys, "track", seq, "--tracker", "ocsort", "-o", foreign)
+    assert code == 2 and "holds files but no track.json" in one_error_line(err)
+    assert (foreign / "notes.txt").read_text() == "mine"
+
+
+def _long_sequences(root: Path) -> Path:
+    write_sequence(root, "a1", {1: lambda f: 5 + f % 50, 2: lambda f: 150 - f % 50}, 40, width=200)
+    write_sequence(root, "b2", {1: lambda f: 5 + f % 50, 2: lambda f: 150 - f % 50}, 400, width=200)
+    return root
+
+
+def test_a_killed_track_resumes_where_it_stopped(tmp_path):
+    seqs = _long_sequences(tmp_path / "seqs")
+    out = tmp_path / "out"
+    env = {**os.environ, "KEYREID_PROGRESS": "off"}
+    cmd = [str(KEYREID), "track", str(seqs), "--tracker", "ocsort", "-o", str(out)]
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # a1 done, b2 under way
+        m = out / "track.json"
+        if m.is_file() and "a1" in json.loads(m.read_text())["sequences"]:
+            break
+        time.sleep(0.01)
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+    assert first.returncode == -signal.SIGKILL, "the first run ended before it could be killed"
+    assert sorted(p.name for p in out.iterdir()) == [".track.lock", "a1.txt", "track.json"]  # no half b2.txt
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "continuing in" in again.stderr and "1 of 2 sequences already tracked" in again.stderr
+    fresh = tmp_path / "fresh"
+    whole = subprocess.run(cmd[:-1] + [str(fresh)], capture_output=True, text=True, env=env, timeout=300)
+    assert whole.returncode == 0
+    for name in ("a1.txt", "b2.txt"):
+        assert (out / name).read_bytes() == (fresh / name).read_bytes()
+
+
+def test_a_second_writer_into_the_same_output_fails_in_one_line(tmp_path):
+    """Another process holds OUT's lock (as a running `keyreid track` does): a real second
+    `keyreid track` into OUT exits 2 with one line and writes nothing."""
+    seq = two_walkers(tmp_path / "seqs")
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time\n"
+        f"fd = os.open({str(out / '.track.lock')!r}, os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('held', flush=True)\ntime.sleep(60)\n")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        r = subprocess.run([str(KEYREID), "track", str(seq), "--tracker", "ocsort", "-o", str(out)],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2
+        assert "another keyreid track is writing here" in one_error_line(r.stderr)
+        assert sorted(p.name for p in out.iterdir()) == [".track.lock"]
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_the_tracking_extra_is_declared_and_installed():
+    """BoxMOT and TrackEval come from requirements-nodeps.txt (their opencv-python would clash
+    with the headless build); their runtime deps from the `track` extra."""
+    root = Path(__file__).resolve().parents[1]
+    nodeps = (root / "requirements-nodeps.txt").read_text()
+    assert "boxmot==25.0.0" in nodeps and "trackeval==1.3.0" in nodeps
+    assert "'.[test,pose,openvino,track]'" in (root / "Makefile").read_text()
+    import boxmot
+    import cv2
+
+    assert boxmot.__version__ == "25.0.0"
+    from importlib.metadata import PackageNotFoundError, version
+
+    with pytest.raises(PackageNotFoundError):
+        version("opencv-python")  # only the headless build is installed
+    assert cv2.__version__.startswith("4.")
