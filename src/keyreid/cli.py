@@ -17,6 +17,7 @@ from keyreid.commands import keypoints as keypoints_cmd
 from keyreid.commands import search as search_cmd
 from keyreid.commands import serve as serve_cmd
 from keyreid.commands import synth as synth_cmd
+from keyreid.commands import track as track_cmd
 from keyreid.commands import train as train_cmd
 
 app = typer.Typer(help="keyreid: keypoint-aligned embeddings for re-identification and retrieval.",
@@ -36,6 +37,8 @@ app.add_typer(index_cmd.app, name="index")
 app.command("search")(search_cmd.search)
 app.command("serve")(serve_cmd.serve)
 app.add_typer(generate_cmd.app, name="generate")
+app.command("track")(track_cmd.track)
+app.command("eval-tracks")(track_cmd.eval_tracks)
 
 
 _DEBUG = False
