@@ -312,3 +312,65 @@ def test_the_tracking_extra_is_declared_and_installed():
     with pytest.raises(PackageNotFoundError):
         version("opencv-python")  # only the headless build is installed
     assert cv2.__version__.startswith("4.")
+
+
+# ----------------------------------------------------------------------------- across cameras
+def _tracklet(camera, start, end, emb):
+    from keyreid.tracking.tracklets import Tracklet
+
+    frames = np.arange(start, end + 1)
+    e = np.asarray(emb, np.float32)
+    return Tracklet(camera, 0, frames, np.zeros((len(frames), 4), np.float32), e / np.linalg.norm(e))
+
+
+def test_one_camera_never_holds_one_person_twice_at_one_time():
+    from keyreid.tracking.associate import cannot_link, link_tracklets
+
+    same = [1, 0, 0]
+    ts = [_tracklet("c1", 1, 10, same), _tracklet("c1", 5, 15, same), _tracklet("c2", 1, 10, same),
+          _tracklet("c1", 20, 30, same), _tracklet("c2", 40, 50, [0, 1, 0])]
+    c = cannot_link(ts)
+    assert c[0, 1] and c[1, 0] and c.sum() == 2  # only the two overlapping c1 tracklets
+    # identical looks: A, C and the later D are one person; B overlaps A in c1 and stays apart;
+    # E looks different (cosine distance 1 > 0.5)
+    assert link_tracklets(ts, threshold=0.5).tolist() == [1, 2, 1, 1, 3]
+    assert link_tracklets(ts, threshold=1.5).tolist() == [1, 2, 1, 1, 1]  # B still apart
+    assert link_tracklets([], 0.5).tolist() == []
+
+
+def test_unconstrained_linking_equals_scipy_average_linkage():
+    """Without cannot-links (every tracklet in its own camera) the clusters are scipy's average
+    linkage on cosine distance cut at the threshold."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    from keyreid.tracking.associate import link_tracklets
+
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(5, 16))
+    emb = np.concatenate([c + 0.6 * rng.normal(size=(6, 16)) for c in centres])
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    ts = [_tracklet(f"c{i}", 1, 5, e) for i, e in enumerate(emb)]
+    for threshold in (0.2, 0.4, 0.7):
+        ours = link_tracklets(ts, threshold)
+        ref = fcluster(linkage(emb, method="average", metric="cosine"), t=threshold, criterion="distance")
+        # the same partition (label numbers differ)
+        assert len(set(zip(ours.tolist(), ref.tolist()))) == len(set(ours.tolist())) == len(set(ref.tolist()))
+
+
+def test_track_cross_camera_links_the_same_people_in_two_cameras(tmp_path, capsys, adapt_source):
+    seqs = tmp_path / "seqs"
+    two_walkers(seqs, "c1")
+    two_walkers(seqs, "c2")
+    out = tmp_path / "out"
+    code, stdout, err = run(capsys, "track", seqs, "-m", adapt_source, "--tracker", "ocsort", "-o", out,
+                            "--cross-camera", "--eval")
+    assert code == 0, err
+    assert "4 tracklets -> 2 identities" in err
+    table = (out / "identities.csv").read_text().splitlines()
+    assert table[0] == "global_id,camera,track_id,first_frame,last_frame,boxes" and len(table) == 5
+    row = [ln for ln in stdout.splitlines() if "cross-camera" in ln][0]
+    assert float(row.split("│")[4]) == pytest.approx(100.0)  # IDF1 across cameras
+    g1, g2 = read_rows(out / "global" / "c1.txt"), read_rows(out / "global" / "c2.txt")
+    assert set(g1[:, 1]) == set(g2[:, 1]) == {1, 2}
+    code, _, err = run(capsys, "track", seqs, "--tracker", "ocsort", "-o", tmp_path / "o2", "--cross-camera")
+    assert code == 2 and "--cross-camera matches tracks by appearance: pass --checkpoint" in one_error_line(err)

@@ -58,6 +58,14 @@ def track(
                                              "(repeatable), e.g. track_buffer=60."),
     evaluate: bool = typer.Option(False, "--eval", help="Print HOTA, IDF1, MOTA... against each sequence's "
                                   "gt/gt.txt (TrackEval)."),
+    cross_camera: bool = typer.Option(False, "--cross-camera", help="Link every camera's tracks into global "
+                                      "identities (needs --checkpoint): OUT/global/<sequence>.txt, "
+                                      "OUT/identities.csv; with --eval, cross-camera IDF1."),
+    link_threshold: float = typer.Option(0.5, "--link-threshold", min=0.0, max=2.0,
+                                         help="Cross-camera: largest mean cosine distance at which two groups "
+                                              "of tracklets are one person."),
+    tracklet_samples: int = typer.Option(8, "--tracklet-samples", min=1,
+                                         help="Cross-camera: crops embedded per tracklet, spread along it."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace results in OUT made with other settings."),
     batch_size: int = typer.Option(64, "--batch-size", min=1),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N (torch checkpoints)."),
@@ -74,19 +82,22 @@ def track(
     if tracker in APPEARANCE_TRACKERS and checkpoint is None:
         raise KeyreidError(f"{tracker} matches people by appearance: pass --checkpoint CKPT (a keyreid model), "
                            "or choose --tracker bytetrack / ocsort")
+    if cross_camera and checkpoint is None:
+        raise KeyreidError("--cross-camera matches tracks by appearance: pass --checkpoint CKPT (a keyreid model)")
     seqs = find_sequences(sequences)
     for info in seqs:  # every input problem before the first frame is tracked
         info.check_frames()
     dets = {info.name: read_mot(info.root / "det" / "det.txt", "det", info) for info in seqs}
     require_boxmot()
     encoder = None
-    if checkpoint is not None and tracker in APPEARANCE_TRACKERS:
+    if checkpoint is not None and (tracker in APPEARANCE_TRACKERS or cross_camera):
         from keyreid.tracking.encoder import KeyreidEncoder
 
         encoder = KeyreidEncoder(checkpoint, batch_size=batch_size, device=device)
     elif checkpoint is not None:
         console.print(f"{tracker} uses motion only: --checkpoint is not used", markup=False)
-    settings = settings_of(tracker, None if encoder is None else encoder.model, static_camera, options)
+    appearance = encoder if tracker in APPEARANCE_TRACKERS else None
+    settings = settings_of(tracker, None if appearance is None else appearance.model, static_camera, options)
     with locked_output(output):
         out = TrackOutput(output, settings, overwrite=overwrite)
         todo = [info for info in seqs if info.name not in out.done]
@@ -97,7 +108,7 @@ def track(
             for info in todo:
                 d = dets[info.name]
                 task = bar.add_task(f"{info.name} ({tracker})", total=info.length)
-                res = track_sequence(info, d, tracker, encoder, static_camera, options,
+                res = track_sequence(info, d, tracker, appearance, static_camera, options,
                                      progress=lambda f, t=task: bar.update(t, completed=f))
                 write_mot(out.result_path(info.name), res.frames, res.ids, res.boxes, res.scores)
                 out.finished(info.name, {"frames": info.length, "fps": round(res.fps, 2), "boxes": int(len(res.ids)),
@@ -110,11 +121,22 @@ def track(
                           f"-> {out.result_path(info.name)}" + (f" (skipped: {skipped})" if skipped else "")
                           + (f" ({e['clipped']} boxes clipped to the frame)" if e.get("clipped") else ""),
                           markup=False, highlight=False)
-    if evaluate:
-        from keyreid.tracking.metrics import evaluate_tracks
+        results = {info.name: out.result_path(info.name) for info in seqs}
+        if cross_camera:
+            from keyreid.tracking.associate import associate_sequences
 
-        metrics = evaluate_tracks(seqs, {info.name: out.result_path(info.name) for info in seqs})
-        print_metrics(metrics, f"{tracker}, {'keyreid ' + checkpoint.name if encoder else 'no appearance'}")
+            tracklets, labels = associate_sequences(seqs, results, encoder, output, link_threshold, tracklet_samples)
+            console.print(f"across {len(seqs)} cameras: {len(tracklets)} tracklets -> {len(set(labels.tolist()))} "
+                          f"identities -> {output / 'global'}/, {output / 'identities.csv'}", markup=False,
+                          highlight=False)
+    if evaluate:
+        from keyreid.tracking.metrics import cross_camera_idf1, evaluate_tracks
+
+        metrics = evaluate_tracks(seqs, results)
+        if cross_camera:
+            metrics["cross-camera"] = cross_camera_idf1(
+                seqs, {info.name: output / "global" / f"{info.name}.txt" for info in seqs})
+        print_metrics(metrics, f"{tracker}, {'keyreid ' + checkpoint.name if appearance else 'no appearance'}")
 
 
 def eval_tracks(

@@ -91,9 +91,10 @@ class KeyreidEncoder:
     def embed_boxes(self, frame, boxes: np.ndarray) -> np.ndarray:
         """float32 [N, D] unit embeddings of one frame's 0-based xyxy boxes."""
         crops = crop_boxes(frame_image(frame), boxes)
-        return self._embed(crops)
+        return self.embed_crops(crops)
 
-    def _embed(self, crops: list) -> np.ndarray:
+    def embed_crops(self, crops: list) -> np.ndarray:
+        """float32 [N, D] unit embeddings of PIL crops."""
         if not crops:
             return np.zeros((0, self.embedding_dim), np.float32)
         f = self.model.embed(crops, batch_size=self.batch_size, flip=self.flip, normalize=True)
@@ -106,5 +107,5 @@ class KeyreidEncoder:
             boxes = dets.geometry.values.detach().cpu().numpy() if len(dets) else np.zeros((0, 4))
             crops += crop_boxes(frame_image(frame), boxes)
             counts.append(len(boxes))
-        feats = torch.from_numpy(self._embed(crops))
+        feats = torch.from_numpy(self.embed_crops(crops))
         return list(torch.split(feats, counts)) if counts else []

@@ -45,9 +45,11 @@ class TrackOutput:
                                  if settings.get(k) != old.get("settings", {}).get(k))
                 raise DataError(self.root, f"holds tracks made with other settings ({', '.join(changed)}); "
                                            "choose another --output, or --overwrite to replace them")
-            if overwrite:
+            if overwrite:  # only what the manifest says we wrote, and the cross-camera output
                 for name in old.get("sequences", {}):
                     (self.root / f"{name}.txt").unlink(missing_ok=True)
+                    (self.root / "global" / f"{name}.txt").unlink(missing_ok=True)
+                (self.root / "identities.csv").unlink(missing_ok=True)
             else:
                 self.done = {name: entry for name, entry in old.get("sequences", {}).items()
                              if (self.root / f"{name}.txt").is_file()}

@@ -35,6 +35,7 @@ class TrackingUnavailable(KeyreidError):
 def require_boxmot():
     try:
         import boxmot
+        import boxmot.utils  # configures BoxMOT's logger (level INFO) on import: before we quieten it
     except ImportError:
         raise TrackingUnavailable("tracking needs BoxMOT: pip install 'keyreid[track]' && "
                                   "pip install --no-deps boxmot==25.0.0 trackeval==1.3.0") from None
