@@ -374,3 +374,30 @@ def test_track_cross_camera_links_the_same_people_in_two_cameras(tmp_path, capsy
     assert set(g1[:, 1]) == set(g2[:, 1]) == {1, 2}
     code, _, err = run(capsys, "track", seqs, "--tracker", "ocsort", "-o", tmp_path / "o2", "--cross-camera")
     assert code == 2 and "--cross-camera matches tracks by appearance: pass --checkpoint" in one_error_line(err)
+
+
+def test_render_draws_each_track_in_its_colour_on_a_sheet_and_a_video(tmp_path, capsys):
+    import cv2
+    from PIL import Image
+
+    from keyreid.tracking.render import id_colour
+
+    seq = two_walkers(tmp_path / "seqs")
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "track", seq, "--tracker", "ocsort", "-o", out, "--render", "sheet")
+    assert code == 0, err
+    sheet = np.asarray(Image.open(out / "render" / "c1.png"))
+    assert sheet.shape == (3 * 90, 4 * 200, 3)  # 12 frames, 4 columns
+    rows = read_rows(out / "c1.txt")
+    first = rows[rows[:, 0] == 1]
+    for tid, left, top in first[:, 1:4]:  # frame 1 is the first tile: its boxes' left edges in the id's colour
+        x, y = int(round(left - 1)), int(round(top - 1)) + 30
+        np.testing.assert_allclose(sheet[y, x], id_colour(int(tid)), atol=40)
+    code, _, err = run(capsys, "track", seq, "--tracker", "ocsort", "-o", out, "--render", "video")
+    assert code == 0, err
+    video = cv2.VideoCapture(str(out / "render" / "c1.mp4"))
+    assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == 30 and int(video.get(cv2.CAP_PROP_FRAME_WIDTH)) == 200
+    video.release()
+    assert not [p for p in (out / "render").iterdir() if "partial" in p.name]
+    code, _, err = run(capsys, "track", seq, "--tracker", "ocsort", "-o", out, "--render", "gif")
+    assert code == 2 and "--render 'gif': one of sheet, video" in one_error_line(err)

@@ -66,6 +66,9 @@ def track(
                                               "of tracklets are one person."),
     tracklet_samples: int = typer.Option(8, "--tracklet-samples", min=1,
                                          help="Cross-camera: crops embedded per tracklet, spread along it."),
+    render_kind: Optional[str] = typer.Option(None, "--render", help="sheet: OUT/render/<sequence>.png, 12 frames "
+                                              "with the tracks drawn; video: OUT/render/<sequence>.mp4, every "
+                                              "frame (global ids with --cross-camera)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace results in OUT made with other settings."),
     batch_size: int = typer.Option(64, "--batch-size", min=1),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N (torch checkpoints)."),
@@ -79,6 +82,8 @@ def track(
 
     check_tracker_name(tracker)
     options = _options(tracker_option)
+    if render_kind is not None and render_kind not in ("sheet", "video"):
+        raise KeyreidError(f"--render {render_kind!r}: one of sheet, video")
     if tracker in APPEARANCE_TRACKERS and checkpoint is None:
         raise KeyreidError(f"{tracker} matches people by appearance: pass --checkpoint CKPT (a keyreid model), "
                            "or choose --tracker bytetrack / ocsort")
@@ -129,6 +134,15 @@ def track(
             console.print(f"across {len(seqs)} cameras: {len(tracklets)} tracklets -> {len(set(labels.tolist()))} "
                           f"identities -> {output / 'global'}/, {output / 'identities.csv'}", markup=False,
                           highlight=False)
+        if render_kind is not None:
+            from keyreid.tracking.mot import read_mot
+            from keyreid.tracking.render import render
+
+            for info in seqs:
+                drawn = output / "global" / f"{info.name}.txt" if cross_camera else results[info.name]
+                path = render(render_kind, output / "render" / f"{info.name}.{'png' if render_kind == 'sheet' else 'mp4'}",
+                              info, read_mot(drawn, "results", info))
+                console.print(f"drew {info.name} -> {path}", markup=False, highlight=False)
     if evaluate:
         from keyreid.tracking.metrics import cross_camera_idf1, evaluate_tracks
 
