@@ -74,83 +74,30 @@ def track(
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N (torch checkpoints)."),
 ) -> None:
     """Track people through each camera's detections with a BoxMOT tracker and keyreid embeddings."""
-    from keyreid.errors import KeyreidError
-    from keyreid.tracking.job import TrackOutput, locked_output, settings_of
-    from keyreid.tracking.mot import find_sequences, read_mot, write_mot
-    from keyreid.tracking.run import APPEARANCE_TRACKERS, check_tracker_name, require_boxmot, track_sequence
+    from keyreid.tracking.pipeline import TrackRequest, track_folder
     from keyreid.utils.progress import progress_bar
 
-    check_tracker_name(tracker)
-    options = _options(tracker_option)
-    if render_kind is not None and render_kind not in ("sheet", "video"):
-        raise KeyreidError(f"--render {render_kind!r}: one of sheet, video")
-    if tracker in APPEARANCE_TRACKERS and checkpoint is None:
-        raise KeyreidError(f"{tracker} matches people by appearance: pass --checkpoint CKPT (a keyreid model), "
-                           "or choose --tracker bytetrack / ocsort")
-    if cross_camera and checkpoint is None:
-        raise KeyreidError("--cross-camera matches tracks by appearance: pass --checkpoint CKPT (a keyreid model)")
-    seqs = find_sequences(sequences)
-    for info in seqs:  # every input problem before the first frame is tracked
-        info.check_frames()
-    dets = {info.name: read_mot(info.root / "det" / "det.txt", "det", info) for info in seqs}
-    require_boxmot()
-    encoder = None
-    if checkpoint is not None and (tracker in APPEARANCE_TRACKERS or cross_camera):
-        from keyreid.tracking.encoder import KeyreidEncoder
+    def say(line: str) -> None:
+        console.print(line, markup=False, highlight=False)
 
-        encoder = KeyreidEncoder(checkpoint, batch_size=batch_size, device=device)
-    elif checkpoint is not None:
-        console.print(f"{tracker} uses motion only: --checkpoint is not used", markup=False)
-    appearance = encoder if tracker in APPEARANCE_TRACKERS else None
-    settings = settings_of(tracker, None if appearance is None else appearance.model, static_camera, options)
-    with locked_output(output):
-        out = TrackOutput(output, settings, overwrite=overwrite)
-        todo = [info for info in seqs if info.name not in out.done]
-        if len(todo) < len(seqs):
-            console.print(f"continuing in {output}: {len(seqs) - len(todo)} of {len(seqs)} sequences already "
-                          "tracked with these settings", markup=False, highlight=False)
-        with progress_bar(stream=sys.stderr) as bar:
-            for info in todo:
-                d = dets[info.name]
-                task = bar.add_task(f"{info.name} ({tracker})", total=info.length)
-                res = track_sequence(info, d, tracker, appearance, static_camera, options,
-                                     progress=lambda f, t=task: bar.update(t, completed=f))
-                write_mot(out.result_path(info.name), res.frames, res.ids, res.boxes, res.scores)
-                out.finished(info.name, {"frames": info.length, "fps": round(res.fps, 2), "boxes": int(len(res.ids)),
-                                         "tracks": int(len(set(res.ids.tolist()))), "detections": int(len(d)),
-                                         "skipped": d.skipped, "clipped": d.clipped})
-        for info in seqs:
-            e = out.done[info.name]
-            skipped = ", ".join(f"{n} {why}" for why, n in e.get("skipped", {}).items())
-            console.print(f"{info.name}: {e['tracks']} tracks over {e['frames']} frames at {e['fps']:.1f} frames/s "
-                          f"-> {out.result_path(info.name)}" + (f" (skipped: {skipped})" if skipped else "")
-                          + (f" ({e['clipped']} boxes clipped to the frame)" if e.get("clipped") else ""),
-                          markup=False, highlight=False)
-        results = {info.name: out.result_path(info.name) for info in seqs}
-        if cross_camera:
-            from keyreid.tracking.associate import associate_sequences
-
-            tracklets, labels = associate_sequences(seqs, results, encoder, output, link_threshold, tracklet_samples)
-            console.print(f"across {len(seqs)} cameras: {len(tracklets)} tracklets -> {len(set(labels.tolist()))} "
-                          f"identities -> {output / 'global'}/, {output / 'identities.csv'}", markup=False,
-                          highlight=False)
-        if render_kind is not None:
-            from keyreid.tracking.mot import read_mot
-            from keyreid.tracking.render import render
-
-            for info in seqs:
-                drawn = output / "global" / f"{info.name}.txt" if cross_camera else results[info.name]
-                path = render(render_kind, output / "render" / f"{info.name}.{'png' if render_kind == 'sheet' else 'mp4'}",
-                              info, read_mot(drawn, "results", info))
-                console.print(f"drew {info.name} -> {path}", markup=False, highlight=False)
-    if evaluate:
-        from keyreid.tracking.metrics import cross_camera_idf1, evaluate_tracks
-
-        metrics = evaluate_tracks(seqs, results)
-        if cross_camera:
-            metrics["cross-camera"] = cross_camera_idf1(
-                seqs, {info.name: output / "global" / f"{info.name}.txt" for info in seqs})
-        print_metrics(metrics, f"{tracker}, {'keyreid ' + checkpoint.name if appearance else 'no appearance'}")
+    req = TrackRequest(sequences, output, tracker, checkpoint, static_camera, _options(tracker_option), cross_camera,
+                       link_threshold, tracklet_samples, render_kind, evaluate, overwrite, batch_size, device)
+    with progress_bar(stream=sys.stderr) as bar:
+        summary = track_folder(req, bar, say)
+    for info in summary.sequences:
+        e = summary.done[info.name]
+        skipped = ", ".join(f"{n} {why}" for why, n in e.get("skipped", {}).items())
+        say(f"{info.name}: {e['tracks']} tracks over {e['frames']} frames at {e['fps']:.1f} frames/s "
+            f"-> {output / (info.name + '.txt')}" + (f" (skipped: {skipped})" if skipped else "")
+            + (f" ({e['clipped']} boxes clipped to the frame)" if e.get("clipped") else ""))
+    if summary.identities is not None:
+        say(f"across {len(summary.sequences)} cameras: {summary.tracklets} tracklets -> {summary.identities} "
+            f"identities -> {output / 'global'}/, {output / 'identities.csv'}")
+    for path in summary.rendered:
+        say(f"drew {path}")
+    if summary.metrics is not None:
+        print_metrics(summary.metrics, f"{tracker}, "
+                                       f"{'keyreid ' + checkpoint.name if summary.appearance else 'no appearance'}")
 
 
 def eval_tracks(

@@ -79,8 +79,7 @@ def write_video(path: Path, info: SequenceInfo, rows: MotRows) -> None:
 
 
 def render(kind: str, path: Path, info: SequenceInfo, rows: MotRows) -> Path:
-    if kind not in RENDER_KINDS:
-        raise KeyreidError(f"--render {kind!r}: one of {', '.join(RENDER_KINDS)}")
+    """Draw `rows` as RENDER_KINDS `kind` at `path` (written atomically)."""
     if kind == "sheet":
         sheet = contact_sheet(info, rows)
         atomic_write(path, lambda tmp: sheet.save(tmp, format="PNG"))
