@@ -338,6 +338,19 @@ def test_one_camera_never_holds_one_person_twice_at_one_time():
     assert link_tracklets([], 0.5).tolist() == []
 
 
+def test_the_auto_threshold_is_a_low_quantile_of_distances_between_people_proven_different():
+    from keyreid.tracking.associate import AUTO_QUANTILE, FALLBACK_THRESHOLD, auto_threshold
+
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(12, 8))
+    ts = [_tracklet("c1", 1, 10, e) for e in emb]  # all at once in one camera: 66 pairs proven different
+    e = np.stack([t.embedding for t in ts])
+    d = (1 - e @ e.T)[np.triu_indices(12, 1)]
+    assert auto_threshold(ts) == pytest.approx(np.quantile(d, AUTO_QUANTILE))
+    few = [_tracklet("c1", 1, 10, emb[0]), _tracklet("c1", 5, 9, emb[1]), _tracklet("c2", 1, 10, emb[2])]
+    assert auto_threshold(few) == FALLBACK_THRESHOLD  # one proven pair is no distribution
+
+
 def test_unconstrained_linking_equals_scipy_average_linkage():
     """Without cannot-links (every tracklet in its own camera) the clusters are scipy's average
     linkage on cosine distance cut at the threshold."""
@@ -365,7 +378,7 @@ def test_track_cross_camera_links_the_same_people_in_two_cameras(tmp_path, capsy
     code, stdout, err = run(capsys, "track", seqs, "-m", adapt_source, "--tracker", "ocsort", "-o", out,
                             "--cross-camera", "--eval")
     assert code == 0, err
-    assert "4 tracklets -> 2 identities" in err
+    assert "4 tracklets -> 2 identities (link threshold 0.500)" in err  # too few proven pairs: the fallback
     table = (out / "identities.csv").read_text().splitlines()
     assert table[0] == "global_id,camera,track_id,first_frame,last_frame,boxes" and len(table) == 5
     row = [ln for ln in stdout.splitlines() if "cross-camera" in ln][0]
@@ -374,6 +387,9 @@ def test_track_cross_camera_links_the_same_people_in_two_cameras(tmp_path, capsy
     assert set(g1[:, 1]) == set(g2[:, 1]) == {1, 2}
     code, _, err = run(capsys, "track", seqs, "--tracker", "ocsort", "-o", tmp_path / "o2", "--cross-camera")
     assert code == 2 and "--cross-camera matches tracks by appearance: pass --checkpoint" in one_error_line(err)
+    code, _, err = run(capsys, "track", seqs, "-m", adapt_source, "--tracker", "ocsort", "-o", tmp_path / "o3",
+                       "--cross-camera", "--link-threshold", "near")
+    assert code == 2 and "--link-threshold 'near': auto, or a cosine distance in [0, 2]" in one_error_line(err)
 
 
 def test_render_draws_each_track_in_its_colour_on_a_sheet_and_a_video(tmp_path, capsys):

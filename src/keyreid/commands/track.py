@@ -28,6 +28,17 @@ def _options(pairs: list[str]) -> dict:
     return out
 
 
+def _threshold(value: str):
+    from keyreid.errors import KeyreidError
+
+    if value == "auto":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise KeyreidError(f"--link-threshold {value!r}: auto, or a cosine distance in [0, 2]") from None
+
+
 def print_metrics(metrics: dict, title: str) -> None:
     from rich.table import Table
 
@@ -61,9 +72,10 @@ def track(
     cross_camera: bool = typer.Option(False, "--cross-camera", help="Link every camera's tracks into global "
                                       "identities (needs --checkpoint): OUT/global/<sequence>.txt, "
                                       "OUT/identities.csv; with --eval, cross-camera IDF1."),
-    link_threshold: float = typer.Option(0.5, "--link-threshold", min=0.0, max=2.0,
-                                         help="Cross-camera: largest mean cosine distance at which two groups "
-                                              "of tracklets are one person."),
+    link_threshold: str = typer.Option("auto", "--link-threshold",
+                                       help="Cross-camera: largest mean cosine distance at which two groups of "
+                                            "tracklets are one person; auto: a low quantile of the distances "
+                                            "between people the video proves different."),
     tracklet_samples: int = typer.Option(8, "--tracklet-samples", min=1,
                                          help="Cross-camera: crops embedded per tracklet, spread along it."),
     render_kind: Optional[str] = typer.Option(None, "--render", help="sheet: OUT/render/<sequence>.png, 12 frames "
@@ -81,7 +93,7 @@ def track(
         console.print(line, markup=False, highlight=False)
 
     req = TrackRequest(sequences, output, tracker, checkpoint, static_camera, _options(tracker_option), cross_camera,
-                       link_threshold, tracklet_samples, render_kind, evaluate, overwrite, batch_size, device)
+                       _threshold(link_threshold), tracklet_samples, render_kind, evaluate, overwrite, batch_size, device)
     with progress_bar(stream=sys.stderr) as bar:
         summary = track_folder(req, bar, say)
     for info in summary.sequences:
@@ -92,7 +104,8 @@ def track(
             + (f" ({e['clipped']} boxes clipped to the frame)" if e.get("clipped") else ""))
     if summary.identities is not None:
         say(f"across {len(summary.sequences)} cameras: {summary.tracklets} tracklets -> {summary.identities} "
-            f"identities -> {output / 'global'}/, {output / 'identities.csv'}")
+            f"identities (link threshold {summary.threshold:.3f}) -> {output / 'global'}/, "
+            f"{output / 'identities.csv'}")
     for path in summary.rendered:
         say(f"drew {path}")
     if summary.metrics is not None:

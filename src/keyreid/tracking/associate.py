@@ -9,6 +9,11 @@ person who leaves the view and comes back, or a track the tracker broke, is one 
 Nothing assumes a camera layout: overlapping fields of view (the same person in two cameras at
 once) are allowed.
 
+The threshold needs no labels by default ("auto"): the cannot-link pairs are pairs of different
+people the video itself proves different, so the distances between them show how far apart two
+people are for this model on this footage; "auto" links below a low quantile (AUTO_QUANTILE) of
+them. With fewer than AUTO_MIN_PAIRS such pairs it falls back to FALLBACK_THRESHOLD.
+
 Constrained average linkage is the classic multi-camera tracklet grouping (e.g. the hierarchical
 clustering stage of MTMC trackers such as DeepCC / TRACTA); scipy's linkage has no cannot-link
 constraints, so the loop is written here, O(N^2) per merge on numpy arrays.
@@ -39,11 +44,29 @@ def cannot_link(tracklets: Sequence[Tracklet]) -> np.ndarray:
     return c
 
 
-def link_tracklets(tracklets: Sequence[Tracklet], threshold: float = 0.5) -> np.ndarray:
+AUTO_QUANTILE = 0.05
+AUTO_MIN_PAIRS = 10
+FALLBACK_THRESHOLD = 0.5
+
+
+def auto_threshold(tracklets: Sequence[Tracklet]) -> float:
+    """AUTO_QUANTILE of the cosine distances between tracklets that cannot be one person."""
+    if len(tracklets) < 2:
+        return FALLBACK_THRESHOLD
+    emb = np.stack([t.embedding for t in tracklets]).astype(np.float64)
+    pairs = np.triu(cannot_link(tracklets), 1)
+    if pairs.sum() < AUTO_MIN_PAIRS:
+        return FALLBACK_THRESHOLD
+    return float(np.quantile((1.0 - emb @ emb.T)[pairs], AUTO_QUANTILE))
+
+
+def link_tracklets(tracklets: Sequence[Tracklet], threshold: float | str = "auto") -> np.ndarray:
     """int64 [N] global identity labels 1..G (numbered by each identity's first tracklet)."""
     n = len(tracklets)
     if n == 0:
         return np.zeros(0, np.int64)
+    if threshold == "auto":
+        threshold = auto_threshold(tracklets)
     emb = np.stack([t.embedding for t in tracklets]).astype(np.float64)
     sums = 1.0 - emb @ emb.T  # sum of pairwise distances between two clusters' members
     counts = np.ones(n)
@@ -88,8 +111,8 @@ def write_identities(path: Path, tracklets: Sequence[Tracklet], labels: np.ndarr
     atomic_write_text(path, identities_table(tracklets, labels))
 
 
-def associate_sequences(sequences, results: dict, encoder, out_dir: Path, threshold: float = 0.5,
-                        samples: int = 8) -> tuple[list[Tracklet], np.ndarray]:
+def associate_sequences(sequences, results: dict, encoder, out_dir: Path, threshold: float | str = "auto",
+                        samples: int = 8) -> tuple[list[Tracklet], np.ndarray, float]:
     """Link the tracks of every sequence (results[name]: its MOT file) into global identities;
     writes OUT/global/<sequence>.txt (MOT rows, global ids) and OUT/identities.csv."""
     from keyreid.tracking.mot import read_mot, write_mot
@@ -103,6 +126,8 @@ def associate_sequences(sequences, results: dict, encoder, out_dir: Path, thresh
         mine = split_tracklets(info.name, rows)
         embed_tracklets(info, mine, encoder, samples)
         tracklets += mine
+    if threshold == "auto":
+        threshold = auto_threshold(tracklets)
     labels = link_tracklets(tracklets, threshold)
     for info in sequences:
         rows = rows_of[info.name]
@@ -110,4 +135,4 @@ def associate_sequences(sequences, results: dict, encoder, out_dir: Path, thresh
         ids = np.array([mapping[i] for i in rows.ids.tolist()], np.int64)
         write_mot(out_dir / "global" / f"{info.name}.txt", rows.frames, ids, rows.boxes, rows.scores)
     write_identities(out_dir / "identities.csv", tracklets, labels)
-    return tracklets, labels
+    return tracklets, labels, float(threshold)

@@ -9,7 +9,7 @@ Each result file is written atomically and only then listed in the manifest (als
 atomically), so a killed run leaves finished sequences listed and complete and no half file;
 running the same command again skips them. Other settings in an existing folder are refused in
 one line (the results would mix two trackers) unless `--overwrite`, which replaces only the
-files the manifest lists. A folder holding other files and no manifest is not ours: refused.
+files the manifest lists (with the same settings it continues, like a plain rerun). A folder holding other files and no manifest is not ours: refused.
 """
 
 from __future__ import annotations
@@ -40,13 +40,13 @@ class TrackOutput:
                     raise ValueError("not a keyreid tracking manifest")
             except (ValueError, AttributeError) as e:
                 raise DataError(manifest, f"unreadable ({e}); move it away or choose another --output") from None
-            if old.get("settings") != settings and not overwrite:
-                changed = sorted(k for k in set(settings) | set(old.get("settings", {}))
-                                 if settings.get(k) != old.get("settings", {}).get(k))
-                raise DataError(self.root, f"holds tracks made with other settings ({', '.join(changed)}); "
-                                           "choose another --output, or --overwrite to replace them")
-            if overwrite:  # only what the manifest says we wrote, and the cross-camera output
-                for name in old.get("sequences", {}):
+            before = old.get("settings", {})
+            if before != settings:
+                if not overwrite:
+                    changed = sorted(k for k in set(settings) | set(before) if settings.get(k) != before.get(k))
+                    raise DataError(self.root, f"holds tracks made with other settings ({', '.join(changed)}); "
+                                               "choose another --output, or --overwrite to replace them")
+                for name in old.get("sequences", {}):  # only what the manifest says we wrote
                     (self.root / f"{name}.txt").unlink(missing_ok=True)
                     (self.root / "global" / f"{name}.txt").unlink(missing_ok=True)
                 (self.root / "identities.csv").unlink(missing_ok=True)

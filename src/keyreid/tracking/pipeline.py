@@ -31,7 +31,7 @@ class TrackRequest:
     static_camera: bool = False
     options: dict = field(default_factory=dict)
     cross_camera: bool = False
-    link_threshold: float = 0.5
+    link_threshold: float | str = "auto"
     tracklet_samples: int = 8
     render: Optional[str] = None
     evaluate: bool = False
@@ -47,6 +47,7 @@ class TrackSummary:
     resumed: int  # sequences already finished before this run
     identities: Optional[int] = None  # cross-camera: global identities
     tracklets: Optional[int] = None
+    threshold: Optional[float] = None  # the link threshold used (auto: chosen from the video)
     rendered: list = field(default_factory=list)
     metrics: Optional[dict] = None
     appearance: bool = False
@@ -54,6 +55,9 @@ class TrackSummary:
 
 def check_request(req: TrackRequest) -> None:
     check_tracker_name(req.tracker)
+    if req.link_threshold != "auto" and not (isinstance(req.link_threshold, (int, float))
+                                             and 0.0 <= req.link_threshold <= 2.0):
+        raise KeyreidError(f"--link-threshold {req.link_threshold!r}: auto, or a cosine distance in [0, 2]")
     if req.render is not None and req.render not in RENDER_KINDS:
         raise KeyreidError(f"--render {req.render!r}: one of {', '.join(RENDER_KINDS)}")
     if req.tracker in APPEARANCE_TRACKERS and req.checkpoint is None:
@@ -102,8 +106,8 @@ def track_folder(req: TrackRequest, bar=None, say: Callable[[str], None] = lambd
         if req.cross_camera:
             from keyreid.tracking.associate import associate_sequences
 
-            tracklets, labels = associate_sequences(seqs, results, encoder, req.output, req.link_threshold,
-                                                    req.tracklet_samples)
+            tracklets, labels, summary.threshold = associate_sequences(seqs, results, encoder, req.output,
+                                                                       req.link_threshold, req.tracklet_samples)
             summary.tracklets, summary.identities = len(tracklets), len(set(labels.tolist()))
         if req.render is not None:
             from keyreid.tracking.render import render
@@ -121,6 +125,6 @@ def track_folder(req: TrackRequest, bar=None, say: Callable[[str], None] = lambd
                 metrics["cross-camera"] = cross_camera_idf1(seqs, global_results)
             summary.metrics = metrics
             atomic_write_text(req.output / "metrics.json", json.dumps(
-                {"settings": settings, "cross_camera": req.cross_camera, "link_threshold": req.link_threshold,
+                {"settings": settings, "cross_camera": req.cross_camera, "link_threshold": summary.threshold,
                  "metrics": metrics, "fps": {n: e["fps"] for n, e in out.done.items()}}, indent=1) + "\n")
     return summary
