@@ -17,6 +17,7 @@ from keyreid.commands import keypoints as keypoints_cmd
 from keyreid.commands import search as search_cmd
 from keyreid.commands import serve as serve_cmd
 from keyreid.commands import synth as synth_cmd
+from keyreid.commands import synth_video as synth_video_cmd
 from keyreid.commands import track as track_cmd
 from keyreid.commands import train as train_cmd
 
@@ -25,6 +26,7 @@ app = typer.Typer(help="keyreid: keypoint-aligned embeddings for re-identificati
 app.add_typer(datasets_cmd.app, name="datasets")
 app.add_typer(keypoints_cmd.app, name="keypoints")
 app.command("synth")(synth_cmd.synth)
+app.command("synth-video")(synth_video_cmd.synth_video)
 app.command("train")(train_cmd.train)
 app.command("eval")(train_cmd.evaluate)
 app.command("adapt")(adapt_cmd.adapt)

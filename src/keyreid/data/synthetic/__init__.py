@@ -30,10 +30,14 @@ the output is byte-identical for the same config whatever the number of worker p
 Rooms: config (SynthConfig, palette), identities (attributes), poses (3D body), cameras
 (projection, backgrounds), drawing (painter, person, keypoints), render (one image = a Scene of
 random draws + a pure paint), writer (plan, generate, read back), paired (SynthScenes: re-render
-any person of a set, or put one into another image's pose: pose-transfer ground truth).
+any person of a set, or put one into another image's pose: pose-transfer ground truth); video:
+video_config (VideoConfig), walk (walk cycle by gait phase), video_camera (pinhole cameras on a
+ground plane, static occluders), video_people (identities walking routes), world (the seeded
+scene), video_render (one frame: paint far to near, visibility and keypoints from a label map),
+video_detect (noisy detections from the truth), video_writer (MOTChallenge layout per camera).
 """
 
-from keyreid.data.synthetic.cameras import Camera, background, sample_camera
+from keyreid.data.synthetic.cameras import Camera, background, sample_camera, scene_strip
 from keyreid.data.synthetic.config import (BACKGROUND_STYLES, MARKER, PALETTE, PARTS, SIDES, SKIN, SPLIT_DIRS,
                                            SYNTH_FORMAT, SYNTH_VERSION, TEXTURED_PARTS, TEXTURES, SynthConfig,
                                            palette_rgb)
@@ -43,6 +47,14 @@ from keyreid.data.synthetic.paired import Rendered, SynthScenes
 from keyreid.data.synthetic.poses import sample_pose
 from keyreid.data.synthetic.render import (Occluder, PersonGeometry, Scene, paint, render_array, render_image,
                                            sample_scene)
+from keyreid.data.synthetic.video_camera import StaticOccluder, VideoCamera
+from keyreid.data.synthetic.video_config import VIDEO_FORMAT, VIDEO_MARKER, VIDEO_VERSION, VideoConfig
+from keyreid.data.synthetic.video_detect import make_detections
+from keyreid.data.synthetic.video_people import PersonState, Walker
+from keyreid.data.synthetic.video_render import Placement, place_person, render_frame, render_view
+from keyreid.data.synthetic.video_writer import generate_video
+from keyreid.data.synthetic.walk import walk_pose
+from keyreid.data.synthetic.world import World, build_world
 from keyreid.data.synthetic.writer import (SynthPlan, generate, is_synthetic_tree, load_synth, plan_dataset,
                                            true_attributes)
 
@@ -53,4 +65,8 @@ __all__ = [
     "draw_person", "generate", "is_synthetic_tree", "load_synth", "paint", "palette_rgb", "plan_dataset",
     "project_keypoints", "render_array", "render_image", "sample_attributes", "sample_camera", "sample_pose",
     "sample_scene", "true_attributes",
+    # video
+    "VIDEO_FORMAT", "VIDEO_MARKER", "VIDEO_VERSION", "PersonState", "Placement", "StaticOccluder", "VideoCamera",
+    "VideoConfig", "Walker", "World", "build_world", "generate_video", "make_detections", "place_person",
+    "render_frame", "render_view", "scene_strip", "walk_pose",
 ]

@@ -55,9 +55,15 @@ class Camera:
 
 def _scene_strip(cam: dict, cfg: SynthConfig) -> Image.Image:
     """A wide background strip for one camera; images crop windows from it."""
+    return scene_strip(cam, cfg.width * 4, cfg.height, cfg.supersample)
+
+
+def scene_strip(cam: dict, width: int, height: int, ss: int) -> Image.Image:
+    """The backdrop of a camera (`background`, `background_colours`, `background_mute`,
+    `scene_seed` of sample_camera), `width` x `height` output pixels drawn at supersample `ss`;
+    the still renderer's strip is 4 image widths wide, the video renderer's one frame wide."""
     rng = np.random.default_rng(cam["scene_seed"])
-    ss = cfg.supersample
-    w, h = cfg.width * ss * 4, cfg.height * ss
+    w, h = width * ss, height * ss
     mute = cam["background_mute"]
 
     def col(c):
