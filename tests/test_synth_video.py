@@ -315,3 +315,33 @@ def test_cli_writes_a_set_and_a_bad_config_key_is_one_line(tmp_path):
     assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), r.stderr
     assert "['secnds']" in lines[0] and "Traceback" not in r.stderr
     assert not (tmp_path / "never").exists()
+
+
+def test_people_pause_turn_back_and_walk_in_pairs():
+    """What makes real footage hard for a motion model: a pause (the distance walked stands
+    still for pause_for seconds, where a camera sees it), a turn back (out where they came in)
+    and pairs (the same pace, a lane apart)."""
+    from keyreid.data.synthetic import build_world
+
+    world = build_world(VideoConfig(identities=40, pause_prob=1.0, turn_prob=1.0, group_prob=1.0, seed=3))
+    walkers = {w.id: w for w in world.walkers}
+    followers = [w for w in world.walkers if w.leader is not None]
+    leaders = [w for w in world.walkers if w.leader is None]
+    assert len(followers) >= 15 and all(walkers[f.leader].leader is None for f in followers)  # pairs, not chains
+    for f in followers:
+        lead = walkers[f.leader]
+        assert f.speed == lead.speed and abs(f.t0 - lead.t0) <= 0.5
+        gap = np.abs(f.path[:, 1] - lead.path[:, 1])
+        assert np.all((gap <= 0.9 + 1e-9) & ((gap >= 0.6 - 1e-9) | (np.abs(f.path[:, 1]) >= world.route[2] + 1.5 - 1e-9)))
+    paused = [w for w in leaders if w.pause_at is not None]
+    assert len(paused) >= len(leaders) - 2
+    for w in paused:
+        t_stop = w.t0 + w.pause_at / w.speed
+        d = w.distance(np.array([t_stop - 0.5, t_stop + 0.01, t_stop + w.pause_for - 0.01, t_stop + w.pause_for + 0.5]))
+        assert d[1] == pytest.approx(w.pause_at) and d[2] == pytest.approx(w.pause_at)
+        assert d[0] == pytest.approx(w.pause_at - 0.5 * w.speed) and d[3] == pytest.approx(w.pause_at + 0.5 * w.speed)
+        x = w.where(np.array([w.pause_at]))[0, 0]
+        assert any(lo <= x <= hi for lo, hi in world.views)  # a camera sees the pause
+    for w in leaders:  # every one turned back: they leave where they came in, near their start
+        assert w.exit == w.entry
+        assert np.hypot(*(w.path[0] - w.path[-1])) < 0.6

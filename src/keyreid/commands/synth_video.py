@@ -17,7 +17,7 @@ def synth_video(
     cameras: Optional[int] = typer.Option(None, "--cameras", "-c", help="Cameras, 1..9 (default: 4)."),
     seconds: Optional[float] = typer.Option(None, "--seconds", help="Length in seconds (default: 30)."),
     fps: Optional[int] = typer.Option(None, "--fps", help="Frames per second (default: 10)."),
-    identities: Optional[int] = typer.Option(None, "--identities", "-n", help="People in total (default: 24)."),
+    identities: Optional[int] = typer.Option(None, "--identities", "-n", help="People in total (default: 40)."),
     width: Optional[int] = typer.Option(None, "--width", help="Frame width (default: 384)."),
     height: Optional[int] = typer.Option(None, "--height", help="Frame height (default: 216)."),
     seed: Optional[int] = typer.Option(None, "--seed", "-s", help="Random seed (default: 0)."),

@@ -25,14 +25,18 @@ class VideoConfig:
     fps: int = 10
     width: int = 384
     height: int = 216
-    identities: int = 24
+    identities: int = 40
     max_in_view: int = 10  # people scheduled so that no camera sees more at once (about)
     seed: int = 0
     transit_seconds: tuple[float, float] = (4.0, 10.0)  # walking time between neighbouring fields of view
     speed: tuple[float, float] = (0.9, 1.6)  # walking speed, m/s
     person_height: tuple[float, float] = (1.55, 1.95)  # metres
     door_prob: float = 0.3  # chance a person enters (and, separately, leaves) by a side door
-    occluders: tuple[int, int] = (2, 4)  # static occluders placed in each camera's field of view
+    pause_prob: float = 0.3  # chance a person stops once (a shop window, a phone) where a camera sees it
+    pause_seconds: tuple[float, float] = (1.0, 4.0)
+    turn_prob: float = 0.15  # chance a person turns back half-way and leaves the way they came
+    group_prob: float = 0.3  # chance a person walks beside the one before (friends: same pace, a lane apart)
+    occluders: tuple[int, int] = (3, 5)  # static occluders placed in each camera's field of view
     gain: tuple[float, float] = (0.7, 1.25)  # per camera brightness (as the still cameras)
     colour_cast: float = 0.12
     blur: tuple[float, float] = (0.0, 0.8)  # output pixels
@@ -69,10 +73,11 @@ class VideoConfig:
         _range("speed", self.speed, 0.2, 3.0)
         _range("person_height", self.person_height, 0.5, 2.5)
         _range("occluders", self.occluders, 0)
+        _range("pause_seconds", self.pause_seconds, 0.0)
         _range("gain", self.gain, 0.05)
         _range("blur", self.blur, 0.0)
         _range("noise", self.noise, 0.0)
-        for name in ("door_prob", "det_miss_base", "det_miss_occlusion", "det_partial_fraction", "colour_cast"):
+        for name in ("door_prob", "pause_prob", "turn_prob", "group_prob", "det_miss_base", "det_miss_occlusion", "det_partial_fraction", "colour_cast"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1]; got {getattr(self, name)}")
         for name in ("det_jitter", "det_min_height", "det_false_positives"):

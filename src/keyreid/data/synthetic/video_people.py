@@ -3,7 +3,10 @@
 A person walks one polyline path on the ground at a constant speed: along the route (east or
 west, on a lane of their own that weaves slowly, so the walking direction keeps turning) from a
 route end or a side door to a route end or a side door. Entry times are drawn so that no camera
-sees more than about `max_in_view` people at once.
+sees more than about `max_in_view` people at once. What makes tracking hard in real footage
+happens here too: some people stop for a few seconds where a camera sees them (a constant-velocity
+motion model walks on without them), some turn back half-way, and some walk in pairs a lane
+apart at the same pace, so that the two boxes overlap for long stretches.
 """
 
 from __future__ import annotations
@@ -48,6 +51,9 @@ class Walker:
     entry: str  # "west" | "east" | "door N"
     exit: str
     phase0: float
+    pause_at: Optional[float] = None  # metres along the path where the person stands still
+    pause_for: float = 0.0  # seconds
+    leader: Optional[int] = None  # the id this person walks beside (a pair of friends)
 
     def __post_init__(self) -> None:
         seg = np.hypot(*np.diff(self.path, axis=0).T)
@@ -55,7 +61,14 @@ class Walker:
 
     @property
     def duration(self) -> float:
-        return float(self.cum[-1] / self.speed)
+        return float(self.cum[-1] / self.speed) + self.pause_for
+
+    def distance(self, t):
+        """Metres walked at time(s) t (negative before the start); standing still while paused."""
+        s = self.speed * (np.asarray(t, np.float64) - self.t0)
+        if self.pause_at is not None:
+            s = np.where(s > self.pause_at, np.maximum(self.pause_at, s - self.speed * self.pause_for), s)
+        return s
 
     def where(self, s) -> np.ndarray:
         """Ground point(s) at distance s walked."""
@@ -63,7 +76,7 @@ class Walker:
         return np.stack([np.interp(s, self.cum, self.path[:, 0]), np.interp(s, self.cum, self.path[:, 1])], -1)
 
     def state(self, t: float) -> Optional[PersonState]:
-        s = self.speed * (t - self.t0)
+        s = float(self.distance(t))
         if s < 0 or s > self.cum[-1]:
             return None
         (x, z), ahead, behind = self.where(s), self.where(s + 0.3), self.where(s - 0.3)
@@ -75,7 +88,8 @@ class Walker:
     def to_dict(self) -> dict:
         return {"id": self.id, "attributes": self.attributes, "gait": self.gait, "height": self.height,
                 "speed": self.speed, "t0": self.t0, "entry": self.entry, "exit": self.exit,
-                "phase0": self.phase0, "path": np.round(self.path, 3).tolist()}
+                "phase0": self.phase0, "pause_at": self.pause_at, "pause_for": self.pause_for, "leader": self.leader,
+                "path": np.round(self.path, 3).tolist()}
 
 
 def _lane_path(rng, x_from: float, x_to: float, half: float) -> np.ndarray:
@@ -101,14 +115,28 @@ def _path(rng, cfg: VideoConfig, route: tuple[float, float, float], doors: list[
     if ahead and rng.random() < cfg.door_prob:
         door_out = ahead[int(rng.integers(len(ahead)))]
         stop, exit_ = doors[door_out][0], f"door {door_out + 1}"
-    pts = _lane_path(rng, start + (direction if door_in is not None else 0), stop -
-                     (direction if door_out is not None else 0), half)
+    turn = rng.random() < cfg.turn_prob
+    if turn:  # half-way along they turn back, and leave where they came in
+        door_out, stop, exit_ = None, start, entry
+    lane_to = ends[1] if turn else stop - (direction if door_out is not None else 0)
+    pts = _lane_path(rng, start + (direction if door_in is not None else 0), lane_to, half)
+    if turn:
+        k = max(2, int(len(pts) * rng.uniform(0.3, 0.7)))
+        pts = np.concatenate([pts[:k], pts[:k - 1][::-1]])
     # a door is out in the wall: people step through it and turn onto (or off) their lane
     if door_in is not None:
-        pts = np.concatenate([[[start, doors[door_in][1] * (half + 1.5)]], pts])
+        step = np.array([[start, doors[door_in][1] * (half + 1.5)]])
+        pts = np.concatenate([step, pts] + ([step] if turn else []))
     if door_out is not None:
         pts = np.concatenate([pts, [[stop, doors[door_out][1] * (half + 1.5)]]])
     return pts, entry, exit_
+
+
+def _inside(w: Walker, grid: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """bool [cameras, times]: where camera c's stretch of route holds walker w at grid time t."""
+    s = w.distance(grid)
+    x = w.where(s)[:, 0]
+    return ((s >= 0) & (s <= w.cum[-1]))[None] & (x[None] >= lo) & (x[None] <= hi)
 
 
 def plan_people(rng: np.random.Generator, cfg: VideoConfig, route: tuple[float, float, float],
@@ -128,18 +156,33 @@ def plan_people(rng: np.random.Generator, cfg: VideoConfig, route: tuple[float, 
         gait = sample_gait(rng)
         height = round(float(rng.uniform(*cfg.person_height)), 3)
         speed = round(float(rng.uniform(*cfg.speed)), 3)
+        leader = walkers[-1] if walkers and rng.random() < cfg.group_prob else None
+        if leader is not None and leader.leader is None:  # pairs, not chains
+            side = 1.0 if leader.path[:, 1].mean() < 0 else -1.0  # beside the leader, toward the middle
+            path = leader.path + np.array([0.0, side * rng.uniform(0.6, 0.9)])
+            path[:, 1] = np.clip(path[:, 1], -(route[2] + 1.5), route[2] + 1.5)
+            w = Walker(pid, attrs, gait, height, leader.speed, round(leader.t0 + float(rng.uniform(-0.5, 0.5)), 4),
+                       path, leader.entry, leader.exit, round(float(rng.uniform(0, 6.2832)), 4),
+                       leader.pause_at, leader.pause_for, leader.id)
+            load += _inside(w, grid, lo, hi)
+            walkers.append(w)
+            continue
         path, entry, exit_ = _path(rng, cfg, route, doors)
         w = Walker(pid, attrs, gait, height, speed, 0.0, path, entry, exit_, round(float(rng.uniform(0, 6.2832)), 4))
+        if rng.random() < cfg.pause_prob:  # somewhere a camera sees
+            xs = w.where(w.cum)[:, 0]
+            seen_at = w.cum[((xs[None] >= lo) & (xs[None] <= hi)).any(0)]
+            if len(seen_at):
+                w.pause_at = round(float(seen_at[int(rng.integers(len(seen_at)))]), 3)
+                w.pause_for = round(float(rng.uniform(*cfg.pause_seconds)), 3)
         best = None
         for _ in range(40):  # an entry time that keeps every camera below max_in_view, seen somewhere
-            t0 = float(rng.uniform(-w.duration + 1.0, cfg.seconds - 1.0))
-            s = speed * (grid - t0)
-            x = w.where(s)[:, 0]
-            inside = ((s >= 0) & (s <= w.cum[-1]))[None] & (x[None] >= lo) & (x[None] <= hi)
+            w.t0 = float(rng.uniform(-w.duration + 1.0, cfg.seconds - 1.0))
+            inside = _inside(w, grid, lo, hi)
             crowd = float((load + inside).max())
             score = (crowd > cfg.max_in_view, not inside.any(), crowd)
             if best is None or score < best[0]:
-                best = (score, t0, inside)
+                best = (score, w.t0, inside)
             if not score[0] and not score[1]:
                 break
         w.t0 = round(best[1], 4)

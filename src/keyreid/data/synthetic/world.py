@@ -81,12 +81,13 @@ def _camera(rng, cfg: VideoConfig, name: str, target_x: float, look: float) -> V
 
 
 def _occluders(rng, cfg: VideoConfig, cam: VideoCamera, span: tuple[float, float]) -> list[StaticOccluder]:
-    """A few things standing at the corridor's edges inside this camera's view; the near edge's
-    hide people walking behind them, the far edge's are hidden by people in front."""
+    """A few things standing at the corridor's edges inside this camera's view (pillars, benches,
+    cars, kiosks); the near edge's hide people walking behind them, the far edge's are hidden by
+    people in front."""
     out = []
     near_side = 1.0 if cam.z > 0 else -1.0
     for _ in range(int(rng.integers(cfg.occluders[0], cfg.occluders[1] + 1))):
-        kind = ("pillar", "bench", "car")[int(rng.choice(3, p=[0.45, 0.35, 0.2]))]
+        kind = ("pillar", "bench", "car", "kiosk")[int(rng.choice(4, p=[0.35, 0.25, 0.2, 0.2]))]
         side = near_side if rng.random() < 0.6 else -near_side
         x = rng.uniform(span[0] + 1.5, max(span[0] + 1.5, span[1] - 1.5))
         colour = palette_rgb(int(rng.integers(len(PALETTE))))
@@ -95,8 +96,10 @@ def _occluders(rng, cfg: VideoConfig, cam: VideoCamera, span: tuple[float, float
             dims, parts = (rng.uniform(0.45, 0.8), 0.5, 3.2), ((0.0, 0.0, 1.0, 1.0),)
         elif kind == "bench":
             dims, parts = (rng.uniform(1.5, 2.2), 0.6, 0.9), ((0.0, 0.0, 1.0, 0.5), (0.0, 0.5, 1.0, 1.0))
-        else:  # body and cabin
+        elif kind == "car":  # body and cabin
             dims, parts = (rng.uniform(3.8, 4.6), 1.8, 1.5), ((0.0, 0.0, 1.0, 0.6), (0.2, 0.6, 0.8, 1.0))
+        else:  # a kiosk or a billboard: wide and taller than a person, it hides them for seconds
+            dims, parts = (rng.uniform(1.5, 2.8), 1.0, 2.4), ((0.0, 0.0, 1.0, 1.0),)
         z = side * (ROUTE_HALF + 0.2 + dims[1] / 2 + rng.uniform(0.0, 0.8))
         out.append(StaticOccluder(kind, round(float(x), 4), round(float(z), 4), round(float(dims[0]), 4), dims[1],
                                   dims[2], 0.0, colour, stripes, parts))
