@@ -417,3 +417,15 @@ def test_render_draws_each_track_in_its_colour_on_a_sheet_and_a_video(tmp_path, 
     assert not [p for p in (out / "render").iterdir() if "partial" in p.name]
     code, _, err = run(capsys, "track", seq, "--tracker", "ocsort", "-o", out, "--render", "gif")
     assert code == 2 and "--render 'gif': one of sheet, video" in one_error_line(err)
+
+
+def test_an_appearance_tracker_runs_on_motion_alone_with_use_embeddings_false(tmp_path, capsys):
+    """BoT-SORT without appearance: the baseline an encoder is measured against; no model needed."""
+    seq = two_walkers(tmp_path / "seqs")
+    code, _, err = run(capsys, "track", seq, "--tracker", "botsort", "--tracker-option", "use_embeddings=false",
+                       "--static-camera", "-o", tmp_path / "out")
+    assert code == 0, err
+    settings = json.loads((tmp_path / "out" / "track.json").read_text())["settings"]
+    assert settings["options"] == {"use_embeddings": False} and settings["static_camera"] is True
+    assert settings["model"] is None
+    assert set(read_rows(tmp_path / "out" / "c1.txt")[:, 1].astype(int)) == {1, 2}

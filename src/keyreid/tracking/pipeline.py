@@ -17,7 +17,7 @@ from typing import Callable, Optional
 from keyreid.errors import KeyreidError
 from keyreid.tracking.job import TrackOutput, locked_output, settings_of
 from keyreid.tracking.mot import find_sequences, read_mot, write_mot
-from keyreid.tracking.run import APPEARANCE_TRACKERS, MOTION_TRACKERS, check_tracker_name, require_boxmot, track_sequence
+from keyreid.tracking.run import MOTION_TRACKERS, check_tracker_name, require_boxmot, track_sequence, uses_appearance
 from keyreid.tracking.render import RENDER_KINDS
 from keyreid.utils.io import atomic_write_text
 
@@ -60,9 +60,10 @@ def check_request(req: TrackRequest) -> None:
         raise KeyreidError(f"--link-threshold {req.link_threshold!r}: auto, or a cosine distance in [0, 2]")
     if req.render is not None and req.render not in RENDER_KINDS:
         raise KeyreidError(f"--render {req.render!r}: one of {', '.join(RENDER_KINDS)}")
-    if req.tracker in APPEARANCE_TRACKERS and req.checkpoint is None:
+    if uses_appearance(req.tracker, req.options) and req.checkpoint is None:
         raise KeyreidError(f"{req.tracker} matches people by appearance: pass --checkpoint CKPT (a keyreid "
-                           f"model), or choose --tracker {' / '.join(MOTION_TRACKERS)}")
+                           f"model), or --tracker-option use_embeddings=false, or choose --tracker "
+                           f"{' / '.join(MOTION_TRACKERS)}")
     if req.cross_camera and req.checkpoint is None:
         raise KeyreidError("--cross-camera matches tracks by appearance: pass --checkpoint CKPT (a keyreid model)")
 
@@ -76,13 +77,14 @@ def track_folder(req: TrackRequest, bar=None, say: Callable[[str], None] = lambd
     dets = {info.name: read_mot(info.root / "det" / "det.txt", "det", info) for info in seqs}
     require_boxmot()
     encoder = None
-    if req.checkpoint is not None and (req.tracker in APPEARANCE_TRACKERS or req.cross_camera):
+    appearance_tracker = uses_appearance(req.tracker, req.options)
+    if req.checkpoint is not None and (appearance_tracker or req.cross_camera):
         from keyreid.tracking.encoder import KeyreidEncoder
 
         encoder = KeyreidEncoder(req.checkpoint, batch_size=req.batch_size, device=req.device)
     elif req.checkpoint is not None:
         say(f"{req.tracker} uses motion only: --checkpoint is not used")
-    appearance = encoder if req.tracker in APPEARANCE_TRACKERS else None
+    appearance = encoder if appearance_tracker else None
     settings = settings_of(req.tracker, None if appearance is None else appearance.model, req.static_camera,
                            req.options)
     with locked_output(req.output):
@@ -122,6 +124,8 @@ def track_folder(req: TrackRequest, bar=None, say: Callable[[str], None] = lambd
 
             metrics = evaluate_tracks(seqs, results)
             if req.cross_camera:
+                # each camera again, with the linked ids: fragments of one person re-joined
+                metrics["COMBINED_SEQ linked"] = evaluate_tracks(seqs, global_results)["COMBINED_SEQ"]
                 metrics["cross-camera"] = cross_camera_idf1(seqs, global_results)
             summary.metrics = metrics
             atomic_write_text(req.output / "metrics.json", json.dumps(

@@ -43,6 +43,12 @@ def require_boxmot():
     return boxmot
 
 
+def uses_appearance(name: str, options: Optional[dict] = None) -> bool:
+    """BoT-SORT and DeepOCSORT run on motion alone with use_embeddings=false (BoxMOT's switch):
+    the same tracker without appearance, the fair baseline of an encoder."""
+    return name in APPEARANCE_TRACKERS and (options or {}).get("use_embeddings", True) is not False
+
+
 def check_tracker_name(name: str) -> str:
     if name not in TRACKERS:
         raise KeyreidError(f"unknown tracker {name!r}; known: {', '.join(TRACKERS)}")
@@ -89,12 +95,12 @@ def track_sequence(info: SequenceInfo, dets: MotRows, tracker_name: str, encoder
     from boxmot.pipelines.tracking import TrackingPipeline
     from boxmot.structures import Boxes, Detections, Frame
 
-    if tracker_name in APPEARANCE_TRACKERS and encoder is None:
+    appearance = uses_appearance(tracker_name, options)
+    if appearance and encoder is None:
         raise KeyreidError(f"{tracker_name} matches people by appearance: pass --checkpoint (a keyreid model), "
                            f"or choose a motion-only tracker ({', '.join(MOTION_TRACKERS)})")
     tracker = make_tracker(tracker_name, info.frame_rate, static_camera, options)
-    pipeline = TrackingPipeline(detector=None, tracker=tracker,
-                                reid=encoder if tracker_name in APPEARANCE_TRACKERS else None)
+    pipeline = TrackingPipeline(detector=None, tracker=tracker, reid=encoder if appearance else None)
     slices = dets.frame_slices(info.length)
     out_f, out_id, out_box, out_score = [], [], [], []
     start = time.perf_counter()
