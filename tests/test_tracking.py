@@ -149,6 +149,34 @@ def test_the_encoder_is_a_boxmot_appearance_encoder_on_the_one_inference_path(ad
     assert enc.encode([frames[0]], [dets[0].select(torch.zeros(0, dtype=torch.int64))])[0].shape == (0, enc.embedding_dim)
 
 
+def test_the_encoder_plugs_into_a_boxmot_tracker_directly(adapt_source, tmp_path):
+    """BoxMOT's per-tracker hook: BotSort(reid_model=encoder) calls get_features(boxes, bgr)."""
+    from boxmot import BotSort
+    from PIL import Image
+
+    from keyreid.tracking import KeyreidEncoder
+
+    enc = KeyreidEncoder(adapt_source)
+    calls = []
+    original = enc.get_features
+
+    def spy(boxes, image):
+        calls.append((np.array(boxes), image.shape))
+        return original(boxes, image)
+
+    enc.get_features = spy
+    tracker = BotSort(reid_model=enc, use_cmc=False, frame_rate=10)
+    seq = two_walkers(tmp_path)
+    for f in range(1, 6):
+        rgb = np.array(Image.open(seq / "img1" / f"{f:06d}.jpg").convert("RGB"))
+        dets = np.array([[5 + 2 * f, 20, 25 + 2 * f, 80, 0.9, 0], [170 - 2 * f, 20, 190 - 2 * f, 80, 0.9, 0]], np.float32)
+        out = tracker.update(dets, np.ascontiguousarray(rgb[:, :, ::-1]))
+    assert calls and calls[0][1] == (90, 200, 3)
+    assert len(out) == 2 and len(set(out[:, 4].astype(int))) == 2  # two tracks, two ids
+    bgr = np.ascontiguousarray(rgb[:, :, ::-1])
+    np.testing.assert_allclose(original(dets[:, :4], bgr), enc.embed_boxes(rgb, dets[:, :4]), atol=1e-6)
+
+
 def test_the_onnx_export_encodes_like_the_checkpoint(adapt_source, tmp_path):
     from keyreid.tracking import KeyreidEncoder
 

@@ -5,7 +5,9 @@ path (`keyreid.load_model`: a torch checkpoint, an ONNX export or an OpenVINO IR
 preprocessing as every other consumer: each box is cropped from the frame and handed to
 `LoadedModel.embed`). It implements BoxMOT's `AppearanceEncoder` protocol
 (`boxmot.reid.protocols`, BoxMOT 25.x: `embedding_dim`, `requirements`, `encode(frames,
-detections)`), so a BoxMOT user passes it as `TrackingPipeline(reid=KeyreidEncoder(...))`.
+detections)`), so a BoxMOT user passes it as `TrackingPipeline(reid=KeyreidEncoder(...))`; and
+BoxMOT's older per-tracker hook, `get_features(boxes, bgr_image)`, so it can also be handed to a
+tracker directly (`BotSort(reid_model=KeyreidEncoder(...))`).
 BoxMOT is imported only when a BoxMOT structure is asked for: `embed_boxes` needs none of it.
 """
 
@@ -92,6 +94,10 @@ class KeyreidEncoder:
         """float32 [N, D] unit embeddings of one frame's 0-based xyxy boxes."""
         crops = crop_boxes(frame_image(frame), boxes)
         return self.embed_crops(crops)
+
+    def get_features(self, boxes: np.ndarray, image: np.ndarray) -> np.ndarray:
+        """BoxMOT's `reid_model` hook: xyxy boxes of a uint8 HWC image in OpenCV's BGR order."""
+        return self.embed_boxes(np.ascontiguousarray(np.asarray(image)[:, :, ::-1]), boxes)
 
     def embed_crops(self, crops: list) -> np.ndarray:
         """float32 [N, D] unit embeddings of PIL crops."""
