@@ -11,8 +11,7 @@ the demo's kae, and kae exported to ONNX. Every row tracks the default `keyreid 
 scene (4 cameras, 30 s at 10 fps, 40 people) of each video seed from its det.txt, static cameras
 (camera-motion compensation off), and with an encoder also links the tracks across cameras
 (`--cross-camera`, link threshold auto). Metrics are TrackEval's, over the 4 cameras together;
-"IDF1 linked" is the per-camera IDF1 of the linked global ids (keyreid re-joining the tracker's
-fragments of one person), "cross-camera IDF1" the IDF1 of one virtual sequence of all cameras.
+"cross-camera IDF1" is the IDF1 of one virtual sequence of all cameras (global ids).
 Frames per second: per camera, reading the JPEG frames, embedding the boxes and the tracker,
 timed inside `keyreid track` (the cross-camera step is not in it).
 
@@ -99,7 +98,7 @@ def main() -> None:
             r = run_row(video, args.out / f"seed{seed}" / tag, tracker, encoder, ckpts, threshold)
             results.setdefault((tracker, encoder), []).append(r)
             print(f"seed {seed} {tracker:10s} {encoder or 'none':9s} HOTA {r.hota:5.1f} IDF1 {r.idf1:5.1f} "
-                  f"linked {r.linked_idf1 or float('nan'):5.1f} cross {r.cross_idf1 or float('nan'):5.1f} "
+                  f"cross {r.cross_idf1 or float('nan'):5.1f} "
                   f"IDsw {r.idsw:3d} {r.fps:5.1f} fps ({r.seconds:.0f} s)", file=sys.stderr, flush=True)
 
     def cell(values) -> str:
@@ -109,12 +108,12 @@ def main() -> None:
         return f"{np.mean(values):.1f} ± {np.std(values):.1f}" if len(values) > 1 else f"{values[0]:.1f}"
 
     print(f"\nTracking on synthetic video, seeds {args.seeds} (mean ± std), link threshold {args.link_threshold}\n")
-    print("| tracker | encoder | HOTA | IDF1 | AssA | ID switches | IDF1 linked | cross-camera IDF1 | frames/s per camera |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| tracker | encoder | HOTA | IDF1 | AssA | ID switches | cross-camera IDF1 | frames/s per camera |")
+    print("|---|---|---|---|---|---|---|---|")
     for (tracker, encoder), rs in results.items():
         print(f"| {tracker} | {encoder or 'none (motion only)'} | {cell([r.hota for r in rs])} | "
               f"{cell([r.idf1 for r in rs])} | {cell([r.assa for r in rs])} | {cell([r.idsw for r in rs])} | "
-              f"{cell([r.linked_idf1 for r in rs])} | {cell([r.cross_idf1 for r in rs])} | "
+              f"{cell([r.cross_idf1 for r in rs])} | "
               f"{cell([r.fps for r in rs])} |")
     fast, slow = read_speed()
     print(f"\nReading a 100k-box det.txt: {fast:.2f} s vectorised (read_mot), {slow:.2f} s line by line in Python.")

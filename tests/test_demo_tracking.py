@@ -46,10 +46,9 @@ def test_a_row_reports_trackevals_numbers(tmp_path, adapt_source):
     row = run_row(video, tmp_path / "tracks", "botsort", "kae", {"kae": adapt_source})
     saved = json.loads((tmp_path / "tracks" / "metrics.json").read_text())["metrics"]
     assert row.idf1 == pytest.approx(saved["COMBINED_SEQ"]["IDF1"])
-    assert row.linked_idf1 == pytest.approx(saved["COMBINED_SEQ linked"]["IDF1"])
     assert row.cross_idf1 == pytest.approx(saved["cross-camera"]["IDF1"])
     assert row.fps > 0 and 0 <= row.idf1 <= 100
     base = run_row(video, tmp_path / "none", "botsort", None, {})
-    assert base.cross_idf1 is None and base.linked_idf1 is None
+    assert base.cross_idf1 is None
     assert json.loads((tmp_path / "none" / "track.json").read_text())["settings"]["options"] == {"use_embeddings": False}
-    assert "IDF1 linked" in [c.header for c in table([row, base], "t").columns]
+    assert "cross-camera IDF1" in [c.header for c in table([row, base], "t").columns]

@@ -111,7 +111,7 @@ def test_sequence_mistakes_are_one_line_each(tmp_path, capsys):
     third = two_walkers(tmp_path / "c")
     (third / "det" / "det.txt").unlink()
     code, _, err = run(capsys, "track", third, "--tracker", "bytetrack", "-o", out)
-    cases.append((code, one_error_line(err), "det.txt: missing (a sequence needs detections"))
+    cases.append((code, one_error_line(err), "det.txt: missing (a sequence needs its detections: MOTChallenge rows from your detector"))
     code, _, err = run(capsys, "track", third.parent / "c1", "--tracker", "bytetrack", "-o", out,
                        "--tracker-option", "buffer")
     cases.append((code, one_error_line(err), "--tracker-option 'buffer': expected KEY=VALUE"))
@@ -177,22 +177,46 @@ def test_the_encoder_plugs_into_a_boxmot_tracker_directly(adapt_source, tmp_path
     np.testing.assert_allclose(original(dets[:, :4], bgr), enc.embed_boxes(rgb, dets[:, :4]), atol=1e-6)
 
 
-def test_the_onnx_export_encodes_like_the_checkpoint(adapt_source, tmp_path):
-    from keyreid.tracking import KeyreidEncoder
+@pytest.fixture(scope="module")
+def kae_onnx(adapt_source, tmp_path_factory):
+    onnx = tmp_path_factory.mktemp("onnx") / "kae.onnx"
+    r = subprocess.run([str(KEYREID), "export", str(adapt_source), "-o", str(onnx)], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return onnx
 
-    onnx = tmp_path / "kae.onnx"
-    code = subprocess.run([str(KEYREID), "export", str(adapt_source), "-o", str(onnx)], capture_output=True,
-                          text=True, timeout=300)
-    assert code.returncode == 0, code.stderr
-    seq = two_walkers(tmp_path)
+
+def test_the_onnx_export_encodes_like_the_checkpoint(adapt_source, kae_onnx, tmp_path):
     from PIL import Image
 
+    from keyreid.tracking import KeyreidEncoder
+
+    seq = two_walkers(tmp_path)
     frame = Image.open(seq / "img1" / "000003.jpg").convert("RGB")
     boxes = np.array([[11, 20, 31, 80], [164, 20, 184, 80], [0, 0, 0.5, 90]])  # the last one is 0.5 px wide
     a = KeyreidEncoder(adapt_source).embed_boxes(frame, boxes)
-    b = KeyreidEncoder(onnx).embed_boxes(frame, boxes)
+    b = KeyreidEncoder(kae_onnx).embed_boxes(frame, boxes)
     assert a.shape == b.shape == (3, a.shape[1])
     assert float((a * b).sum(1).min()) > 0.999
+
+
+def test_an_encoder_whose_input_size_does_not_match_its_graph_is_one_line(kae_onnx, tmp_path, capsys):
+    """A hand-edited model card (another input size) beside an unchanged graph: refused before
+    any frame, naming the file and both sizes."""
+    import shutil
+
+    edited = tmp_path / "edited.onnx"
+    shutil.copyfile(kae_onnx, edited)
+    meta = json.loads(Path(str(kae_onnx) + ".json").read_text())
+    h, w = meta["card"]["input"]["height"], meta["card"]["input"]["width"]
+    meta["card"]["input"]["height"] = 2 * h
+    meta["input"]["height"] = 2 * h
+    Path(str(edited) + ".json").write_text(json.dumps(meta))
+    seq = two_walkers(tmp_path / "seqs")
+    code, _, err = run(capsys, "track", seq, "-m", edited, "--tracker", "botsort", "-o", tmp_path / "out")
+    line = one_error_line(err)
+    assert code == 2 and str(edited) in line, line
+    assert f"the graph takes {h}x{w} crops but its model card says {2 * h}x{w}" in line, line
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -359,10 +383,12 @@ def test_one_camera_never_holds_one_person_twice_at_one_time():
           _tracklet("c1", 20, 30, same), _tracklet("c2", 40, 50, [0, 1, 0])]
     c = cannot_link(ts)
     assert c[0, 1] and c[1, 0] and c.sum() == 2  # only the two overlapping c1 tracklets
-    # identical looks: A, C and the later D are one person; B overlaps A in c1 and stays apart;
-    # E looks different (cosine distance 1 > 0.5)
-    assert link_tracklets(ts, threshold=0.5).tolist() == [1, 2, 1, 1, 3]
-    assert link_tracklets(ts, threshold=1.5).tolist() == [1, 2, 1, 1, 1]  # B still apart
+    # identical looks, same_camera: A, C and the later D are one person; B overlaps A in c1 and
+    # stays apart; E looks different (cosine distance 1 > 0.5)
+    assert link_tracklets(ts, threshold=0.5, same_camera=True).tolist() == [1, 2, 1, 1, 3]
+    assert link_tracklets(ts, threshold=1.5, same_camera=True).tolist() == [1, 2, 1, 1, 1]  # B still apart
+    # by default no two tracklets of one camera merge: C (c2) joins A; B, D (both c1) and E stay apart
+    assert link_tracklets(ts, threshold=0.5).tolist() == [1, 2, 1, 3, 4]
     assert link_tracklets([], 0.5).tolist() == []
 
 
@@ -413,6 +439,11 @@ def test_track_cross_camera_links_the_same_people_in_two_cameras(tmp_path, capsy
     assert float(row.split("│")[4]) == pytest.approx(100.0)  # IDF1 across cameras
     g1, g2 = read_rows(out / "global" / "c1.txt"), read_rows(out / "global" / "c2.txt")
     assert set(g1[:, 1]) == set(g2[:, 1]) == {1, 2}
+    code, stdout, err = run(capsys, "track", seqs, "-m", adapt_source, "--tracker", "ocsort", "-o", tmp_path / "o4",
+                            "--cross-camera", "--relink-same-camera", "--eval")
+    assert code == 0 and "COMBINED_SEQ linked" in stdout
+    saved = json.loads((tmp_path / "o4" / "metrics.json").read_text())["metrics"]
+    assert saved["COMBINED_SEQ linked"]["IDF1"] == pytest.approx(100.0)
     code, _, err = run(capsys, "track", seqs, "--tracker", "ocsort", "-o", tmp_path / "o2", "--cross-camera")
     assert code == 2 and "--cross-camera matches tracks by appearance: pass --checkpoint" in one_error_line(err)
     code, _, err = run(capsys, "track", seqs, "-m", adapt_source, "--tracker", "ocsort", "-o", tmp_path / "o3",

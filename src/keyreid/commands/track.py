@@ -78,6 +78,9 @@ def track(
                                             "between people the video proves different."),
     tracklet_samples: int = typer.Option(8, "--tracklet-samples", min=1,
                                          help="Cross-camera: crops embedded per tracklet, spread along it."),
+    relink_same_camera: bool = typer.Option(False, "--relink-same-camera", help="Cross-camera: also re-join one "
+                                            "camera's fragments of a person by appearance (off: the tracker "
+                                            "decides within a camera)."),
     render_kind: Optional[str] = typer.Option(None, "--render", help="sheet: OUT/render/<sequence>.png, 12 frames "
                                               "with the tracks drawn; video: OUT/render/<sequence>.mp4, every "
                                               "frame (global ids with --cross-camera)."),
@@ -93,7 +96,8 @@ def track(
         console.print(line, markup=False, highlight=False)
 
     req = TrackRequest(sequences, output, tracker, checkpoint, static_camera, _options(tracker_option), cross_camera,
-                       _threshold(link_threshold), tracklet_samples, render_kind, evaluate, overwrite, batch_size, device)
+                       _threshold(link_threshold), tracklet_samples, relink_same_camera, render_kind, evaluate,
+                       overwrite, batch_size, device)
     with progress_bar(stream=sys.stderr) as bar:
         summary = track_folder(req, bar, say)
     for info in summary.sequences:
@@ -122,7 +126,7 @@ def eval_tracks(
     """TrackEval's HOTA, DetA, AssA, IDF1, MOTA and ID switches of results made elsewhere."""
     from keyreid.errors import DataError
     from keyreid.tracking.metrics import cross_camera_idf1, evaluate_tracks
-    from keyreid.tracking.mot import find_sequences, read_mot
+    from keyreid.tracking.mot import find_sequences
 
     seqs = find_sequences(gt)
     files = {}
@@ -130,8 +134,6 @@ def eval_tracks(
         path = results / f"{info.name}.txt"
         if not path.is_file():
             raise DataError(path, f"missing: RESULTS needs one file per sequence of GT ({info.name}.txt)")
-        read_mot(path, "results", info)  # a malformed line is named here, not deep in TrackEval
-        read_mot(info.root / "gt" / "gt.txt", "gt", info)
         files[info.name] = path
     metrics = evaluate_tracks(seqs, files)
     if cross_camera:

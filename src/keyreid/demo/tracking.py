@@ -104,7 +104,6 @@ class RowResult:
     idf1: float
     assa: float
     idsw: int
-    linked_idf1: Optional[float]  # per camera, after keyreid links the tracker's fragments
     cross_idf1: Optional[float]
     fps: float  # frames per second per camera (decode, encoder, tracker), mean over cameras
     seconds: float
@@ -118,21 +117,19 @@ def run_row(video: Path, out: Path, tracker: str, encoder: Optional[str], checkp
     s = track_folder(TrackRequest(video, out, tracker, ckpt, static_camera=True, options=options,
                                   cross_camera=ckpt is not None, link_threshold=link_threshold, evaluate=True))
     m = s.metrics["COMBINED_SEQ"]
-    linked, cross = s.metrics.get("COMBINED_SEQ linked"), s.metrics.get("cross-camera")
+    cross = s.metrics.get("cross-camera")
     return RowResult(tracker, encoder, m["HOTA"], m["IDF1"], m["AssA"], int(m["IDSW"]),
-                     None if linked is None else linked["IDF1"], None if cross is None else cross["IDF1"],
-                     float(np.mean([e["fps"] for e in s.done.values()])), time.perf_counter() - t0)
+                     None if cross is None else cross["IDF1"], float(np.mean([e["fps"] for e in s.done.values()])),
+                     time.perf_counter() - t0)
 
 
 def table(rows: Sequence[RowResult], title: str) -> Table:
     t = Table(title=title)
-    for c in ("tracker", "encoder", "HOTA", "IDF1", "AssA", "ID sw.", "IDF1 linked", "cross-camera IDF1",
-              "frames/s per camera"):
+    for c in ("tracker", "encoder", "HOTA", "IDF1", "AssA", "ID sw.", "cross-camera IDF1", "frames/s per camera"):
         t.add_column(c, justify="left" if c in ("tracker", "encoder") else "right")
     for r in rows:
         t.add_row(r.tracker, r.encoder or "none (motion only)", f"{r.hota:.1f}", f"{r.idf1:.1f}", f"{r.assa:.1f}",
-                  str(r.idsw), "" if r.linked_idf1 is None else f"{r.linked_idf1:.1f}",
-                  "" if r.cross_idf1 is None else f"{r.cross_idf1:.1f}", f"{r.fps:.1f}")
+                  str(r.idsw), "" if r.cross_idf1 is None else f"{r.cross_idf1:.1f}", f"{r.fps:.1f}")
     return t
 
 

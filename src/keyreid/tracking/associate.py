@@ -4,10 +4,11 @@ Average-linkage agglomerative clustering of the tracklets' unit embeddings (cosi
 merging the closest pair of clusters until the closest allowed pair is farther than
 `threshold`, under one cannot-link rule: a camera cannot hold the same person twice at one time,
 so two tracklets of one camera whose frame ranges overlap never share a cluster (nor do the
-clusters that hold them). Tracklets of one camera that follow each other in time may merge: a
-person who leaves the view and comes back, or a track the tracker broke, is one identity again.
-Nothing assumes a camera layout: overlapping fields of view (the same person in two cameras at
-once) are allowed.
+clusters that hold them). By default no two tracklets of one camera share a cluster at all: the
+tracker has already decided within a camera, and re-joining its fragments by appearance cost 1 to
+3 IDF1 points on the synthetic video (bench/RESULTS.md); `same_camera=True` allows it (a person
+who leaves the view and comes back is then one identity again). Nothing assumes a camera layout:
+overlapping fields of view (the same person in two cameras at once) are allowed.
 
 The threshold needs no labels by default ("auto"): the cannot-link pairs are pairs of different
 people the video itself proves different, so the distances between them show how far apart two
@@ -60,8 +61,10 @@ def auto_threshold(tracklets: Sequence[Tracklet]) -> float:
     return float(np.quantile((1.0 - emb @ emb.T)[pairs], AUTO_QUANTILE))
 
 
-def link_tracklets(tracklets: Sequence[Tracklet], threshold: float | str = "auto") -> np.ndarray:
-    """int64 [N] global identity labels 1..G (numbered by each identity's first tracklet)."""
+def link_tracklets(tracklets: Sequence[Tracklet], threshold: float | str = "auto",
+                   same_camera: bool = False) -> np.ndarray:
+    """int64 [N] global identity labels 1..G (numbered by each identity's first tracklet);
+    `same_camera`: tracklets of one camera that follow each other in time may be one person."""
     n = len(tracklets)
     if n == 0:
         return np.zeros(0, np.int64)
@@ -71,6 +74,9 @@ def link_tracklets(tracklets: Sequence[Tracklet], threshold: float | str = "auto
     sums = 1.0 - emb @ emb.T  # sum of pairwise distances between two clusters' members
     counts = np.ones(n)
     blocked = cannot_link(tracklets)
+    if not same_camera:
+        cams = np.array([t.camera for t in tracklets])
+        blocked = cams[:, None] == cams[None, :]
     alive = np.ones(n, bool)
     members = [[i] for i in range(n)]
     while True:
@@ -112,7 +118,7 @@ def write_identities(path: Path, tracklets: Sequence[Tracklet], labels: np.ndarr
 
 
 def associate_sequences(sequences, results: dict, encoder, out_dir: Path, threshold: float | str = "auto",
-                        samples: int = 8) -> tuple[list[Tracklet], np.ndarray, float]:
+                        samples: int = 8, same_camera: bool = False) -> tuple[list[Tracklet], np.ndarray, float]:
     """Link the tracks of every sequence (results[name]: its MOT file) into global identities;
     writes OUT/global/<sequence>.txt (MOT rows, global ids) and OUT/identities.csv."""
     from keyreid.tracking.mot import read_mot, write_mot
@@ -128,7 +134,7 @@ def associate_sequences(sequences, results: dict, encoder, out_dir: Path, thresh
         tracklets += mine
     if threshold == "auto":
         threshold = auto_threshold(tracklets)
-    labels = link_tracklets(tracklets, threshold)
+    labels = link_tracklets(tracklets, threshold, same_camera)
     for info in sequences:
         rows = rows_of[info.name]
         mapping = {t.track_id: label for t, label in zip(tracklets, labels) if t.camera == info.name}

@@ -19,7 +19,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from keyreid.errors import KeyreidError
-from keyreid.tracking.mot import SequenceInfo
+from keyreid.tracking.mot import SequenceInfo, read_mot
 
 COLUMNS = ("HOTA", "DetA", "AssA", "IDF1", "MOTA", "IDSW", "GT_IDs", "IDs")
 
@@ -90,6 +90,8 @@ def evaluate_tracks(sequences: Sequence[SequenceInfo], results: Mapping[str, Pat
                 raise KeyreidError(f"{gt}: missing (evaluation needs the sequence's ground truth)")
             if info.name not in results:
                 raise KeyreidError(f"no results for sequence {info.name}")
+            read_mot(gt, "gt", info)  # a malformed line is named here, not deep inside TrackEval
+            read_mot(results[info.name], "results", info)
             _write(tmp / "gt" / info.name / "gt" / "gt.txt", _mot_table(gt, 9))
             _write(tmp / "trackers" / "keyreid" / f"{info.name}.txt", _mot_table(Path(results[info.name]), 10))
         return _evaluate(tmp, {info.name: info.length for info in sequences})

@@ -161,8 +161,8 @@ def read_mot(path: str | Path, kind: str, info: Optional[SequenceInfo] = None) -
     path = Path(path)
     min_cols = MIN_COLUMNS[kind]
     if not path.is_file():
-        raise DataError(path, "missing" + (" (a sequence needs detections: det/det.txt, or a detector)"
-                                           if kind == "det" else ""))
+        raise DataError(path, "missing" + (" (a sequence needs its detections: MOTChallenge rows from your "
+                                           "detector in det/det.txt)" if kind == "det" else ""))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "input contained no data": an empty file is fine

@@ -33,6 +33,7 @@ class TrackRequest:
     cross_camera: bool = False
     link_threshold: float | str = "auto"
     tracklet_samples: int = 8
+    relink_same_camera: bool = False  # cross-camera: also re-join one camera's fragments by appearance
     render: Optional[str] = None
     evaluate: bool = False
     overwrite: bool = False
@@ -108,8 +109,8 @@ def track_folder(req: TrackRequest, bar=None, say: Callable[[str], None] = lambd
         if req.cross_camera:
             from keyreid.tracking.associate import associate_sequences
 
-            tracklets, labels, summary.threshold = associate_sequences(seqs, results, encoder, req.output,
-                                                                       req.link_threshold, req.tracklet_samples)
+            tracklets, labels, summary.threshold = associate_sequences(
+                seqs, results, encoder, req.output, req.link_threshold, req.tracklet_samples, req.relink_same_camera)
             summary.tracklets, summary.identities = len(tracklets), len(set(labels.tolist()))
         if req.render is not None:
             from keyreid.tracking.render import render
@@ -123,9 +124,10 @@ def track_folder(req: TrackRequest, bar=None, say: Callable[[str], None] = lambd
             from keyreid.tracking.metrics import cross_camera_idf1, evaluate_tracks
 
             metrics = evaluate_tracks(seqs, results)
-            if req.cross_camera:
+            if req.cross_camera and req.relink_same_camera:
                 # each camera again, with the linked ids: fragments of one person re-joined
                 metrics["COMBINED_SEQ linked"] = evaluate_tracks(seqs, global_results)["COMBINED_SEQ"]
+            if req.cross_camera:
                 metrics["cross-camera"] = cross_camera_idf1(seqs, global_results)
             summary.metrics = metrics
             atomic_write_text(req.output / "metrics.json", json.dumps(
