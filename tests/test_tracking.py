@@ -441,7 +441,7 @@ def test_track_cross_camera_links_the_same_people_in_two_cameras(tmp_path, capsy
     assert set(g1[:, 1]) == set(g2[:, 1]) == {1, 2}
     code, stdout, err = run(capsys, "track", seqs, "-m", adapt_source, "--tracker", "ocsort", "-o", tmp_path / "o4",
                             "--cross-camera", "--relink-same-camera", "--eval")
-    assert code == 0 and "COMBINED_SEQ linked" in stdout
+    assert code == 0, err
     saved = json.loads((tmp_path / "o4" / "metrics.json").read_text())["metrics"]
     assert saved["COMBINED_SEQ linked"]["IDF1"] == pytest.approx(100.0)
     code, _, err = run(capsys, "track", seqs, "--tracker", "ocsort", "-o", tmp_path / "o2", "--cross-camera")
