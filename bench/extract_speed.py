@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from machine import describe
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
@@ -124,17 +123,7 @@ def bench(name: str, height: int, width: int, n: int, batch: int, work: Path) ->
 def machine() -> str:
     import onnxruntime as ort
 
-    cpu = platform.processor() or "cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    return (f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__} ({torch.get_num_threads()} "
-            f"threads), onnxruntime {ort.__version__}; load average at the end {load}")
+    return describe(f"onnxruntime {ort.__version__}")
 
 
 def main() -> None:

@@ -22,33 +22,16 @@ Needs `make demo` first (or trains the kae and bnneck runs itself, ~12 min).
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from machine import describe
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-
-
-def machine() -> str:
-    import torch
-
-    cpu = platform.processor() or "cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    return (f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__} ({torch.get_num_threads()} threads); "
-            f"load average at the end {load}")
 
 
 def read_speed() -> tuple[float, float]:
@@ -117,7 +100,7 @@ def main() -> None:
               f"{cell([r.fps for r in rs])} |")
     fast, slow = read_speed()
     print(f"\nReading a 100k-box det.txt: {fast:.2f} s vectorised (read_mot), {slow:.2f} s line by line in Python.")
-    print(f"\nwall {(time.time() - t_all) / 60:.1f} min; {machine()}")
+    print(f"\nwall {(time.time() - t_all) / 60:.1f} min; {describe()}")
 
 
 if __name__ == "__main__":

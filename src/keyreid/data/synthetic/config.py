@@ -31,6 +31,15 @@ ALL_BACKGROUND_STYLES = BACKGROUND_STYLES + ("foliage", "glass")
 SPLIT_DIRS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
 
 
+def lists_to_tuples(cfg) -> None:
+    """YAML / JSON give lists; a config dataclass keeps tuples, so that it stays hashable and
+    compares equal to the one it was written from."""
+    for f in fields(cfg):
+        v = getattr(cfg, f.name)
+        if isinstance(v, list):
+            setattr(cfg, f.name, tuple(v))
+
+
 def palette_rgb(c: int) -> tuple[int, int, int]:
     """RGB of palette colour number c."""
     return PALETTE[c][1]
@@ -78,10 +87,7 @@ class SynthConfig:
     jpeg_quality: int = 90
 
     def __post_init__(self) -> None:
-        for f in fields(self):  # YAML / JSON give lists; keep tuples so the config is hashable
-            v = getattr(self, f.name)
-            if isinstance(v, list):
-                setattr(self, f.name, tuple(v))
+        lists_to_tuples(self)
         if not 2 <= self.cameras <= 9:  # Market names hold one camera digit
             raise ValueError("cameras must be in 2..9 (queries are matched across cameras)")
         if self.train_identities < 1 or self.test_identities < 1:

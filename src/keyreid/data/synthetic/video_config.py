@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+from keyreid.data.synthetic.config import lists_to_tuples
+
 VIDEO_FORMAT = "keyreid-synth-video"
 VIDEO_VERSION = 1
 VIDEO_MARKER = ".keyreid-synth-video"  # keyreid's mark on a video folder it wrote: only those are overwritten
@@ -51,10 +53,7 @@ class VideoConfig:
     jpeg_quality: int = 90
 
     def __post_init__(self) -> None:
-        for f in fields(self):  # YAML / JSON give lists; keep tuples so the config is hashable
-            v = getattr(self, f.name)
-            if isinstance(v, list):
-                setattr(self, f.name, tuple(v))
+        lists_to_tuples(self)
         if not 1 <= self.cameras <= 9:
             raise ValueError(f"cameras must be in 1..9; got {self.cameras}")
         if not self.seconds > 0:
