@@ -64,7 +64,13 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_tracking")
     ap.add_argument("--rows", nargs="*", help="only rows whose tracker or encoder is named")
     ap.add_argument("--link-threshold", default="auto")
+    ap.add_argument("--encoders", nargs="*", help="only rows with these encoders (and none)")
+    ap.add_argument("--appearance-option", action="append", default=[], metavar="KEY=VALUE",
+                    help="a BoxMOT tracker option for the rows with an encoder, e.g. proximity_thresh=0.85")
     args = ap.parse_args()
+    import yaml
+
+    extra = {k: yaml.safe_load(v) for k, _, v in (o.partition("=") for o in args.appearance_option)}
 
     from keyreid.demo.tracking import TRACKING_ROWS, encoders, ensure_video, run_row
 
@@ -77,8 +83,11 @@ def main() -> None:
         for tracker, encoder in TRACKING_ROWS:
             if args.rows and tracker not in args.rows and (encoder or "none") not in args.rows:
                 continue
-            tag = f"{tracker}-{encoder or 'none'}" + ("" if threshold == "auto" else f"-t{threshold:g}")
-            r = run_row(video, args.out / f"seed{seed}" / tag, tracker, encoder, ckpts, threshold)
+            if args.encoders and encoder is not None and encoder not in args.encoders:
+                continue
+            tag = (f"{tracker}-{encoder or 'none'}" + ("" if threshold == "auto" else f"-t{threshold:g}")
+                   + "".join(f"-{k}{v}" for k, v in sorted(extra.items()) if encoder is not None))
+            r = run_row(video, args.out / f"seed{seed}" / tag, tracker, encoder, ckpts, threshold, extra)
             results.setdefault((tracker, encoder), []).append(r)
             print(f"seed {seed} {tracker:10s} {encoder or 'none':9s} HOTA {r.hota:5.1f} IDF1 {r.idf1:5.1f} "
                   f"cross {r.cross_idf1 or float('nan'):5.1f} "
@@ -90,7 +99,8 @@ def main() -> None:
             return ""
         return f"{np.mean(values):.1f} ± {np.std(values):.1f}" if len(values) > 1 else f"{values[0]:.1f}"
 
-    print(f"\nTracking on synthetic video, seeds {args.seeds} (mean ± std), link threshold {args.link_threshold}\n")
+    print(f"\nTracking on synthetic video, seeds {args.seeds} (mean ± std), link threshold {args.link_threshold}"
+          + (f", appearance rows with {extra}" if extra else "") + "\n")
     print("| tracker | encoder | HOTA | IDF1 | AssA | ID switches | cross-camera IDF1 | frames/s per camera |")
     print("|---|---|---|---|---|---|---|---|")
     for (tracker, encoder), rs in results.items():

@@ -110,9 +110,12 @@ class RowResult:
 
 
 def run_row(video: Path, out: Path, tracker: str, encoder: Optional[str], checkpoints: dict,
-            link_threshold="auto") -> RowResult:
+            link_threshold="auto", appearance_options: Optional[dict] = None) -> RowResult:
+    """One table row; `appearance_options` go to the tracker only in rows with an encoder."""
     ckpt = checkpoints[encoder] if encoder else None
     options = {"use_embeddings": False} if encoder is None and tracker in ("botsort", "deepocsort") else {}
+    if encoder is not None:
+        options.update(appearance_options or {})
     t0 = time.perf_counter()
     s = track_folder(TrackRequest(video, out, tracker, ckpt, static_camera=True, options=options,
                                   cross_camera=ckpt is not None, link_threshold=link_threshold, evaluate=True))
