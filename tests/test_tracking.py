@@ -488,3 +488,30 @@ def test_an_appearance_tracker_runs_on_motion_alone_with_use_embeddings_false(tm
     assert settings["options"] == {"use_embeddings": False} and settings["static_camera"] is True
     assert settings["model"] is None
     assert set(read_rows(tmp_path / "out" / "c1.txt")[:, 1].astype(int)) == {1, 2}
+
+
+def test_a_tracklet_is_the_visibility_weighted_mean_of_crops_spread_along_it(adapt_source, kae_onnx, tmp_path):
+    from PIL import Image
+
+    from keyreid.tracking import KeyreidEncoder
+    from keyreid.tracking.encoder import crop_boxes
+    from keyreid.tracking.tracklets import crop_weights, embed_tracklets, sample_rows, split_tracklets
+
+    seq = two_walkers(tmp_path)
+    info = read_seqinfo(seq)
+    rows = read_mot(seq / "gt" / "gt.txt", "gt", info)
+    tracklets = split_tracklets("c1", rows)
+    assert [t.track_id for t in tracklets] == [1, 2] and len(tracklets[0].frames) == 30
+    picks = sample_rows(tracklets[0], 8)
+    assert len(picks) == 8 and picks[0] == 0 and picks[-1] == 29  # from the first frame to the last
+    enc = KeyreidEncoder(adapt_source)
+    embed_tracklets(info, tracklets, enc, samples=8)
+    t = tracklets[0]
+    crops = [crop_boxes(Image.open(seq / "img1" / f"{int(t.frames[r]):06d}.jpg").convert("RGB"), t.boxes[r:r + 1])[0]
+             for r in picks]
+    emb, w = crop_weights(enc, crops)
+    assert w.shape == (8,) and np.all((0 <= w) & (w <= 1)) and w.std() > 0  # kae: weights from its heatmaps
+    mean = (emb * np.maximum(w, 1e-3)[:, None]).sum(0)
+    np.testing.assert_allclose(t.embedding, mean / np.linalg.norm(mean), atol=1e-5)
+    _, ones = crop_weights(KeyreidEncoder(kae_onnx), crops)  # no heatmaps in an export: equal weights
+    np.testing.assert_array_equal(ones, np.ones(8, np.float32))
