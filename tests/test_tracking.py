@@ -115,6 +115,10 @@ def test_sequence_mistakes_are_one_line_each(tmp_path, capsys):
     code, _, err = run(capsys, "track", third.parent / "c1", "--tracker", "bytetrack", "-o", out,
                        "--tracker-option", "buffer")
     cases.append((code, one_error_line(err), "--tracker-option 'buffer': expected KEY=VALUE"))
+    code, _, err = run(capsys, "track", two_walkers(tmp_path / "d"), "--tracker", "ocsort", "-o", tmp_path / "o5",
+                       "--tracker-option", "foo=1")
+    cases.append((code, one_error_line(err), "tracker ocsort: "))  # BoxMOT's own words name the option
+    assert "'foo'" in one_error_line(err)
     for code, line, expected in cases:
         assert code == 2 and expected in line, (line, expected)
 
