@@ -119,6 +119,9 @@ def test_sequence_mistakes_are_one_line_each(tmp_path, capsys):
                        "--tracker-option", "foo=1")
     cases.append((code, one_error_line(err), "tracker ocsort: "))  # BoxMOT's own words name the option
     assert "'foo'" in one_error_line(err)
+    code, _, err = run(capsys, "track", tmp_path / "d" / "c1", "--tracker", "ocsort", "-o", tmp_path / "o6",
+                       "--tracker-option", "track_buffer=[1")
+    cases.append((code, one_error_line(err), "--tracker-option 'track_buffer=[1': the value is not valid YAML"))
     for code, line, expected in cases:
         assert code == 2 and expected in line, (line, expected)
 

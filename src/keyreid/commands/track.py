@@ -24,7 +24,11 @@ def _options(pairs: list[str]) -> dict:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise KeyreidError(f"--tracker-option {pair!r}: expected KEY=VALUE, e.g. track_buffer=60")
-        out[key.strip()] = yaml.safe_load(value)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise KeyreidError(f"--tracker-option {pair!r}: the value is not valid YAML (a number, true/false "
+                               "or a word)") from None
     return out
 
 
