@@ -345,3 +345,44 @@ def test_people_pause_turn_back_and_walk_in_pairs():
     for w in leaders:  # every one turned back: they leave where they came in, near their start
         assert w.exit == w.entry
         assert np.hypot(*(w.path[0] - w.path[-1])) < 0.6
+
+
+def test_a_killed_render_is_named_unfinished_and_two_renders_at_once_are_refused(tmp_path):
+    """Real processes: SIGKILL mid-render leaves a set that says it is unfinished (to synth-video
+    and to keyreid track), and a second synth-video into a folder being written fails in one line."""
+    import os
+    import signal
+    import time
+
+    exe = str(Path(sys.executable).with_name("keyreid"))
+    out = tmp_path / "video"
+    env = {**os.environ, "KEYREID_PROGRESS": "off"}
+    cmd = [exe, "synth-video", str(out), "--cameras", "2", "--seconds", "20", "--fps", "10", "-j", "1"]
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (out / "c1" / "img1" / "000010.jpg").exists():
+        time.sleep(0.02)
+    second = subprocess.run(cmd + ["--overwrite"], capture_output=True, text=True, env=env, timeout=120)
+    assert second.returncode == 2
+    lines = [ln for ln in second.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "another keyreid synth-video is writing here" in lines[0], second.stderr
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+    assert first.returncode == -signal.SIGKILL, "the render ended before it could be killed"
+    assert not (out / "scene.json").exists()
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert again.returncode == 2 and "holds an unfinished synthetic video (no scene.json" in again.stderr
+    track = subprocess.run([exe, "track", str(out), "--tracker", "ocsort", "-o", str(tmp_path / "t")],
+                           capture_output=True, text=True, env=env, timeout=120)
+    assert track.returncode == 2 and "but has no seqinfo.ini: an unfinished copy or render" in track.stderr
+    assert "Traceback" not in track.stderr + again.stderr
+
+
+def test_a_foreign_folder_gets_no_lock_file(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match="is not a keyreid synthetic video"):
+        generate_video(mine, VideoConfig(cameras=1, seconds=1.0, fps=2, width=64, height=48, identities=1),
+                       workers=1)
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]

@@ -98,7 +98,12 @@ def find_sequences(path: str | Path) -> list[SequenceInfo]:
         raise DataError(path, "no such folder")
     if (path / "seqinfo.ini").is_file():
         return [read_seqinfo(path)]
-    seqs = [read_seqinfo(p) for p in sorted(path.iterdir()) if (p / "seqinfo.ini").is_file()]
+    subs = [p for p in sorted(path.iterdir()) if p.is_dir()]
+    for p in subs:  # a camera folder without its seqinfo.ini (a stopped copy or render) is not skipped
+        if not (p / "seqinfo.ini").is_file() and any((p / d).is_dir() for d in ("img1", "det", "gt")):
+            raise DataError(p, "looks like a sequence (img1/, det/ or gt/) but has no seqinfo.ini: an unfinished "
+                               "copy or render? Tracking the other cameras alone would miss it")
+    seqs = [read_seqinfo(p) for p in subs if (p / "seqinfo.ini").is_file()]
     if not seqs:
         raise DataError(path, "holds no MOTChallenge sequence (a folder with seqinfo.ini, or folders of them)")
     return seqs

@@ -3,7 +3,8 @@
 Layout under OUT (one folder per camera, c1..cN)::
 
     .keyreid-synth-video      marker, written first: --overwrite replaces only folders carrying it
-    scene.json                config, cameras, overlapping views, people (attributes, walks)
+    scene.json                config, cameras, overlapping views, people (attributes, walks);
+                              written last: a set without it is unfinished (a stopped run)
     cN/seqinfo.ini            MOTChallenge sequence info
     cN/img1/000001.jpg ...    frames from 1
     cN/gt/gt.txt              frame,id,bb_left,bb_top,bb_width,bb_height,1,1,visibility
@@ -37,10 +38,11 @@ from keyreid.data.synthetic.video_detect import make_detections
 from keyreid.data.synthetic.video_render import render_frame
 from keyreid.data.synthetic.world import World, build_world
 from keyreid.errors import DataError
-from keyreid.utils.io import atomic_write_text
+from keyreid.utils.io import atomic_write_text, file_lock
 
 CHUNK = 25  # frames per task: small enough to balance the processes, big enough to amortise
 _CAMERA_DIR = re.compile(r"c[1-9]")
+LOCK = ".keyreid-synth-video.lock"  # held while a run writes: a second writer fails in one line
 _WORKER: dict = {}
 
 
@@ -63,16 +65,25 @@ def _work(task: tuple[int, int, int]) -> tuple[int, list]:
     return index, out
 
 
-def _prepare(out: Path, overwrite: bool) -> None:
-    """Make `out` ready, deleting only what this generator wrote there before."""
+def _refuse_foreign(out: Path) -> bool:
+    """True when `out` holds something; a folder of somebody else's (no marker) is refused before
+    anything, the lock file included, is written into it."""
     if out.exists() and not out.is_dir():
         raise DataError(out, "is a file, not a folder; choose a new or empty folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not (out / VIDEO_MARKER).is_file():
-            raise DataError(out, f"is not empty and is not a keyreid synthetic video (no {VIDEO_MARKER}); "
-                                 "refusing to write into it: choose an empty or new folder")
+    full = out.is_dir() and any(p.name != LOCK for p in out.iterdir())
+    if full and not (out / VIDEO_MARKER).is_file():
+        raise DataError(out, f"is not empty and is not a keyreid synthetic video (no {VIDEO_MARKER}); "
+                             "refusing to write into it: choose an empty or new folder")
+    return full
+
+
+def _prepare(out: Path, overwrite: bool) -> None:
+    """Make `out` ready, deleting only what this generator wrote there before."""
+    if _refuse_foreign(out):
         if not overwrite:
-            raise DataError(out, "a synthetic video is already there; pass --overwrite to replace it")
+            what = ("a synthetic video is already there" if (out / "scene.json").is_file() else
+                    "holds an unfinished synthetic video (no scene.json: its run was stopped)")
+            raise DataError(out, f"{what}; pass --overwrite to replace it")
         for p in out.iterdir():
             if p.name == "scene.json" or (_CAMERA_DIR.fullmatch(p.name) and p.is_dir() and not p.is_symlink()):
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
@@ -158,7 +169,16 @@ def generate_video(out: str | Path, cfg: Optional[VideoConfig] = None, workers: 
     """
     cfg = cfg or VideoConfig()
     out = Path(out)
-    _prepare(out, overwrite)
+    _refuse_foreign(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with file_lock(out / LOCK, 0.0, f"{out}: another keyreid synth-video is writing here; wait for it or "
+                                    "choose another folder"):
+        _prepare(out, overwrite)
+        return _render(out, cfg, workers, progress)
+
+
+def _render(out: Path, cfg: VideoConfig, workers: Optional[int], progress) -> dict:
+    """Every frame, then each camera's files, then scene.json last: its presence says the set is whole."""
     world = build_world(cfg)
     for cam in world.cameras:
         (out / cam.name / "img1").mkdir(parents=True, exist_ok=True)
